@@ -1,0 +1,40 @@
+# The user's entry points. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
+
+.PHONY: demo test up down status stubs data clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+data: $(STAMP)  ## fetch MovieLens 100K into the cache (from the recbole wheel on PyPI)
+	$(PY) -m funnel.datasets --cache-dir $(FUNNEL_CACHE_DIR)
+
+stubs: $(STAMP)  ## regenerate the committed gRPC stubs from protos/
+	$(PY) scripts/run_codegen.py
+
+demo: data  ## train on MovieLens 100K, publish, serve, recommend for user 42, stop
+	$(PY) -m funnel.cli demo
+
+test: data  ## unit, servicer and end-to-end tests
+	$(PY) -m pytest -q -p no:cacheprovider
+
+up: data  ## start the three services on 50051-50053 (trains a release first if there is none)
+	$(PY) -m funnel.cli up
+
+down:
+	$(PY) -m funnel.cli down
+
+status:
+	$(PY) -m funnel.cli status
+
+clean:
+	rm -rf var/artifacts var/log var/run

@@ -1,0 +1,128 @@
+"""Release files every stage reads without TensorFlow: item catalog, per-user seen items, popularity fallback."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from funnel.data import Items
+from funnel.errors import ReleaseError
+
+CATALOG = "catalog.jsonl"
+SEEN = "seen.npz"
+POPULARITY = "popularity.npz"
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    item_id: int
+    title: str
+    year: int
+    genres: tuple[str, ...]
+
+
+def write_catalog(release_dir: Path, items: Items) -> None:
+    with open(Path(release_dir) / CATALOG, "w", encoding="utf-8") as f:
+        for item_id, title, year, genres in zip(items.item_ids, items.titles, items.years, items.genres):
+            f.write(json.dumps({"item_id": int(item_id), "title": title, "year": int(year), "genres": list(genres)}))
+            f.write("\n")
+
+
+def read_catalog(release_dir: Path) -> dict[int, CatalogItem]:
+    path = Path(release_dir) / CATALOG
+    catalog: dict[int, CatalogItem] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                item = CatalogItem(int(row["item_id"]), str(row["title"]), int(row["year"]), tuple(row["genres"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ReleaseError(f"{path}:{line_no}: malformed catalog row: {exc}") from None
+            catalog[item.item_id] = item
+    return catalog
+
+
+def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise ReleaseError(f"{path}: expected arrays {keys}, missing {missing}")
+        return {k: data[k] for k in keys}
+
+
+class SeenItems:
+    """Items each known user interacted with in training (CSR layout); also the set of known users."""
+
+    def __init__(self, users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> None:
+        if len(indptr) != len(users) + 1 or indptr[-1] != len(items):
+            raise ReleaseError(
+                f"seen items: expected indptr of length {len(users) + 1} ending at {len(items)}, "
+                f"got length {len(indptr)} ending at {indptr[-1] if len(indptr) else None}"
+            )
+        self._index = {str(u): i for i, u in enumerate(users)}
+        self._indptr = indptr
+        self._items = items
+
+    def __contains__(self, user_id: str) -> bool:
+        return user_id in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def users(self) -> list[str]:
+        return list(self._index)
+
+    def get(self, user_id: str) -> np.ndarray:
+        """The user's seen item ids (int64), empty for an unknown user."""
+        i = self._index.get(user_id)
+        if i is None:
+            return self._items[:0]
+        return self._items[self._indptr[i] : self._indptr[i + 1]]
+
+
+def write_seen(release_dir: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+    users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)
+    order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    first = np.ones(len(users), dtype=bool)
+    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    users, items = users[first], items[first]
+    unique_users, starts = np.unique(users, return_index=True)
+    indptr = np.append(starts, len(items)).astype(np.int64)
+    np.savez(Path(release_dir) / SEEN, users=unique_users, indptr=indptr, items=items)
+
+
+def read_seen(release_dir: Path) -> SeenItems:
+    data = _load_npz(Path(release_dir) / SEEN, ("users", "indptr", "items"))
+    return SeenItems(data["users"], data["indptr"], data["items"])
+
+
+@dataclass(frozen=True)
+class Popularity:
+    """Items by interaction count in training, most popular first; the fallback when retrieval is down."""
+
+    item_ids: np.ndarray
+    counts: np.ndarray
+
+    def top(self, n: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most popular item ids not in ``exclude``, with scores in (0, 1] (count / max count)."""
+        ids, counts = self.item_ids, self.counts
+        if exclude is not None and len(exclude):
+            keep = ~np.isin(ids, exclude)
+            ids, counts = ids[keep], counts[keep]
+        scale = float(self.counts[0]) if len(self.counts) else 1.0
+        return ids[:n], (counts[:n] / scale).astype(np.float32)
+
+
+def write_popularity(release_dir: Path, item_ids: np.ndarray) -> None:
+    ids, counts = np.unique(np.asarray(item_ids, dtype=np.int64), return_counts=True)
+    order = np.lexsort((ids, -counts))
+    np.savez(Path(release_dir) / POPULARITY, item_ids=ids[order], counts=counts[order].astype(np.int64))
+
+
+def read_popularity(release_dir: Path) -> Popularity:
+    data = _load_npz(Path(release_dir) / POPULARITY, ("item_ids", "counts"))
+    return Popularity(data["item_ids"], data["counts"])

@@ -1,0 +1,201 @@
+"""The `funnel` command: recommend for a user, show status, run the demo, and start or stop a local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from funnel import stack
+from funnel.release import ArtifactStore, new_release_id
+from funnel.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    ranking_pb2_grpc,
+    retrieval_pb2_grpc,
+)
+
+VAR = stack.ROOT / "var"
+DEFAULT_ADDRESSES = {name: f"127.0.0.1:{port}" for name, port in stack.DEFAULT_PORTS.items()}
+STATUS_STUBS = {
+    "gateway": gateway_pb2_grpc.GatewayServiceStub,
+    "retrieval": retrieval_pb2_grpc.RetrievalServiceStub,
+    "ranking": ranking_pb2_grpc.RankingServiceStub,
+}
+
+
+def _artifact_root(value: str | None) -> Path:
+    return Path(value or os.environ.get("FUNNEL_ARTIFACT_ROOT") or VAR / "artifacts")
+
+
+def recommend(gateway: str, user_id: str, k: int, release_id: str = "", include_seen: bool = False,
+              timeout: float = 10.0) -> gateway_pb2.RecommendResponse:
+    request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user_id), k=k, release_id=release_id,
+                                           exclude_seen=not include_seen)
+    with grpc.insecure_channel(gateway) as channel:
+        return gateway_pb2_grpc.GatewayServiceStub(channel).Recommend(request, timeout=timeout)
+
+
+def format_recommendations(user_id: str, response: gateway_pb2.RecommendResponse) -> str:
+    """A readable table of a RecommendResponse."""
+    width = max([len(i.title) for i in response.items] + [5])
+    lines = [f"Top {len(response.items)} for user {user_id} — release {response.release_id}",
+             f"{'rank':>4}  {'item':>6}  {'title':<{width}}  {'year':>4}  {'score':>7}  {'retrieval':>9}"]
+    for rank, item in enumerate(response.items, 1):
+        year = str(item.year) if item.year else ""
+        lines.append(f"{rank:>4}  {item.item_id:>6}  {item.title:<{width}}  {year:>4}  {item.score:>7.3f}  "
+                     f"{item.retrieval_score:>9.3f}")
+    t = response.timings
+    lines.append(f"stages: retrieval {response.retrieval_release_id or '-'} ({t.retrieval_ms:.1f} ms), "
+                 f"ranking {response.ranking_release_id or '-'} ({t.ranking_ms:.1f} ms), total {t.total_ms:.1f} ms")
+    if response.cold_start:
+        lines.append("cold start: the release does not know this user; showing popular items")
+    if response.degraded:
+        lines.append("DEGRADED: " + "; ".join(response.degraded_reasons))
+    return "\n".join(lines)
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    try:
+        response = recommend(args.gateway, args.user_id, args.k, args.release, args.include_seen, args.timeout)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(format_recommendations(args.user_id, response))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    for name, stub_class in STATUS_STUBS.items():
+        address = getattr(args, name)
+        health = stack.health_status(address)
+        line = f"{name:<10} {address:<21} {health}"
+        if health != "UNREACHABLE":
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
+                    line += "".join(
+                        f"\n    {r.release_id} {r.state} {','.join(r.channels)} {r.error}".rstrip()
+                        for r in status.releases)
+                except grpc.RpcError as exc:
+                    line += f" (status: {exc.code().name})"
+        print(line)
+    return 0
+
+
+def _train(artifact_root: Path, data: str, release_id: str, extra: list[str]) -> None:
+    command = [sys.executable, "-m", "trainer", "--artifact-root", str(artifact_root), "--data", data,
+               "--cache-dir", str(VAR / "cache"), "--release-id", release_id, *extra]
+    subprocess.run(command, cwd=stack.ROOT, check=True, stdin=subprocess.DEVNULL)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    artifact_root = _artifact_root(args.artifact_root)
+    release_id = new_release_id()
+    print(f"== training on {args.data} into {artifact_root} (release {release_id})", flush=True)
+    _train(artifact_root, args.data, release_id, [])
+    ArtifactStore(artifact_root).set_channel("stable", release_id)
+    print("== starting retrieval, ranking and gateway as separate processes", flush=True)
+    started = time.monotonic()
+    services = stack.start_stack(artifact_root, VAR / "log" / "demo")
+    try:
+        print(f"   all SERVING after {time.monotonic() - started:.1f}s: "
+              + ", ".join(f"{s.name}@{s.address}" for s in services.values()), flush=True)
+        response = recommend(services["gateway"].address, args.user_id, args.k)
+        print(format_recommendations(args.user_id, response))
+        if response.release_id != release_id:
+            print(f"error: expected release {release_id}, served by {response.release_id}", file=sys.stderr)
+            return 1
+    finally:
+        codes = stack.stop_stack(services)
+        print("== stopped services (exit codes: " + ", ".join(f"{n} {c}" for n, c in codes.items()) + ")")
+    return 0
+
+
+def _pid_file(name: str) -> Path:
+    return VAR / "run" / f"{name}.pid"
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    artifact_root = _artifact_root(args.artifact_root)
+    store = ArtifactStore(artifact_root)
+    if store.get_channel("stable") is None:
+        release_id = new_release_id()
+        print(f"== no stable release in {artifact_root}: training one on {args.data}", flush=True)
+        _train(artifact_root, args.data, release_id, [])
+        store.set_channel("stable", release_id)
+    running = [n for n in stack.SERVICES if _pid_file(n).exists()]
+    if running:
+        print(f"error: already running ({', '.join(running)}); run `make down` first", file=sys.stderr)
+        return 1
+    services = stack.start_stack(artifact_root, VAR / "log", ports=stack.DEFAULT_PORTS)
+    for name, service in services.items():
+        _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+        _pid_file(name).write_text(f"{service.process.pid}\n")
+        print(f"{name:<10} {service.address}  pid {service.process.pid}  log {service.log_path}")
+    print(f"try: .venv/bin/funnel recommend 42   (artifact root {artifact_root})")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    for name in reversed(stack.SERVICES):
+        path = _pid_file(name)
+        if not path.exists():
+            continue
+        pid = int(path.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(150):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        path.unlink()
+        print(f"stopped {name} (pid {pid})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="funnel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("recommend", help="top-k items for a user, through the gateway")
+    p.add_argument("user_id")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--gateway", default=os.environ.get("FUNNEL_GATEWAY_TARGET", DEFAULT_ADDRESSES["gateway"]))
+    p.add_argument("--release", default="", help="pin a release id")
+    p.add_argument("--include-seen", action="store_true", help="keep items the user already rated")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.set_defaults(run=_cmd_recommend)
+
+    p = sub.add_parser("status", help="health and loaded releases of each service")
+    for name, address in DEFAULT_ADDRESSES.items():
+        p.add_argument(f"--{name}", default=address)
+    p.set_defaults(run=_cmd_status)
+
+    for name, run, text in (("demo", _cmd_demo, "train, serve, recommend for one user, stop"),
+                            ("up", _cmd_up, "start the three services in the background on the default ports")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--artifact-root", default=None, help="default: $FUNNEL_ARTIFACT_ROOT or var/artifacts")
+        p.add_argument("--data", default="movielens-100k", help="dataset spec (see trainer --help)")
+        if name == "demo":
+            p.add_argument("--user-id", default="42")
+            p.add_argument("-k", type=int, default=10)
+        p.set_defaults(run=run)
+    sub.add_parser("down", help="stop the services started by `up`").set_defaults(run=_cmd_down)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

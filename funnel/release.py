@@ -1,0 +1,285 @@
+"""The artifact store: immutable releases published by atomic rename, verified on load, and channel pointers."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from funnel.errors import InvalidArgument, NotFound, ReleaseError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+QUERY_TOWER_DIR = "query_tower"
+RANKER_DIR = "ranker"
+INDEX_DIR = "index"
+SIDECAR = "assets.extra/funnel.json"  # per-SavedModel metadata, TF Serving's assets.extra convention
+
+RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHANNELS = ("stable", "candidate")
+
+
+def validate_release_id(release_id: str) -> str:
+    """Return ``release_id`` if it is a safe directory name, else raise InvalidArgument."""
+    if not isinstance(release_id, str) or not RELEASE_ID_RE.match(release_id) or ".." in release_id:
+        raise InvalidArgument(
+            f"release id must match {RELEASE_ID_RE.pattern} without '..', got {release_id!r}"
+        )
+    return release_id
+
+
+def new_release_id(now: dt.datetime | None = None) -> str:
+    """A sortable, unique release id: UTC timestamp plus random suffix."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see either the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _walk_files(root: Path) -> dict[str, Path]:
+    """Every regular file below ``root`` by POSIX relative path; refuses symlinks and special files."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            mode = os.lstat(path).st_mode
+            rel = path.relative_to(root).as_posix()
+            if stat.S_ISLNK(mode):
+                raise ReleaseError(f"{root.name}: symlink {rel!r} is not allowed in a release")
+            if name in filenames:
+                if not stat.S_ISREG(mode):
+                    raise ReleaseError(f"{root.name}: {rel!r} is not a regular file")
+                found[rel] = path
+    return found
+
+
+def _check_relpath(rel: str, release_id: str) -> None:
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ReleaseError(f"release {release_id}: manifest path {rel!r} escapes the release directory")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json`` of a release."""
+
+    release_id: str
+    created_at: str
+    schema_version: int
+    training_runs: dict[str, str]
+    data_fingerprint: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    files: dict[str, str]
+
+    @classmethod
+    def from_json(cls, data: Any, release_id: str) -> Manifest:
+        if not isinstance(data, dict):
+            raise ReleaseError(f"release {release_id}: manifest must be a JSON object, got {type(data).__name__}")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ReleaseError(
+                f"release {release_id}: manifest schema_version must be {SCHEMA_VERSION}, "
+                f"got {data.get('schema_version')!r}"
+            )
+        try:
+            manifest = cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        except KeyError as exc:
+            raise ReleaseError(f"release {release_id}: manifest lacks field {exc.args[0]!r}") from None
+        if manifest.release_id != release_id:
+            raise ReleaseError(
+                f"release directory {release_id!r} holds a manifest for {manifest.release_id!r}"
+            )
+        if not isinstance(manifest.files, dict) or not manifest.files:
+            raise ReleaseError(f"release {release_id}: manifest lists no files")
+        return manifest
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+
+
+class ReleaseWriter:
+    """Builds a release in a staging directory; ``publish`` seals it and renames it into ``releases/``."""
+
+    def __init__(self, store: ArtifactStore, release_id: str) -> None:
+        self.store = store
+        self.release_id = validate_release_id(release_id)
+        if (store.releases_dir / release_id).exists():
+            raise InvalidArgument(f"release {release_id!r} already exists in {store.releases_dir}")
+        self.dir = store.staging_dir / f"{release_id}.{secrets.token_hex(4)}"
+        self.dir.mkdir(parents=True)
+        self._published = False
+
+    def __enter__(self) -> ReleaseWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._published:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def publish(
+        self,
+        *,
+        training_runs: dict[str, str],
+        data_fingerprint: str,
+        metrics: dict[str, Any],
+        config: dict[str, Any] | None = None,
+    ) -> str:
+        """Checksum and fsync every file, write the manifest last, then atomically rename into place."""
+        if self._published:
+            raise RuntimeError(f"release {self.release_id} is already published")
+        files = _walk_files(self.dir)
+        if MANIFEST in files:
+            raise ReleaseError(f"{MANIFEST} is written by publish(); remove it from the staging directory")
+        if not files:
+            raise ReleaseError(f"release {self.release_id}: nothing to publish in {self.dir}")
+        for path in files.values():
+            _fsync_path(path)
+        for dirpath, _, _ in os.walk(self.dir):
+            _fsync_path(Path(dirpath))
+        manifest = Manifest(
+            release_id=self.release_id,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            schema_version=SCHEMA_VERSION,
+            training_runs=dict(training_runs),
+            data_fingerprint=data_fingerprint,
+            metrics=metrics,
+            config=config or {},
+            files={rel: sha256_file(path) for rel, path in sorted(files.items())},
+        )
+        atomic_write_text(self.dir / MANIFEST, manifest.to_json())
+        target = self.store.releases_dir / self.release_id
+        if target.exists():
+            raise InvalidArgument(f"release {self.release_id!r} already exists in {self.store.releases_dir}")
+        os.rename(self.dir, target)
+        _fsync_path(self.store.releases_dir)
+        self._published = True
+        return self.release_id
+
+
+class ArtifactStore:
+    """A local artifact root: ``releases/<id>/`` (immutable), ``channels/<name>`` (pointers), ``.staging/``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.releases_dir = self.root / "releases"
+        self.channels_dir = self.root / "channels"
+        self.staging_dir = self.root / ".staging"
+        for d in (self.releases_dir, self.channels_dir, self.staging_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def new_release(self, release_id: str | None = None) -> ReleaseWriter:
+        return ReleaseWriter(self, release_id or new_release_id())
+
+    def release_dir(self, release_id: str) -> Path:
+        """The directory of a published release; NotFound if there is none by that id."""
+        path = self.releases_dir / validate_release_id(release_id)
+        if path.is_symlink() or not path.is_dir() or not (path / MANIFEST).is_file():
+            raise NotFound(f"release {release_id!r} does not exist in {self.releases_dir}")
+        return path
+
+    def exists(self, release_id: str) -> bool:
+        try:
+            self.release_dir(release_id)
+        except (NotFound, InvalidArgument):
+            return False
+        return True
+
+    def list_releases(self) -> list[str]:
+        """Published release ids, oldest first (ids sort by creation time)."""
+        return sorted(p.name for p in self.releases_dir.iterdir() if RELEASE_ID_RE.match(p.name) and self.exists(p.name))
+
+    def read_manifest(self, release_id: str) -> Manifest:
+        path = self.release_dir(release_id) / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ReleaseError(f"release {release_id}: unreadable manifest: {exc}") from None
+        return Manifest.from_json(data, release_id)
+
+    def verify(self, release_id: str) -> tuple[Path, Manifest]:
+        """Check a release end to end: manifest, no symlinks or unlisted files, and every sha256.
+
+        Raises NotFound when there is no such release and ReleaseError when it must not serve.
+        """
+        path = self.releases_dir / validate_release_id(release_id)
+        if path.is_symlink():
+            raise ReleaseError(f"release {release_id}: the release directory is a symlink")
+        if not path.is_dir():
+            raise NotFound(f"release {release_id!r} does not exist in {self.releases_dir}")
+        if not (path / MANIFEST).is_file():
+            raise ReleaseError(f"release {release_id}: no {MANIFEST}; the release is incomplete")
+        manifest = self.read_manifest(release_id)
+        on_disk = _walk_files(path)
+        on_disk.pop(MANIFEST)
+        for rel in manifest.files:
+            _check_relpath(rel, release_id)
+        missing = sorted(set(manifest.files) - set(on_disk))
+        unlisted = sorted(set(on_disk) - set(manifest.files))
+        if missing:
+            raise ReleaseError(f"release {release_id}: files listed in the manifest are missing: {missing[:5]}")
+        if unlisted:
+            raise ReleaseError(f"release {release_id}: files not in the manifest: {unlisted[:5]}")
+        for rel, expected in manifest.files.items():
+            actual = sha256_file(on_disk[rel])
+            if actual != expected:
+                raise ReleaseError(
+                    f"release {release_id}: checksum mismatch for {rel}: expected sha256 {expected[:12]}…, "
+                    f"got {actual[:12]}…"
+                )
+        return path, manifest
+
+    def _channel_path(self, name: str) -> Path:
+        if name not in CHANNELS:
+            raise InvalidArgument(f"channel must be one of {CHANNELS}, got {name!r}")
+        return self.channels_dir / name
+
+    def get_channel(self, name: str) -> str | None:
+        """The release id a channel points to, or None when the channel is unset."""
+        with contextlib.suppress(FileNotFoundError):
+            value = self._channel_path(name).read_text(encoding="utf-8").strip()
+            return validate_release_id(value) if value else None
+        return None
+
+    def set_channel(self, name: str, release_id: str) -> None:
+        """Point a channel at a published release (atomic replace)."""
+        self.release_dir(release_id)
+        atomic_write_text(self._channel_path(name), release_id + "\n")
+
+    def clear_channel(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._channel_path(name).unlink()
+            _fsync_path(self.channels_dir)

@@ -1,0 +1,80 @@
+"""What every Funnel service shares: common config fields and the process lifecycle around a ReleaseManager."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import grpc
+
+from funnel.config import setting
+from funnel.release import ArtifactStore, Manifest
+from funnel.server import Health, build_server, serve_until_signalled
+from funnel.serving import ReleaseManager
+
+log = logging.getLogger(__name__)
+
+
+class Warmable(Protocol):
+    def warmup(self) -> None: ...
+
+
+R = TypeVar("R", bound=Warmable)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings every service takes."""
+
+    artifact_root: str = setting("FUNNEL_ARTIFACT_ROOT", help="artifact root holding releases/ and channels/")
+    address: str = setting("FUNNEL_ADDRESS", "127.0.0.1:0", "host:port to listen on")
+    poll_interval: float = setting("FUNNEL_POLL_INTERVAL", 2.0, "seconds between checks of channels/")
+    shutdown_grace: float = setting("FUNNEL_SHUTDOWN_GRACE", 5.0, "seconds to drain in-flight requests on SIGTERM")
+    max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
+
+
+def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R],
+                    health: Health | None = None) -> ReleaseManager[R]:
+    """A manager that loads releases with ``load``, warms them, and flips ``health`` to SERVING once stable is up."""
+    return ReleaseManager(
+        ArtifactStore(config.artifact_root), load, lambda release: release.warmup(), name=name,
+        on_change=health.set_serving if health else lambda ready: None,
+    )
+
+
+def create_service_server(
+    config: ServiceConfig,
+    name: str,
+    load: Callable[[Path, Manifest], R],
+    register: Callable[[grpc.Server, ReleaseManager[R]], None],
+    service_names: list[str],
+    releases: ReleaseManager[R] | None = None,
+    health: Health | None = None,
+) -> tuple[grpc.Server, int]:
+    """Build (not start) a service's server; without ``releases`` a manager is created and starts polling."""
+    if releases is None:
+        releases = release_manager(config, name, load, health)
+        releases.start(config.poll_interval)
+    server, port, _ = build_server(config.address, lambda s: register(s, releases), service_names,
+                                   max_workers=config.max_workers, health=health)
+    return server, port
+
+
+def serve_service(
+    config: ServiceConfig,
+    name: str,
+    service_names: list[str],
+    load: Callable[[Path, Manifest], R],
+    create_server: Callable[[ServiceConfig, ReleaseManager[R], Health], tuple[grpc.Server, int]],
+) -> None:
+    """Run one stage process: load releases in the background, serve, drain on SIGTERM."""
+    health = Health(service_names)
+    releases = release_manager(config, name, load, health)
+    server, port = create_server(config, releases, health)
+    server.start()
+    log.info("%s listening on port %d; artifact root %s", name, port, config.artifact_root)
+    releases.start(config.poll_interval)
+    serve_until_signalled(server, health, config.shutdown_grace, on_stop=releases.stop)

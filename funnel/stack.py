@@ -1,0 +1,112 @@
+"""Starts the three services as separate processes on loopback, waits until healthy, and stops them cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("retrieval", "ranking", "gateway")
+MODULES = {"retrieval": "retrieval_service", "ranking": "ranking_service", "gateway": "gateway"}
+DEFAULT_PORTS = {"gateway": 50051, "retrieval": 50052, "ranking": 50053}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def health_status(address: str, timeout: float = 1.0) -> str:
+    """The overall grpc.health.v1 status of the server at ``address`` ('UNREACHABLE' if it does not answer)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def wait_serving(service: ServiceProcess, timeout: float) -> None:
+    """Block until the service reports SERVING; raise with its log if it exits or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log_tail()}")
+        if health_status(service.address) == "SERVING":
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{service.name} at {service.address} not SERVING after {timeout:.0f}s:\n{service.log_tail()}")
+
+
+def start_service(name: str, address: str, artifact_root: Path, log_dir: Path,
+                  extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> ServiceProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    env = {**os.environ, "FUNNEL_ARTIFACT_ROOT": str(artifact_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", MODULES[name], "--address", address, *(args or [])],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return ServiceProcess(name, address, process, log_path)
+
+
+def start_stack(artifact_root: Path, log_dir: Path, ports: dict[str, int] | None = None,
+                extra_env: dict[str, str] | None = None, timeout: float = 180.0) -> dict[str, ServiceProcess]:
+    """Start retrieval, ranking and gateway (each its own process) and wait until all three are SERVING."""
+    ports = ports or {name: free_port() for name in SERVICES}
+    addresses = {name: f"127.0.0.1:{ports[name]}" for name in SERVICES}
+    gateway_args = ["--retrieval-target", addresses["retrieval"], "--ranking-target", addresses["ranking"]]
+    stack: dict[str, ServiceProcess] = {}
+    try:
+        for name in SERVICES:
+            stack[name] = start_service(name, addresses[name], artifact_root, log_dir, extra_env,
+                                        gateway_args if name == "gateway" else None)
+        for service in stack.values():
+            wait_serving(service, timeout)
+    except BaseException:
+        stop_stack(stack)
+        raise
+    return stack
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 15.0) -> int:
+    """SIGTERM (graceful drain), then SIGKILL if it has not exited within ``grace`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def stop_stack(stack: dict[str, ServiceProcess]) -> dict[str, int]:
+    """Stop the gateway first (no new traffic), then the stages; return each exit code."""
+    return {name: stop_process(stack[name].process) for name in reversed(SERVICES) if name in stack}

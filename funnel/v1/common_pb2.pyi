@@ -1,0 +1,37 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UserContext(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseStatus(_message.Message):
+    __slots__ = ("release_id", "state", "error", "channels")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    state: str
+    error: str
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, release_id: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("service", "releases")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    releases: _containers.RepeatedCompositeFieldContainer[ReleaseStatus]
+    def __init__(self, service: _Optional[str] = ..., releases: _Optional[_Iterable[_Union[ReleaseStatus, _Mapping]]] = ...) -> None: ...

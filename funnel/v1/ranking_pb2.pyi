@@ -1,0 +1,26 @@
+from funnel.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RankRequest(_message.Message):
+    __slots__ = ("release_id", "user", "item_ids")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    user: _common_pb2.UserContext
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, release_id: _Optional[str] = ..., user: _Optional[_Union[_common_pb2.UserContext, _Mapping]] = ..., item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("release_id", "scores")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, release_id: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...

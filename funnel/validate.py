@@ -1,0 +1,43 @@
+"""Request validation shared by every stage: user ids, counts and item lists, with messages that say what was wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from funnel.errors import InvalidArgument
+from funnel.limits import MAX_USER_ID_CHARS
+from funnel.release import validate_release_id
+
+
+def user_id(value: str) -> str:
+    if not value or not value.strip():
+        raise InvalidArgument("user.user_id is required, got an empty string")
+    if len(value) > MAX_USER_ID_CHARS:
+        raise InvalidArgument(f"user.user_id must be at most {MAX_USER_ID_CHARS} characters, got {len(value)}")
+    return value
+
+
+def count(name: str, value: int, maximum: int) -> int:
+    if not 1 <= value <= maximum:
+        raise InvalidArgument(f"{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def item_ids(values: Sequence[int], maximum: int, known: np.ndarray) -> np.ndarray:
+    """Non-empty, at most ``maximum``, every id in the sorted array ``known``."""
+    count("item_ids length", len(values), maximum)
+    ids = np.asarray(values, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+    unknown = ids[known[pos] != ids]
+    if len(unknown):
+        raise InvalidArgument(f"item_ids must be in the release's catalog; unknown: {unknown[:10].tolist()}")
+    return ids
+
+
+def stage_release_id(value: str) -> str:
+    """Stage services never choose a release: the gateway must name it on every call."""
+    if not value:
+        raise InvalidArgument("release_id is required: the gateway names the release on every stage call")
+    return validate_release_id(value)

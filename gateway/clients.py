@@ -1,0 +1,67 @@
+"""gRPC clients for the retrieval and ranking stages, turning transport failures into StageUnavailable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+
+from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
+from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from gateway.core import StageCandidates, StageUnavailable
+
+# Errors that mean "this request cannot be served as asked": passed to the caller, never papered over.
+_PASS_THROUGH: dict[grpc.StatusCode, type[FunnelError]] = {
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+}
+
+
+def stage_channel(target: str) -> grpc.Channel:
+    """A channel that balances round-robin over every address the target resolves to (one per replica)."""
+    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    return grpc.insecure_channel(target, options=[("grpc.service_config", config),
+                                                  ("grpc.enable_retries", 1)])
+
+
+def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+    if timeout <= 0:
+        raise StageUnavailable(stage, "the request's deadline left no time for this stage")
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details()
+        if code in _PASS_THROUGH:
+            raise _PASS_THROUGH[code](f"{stage}: {details}") from None
+        raise StageUnavailable(stage, f"{code.name}: {details}") from None
+
+
+class GrpcRetrieval:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+
+    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
+                 timeout: float) -> StageCandidates:
+        request = retrieval_pb2.RetrieveRequest(release_id=release_id, user=common_pb2.UserContext(user_id=user_id),
+                                                num_candidates=num_candidates, exclude_seen=exclude_seen)
+        response = _call("retrieval", self._stub.Retrieve, request, timeout)
+        return StageCandidates(response.release_id, np.asarray(response.item_ids, dtype=np.int64),
+                               np.asarray(response.scores, dtype=np.float32), response.cold_start)
+
+
+class GrpcRanking:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stub = ranking_pb2_grpc.RankingServiceStub(channel)
+
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> tuple[str, np.ndarray]:
+        request = ranking_pb2.RankRequest(release_id=release_id, user=common_pb2.UserContext(user_id=user_id),
+                                          item_ids=item_ids.tolist())
+        response = _call("ranking", self._stub.Rank, request, timeout)
+        scores = np.asarray(response.scores, dtype=np.float32)
+        if len(scores) != len(item_ids):
+            raise StageUnavailable("ranking", f"expected {len(item_ids)} scores, got {len(scores)}")
+        return response.release_id, scores

@@ -1,0 +1,171 @@
+"""The gateway without gRPC: choose a release, call retrieval then ranking under it, degrade when a stage fails."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from funnel import validate
+from funnel.artifacts import CatalogItem, Popularity, SeenItems, read_catalog, read_popularity, read_seen
+from funnel.errors import FunnelError, InvalidArgument, Unavailable
+from funnel.limits import DEFAULT_CANDIDATES, MAX_CANDIDATES, MAX_K
+from funnel.release import Manifest
+from funnel.serving import ReleaseManager
+
+
+class StageUnavailable(Exception):
+    """A stage did not answer in time or at all; the gateway degrades instead of failing."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage} unavailable: {reason}")
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class StageCandidates:
+    release_id: str
+    item_ids: np.ndarray
+    scores: np.ndarray
+    cold_start: bool
+
+
+class RetrievalStage(Protocol):
+    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
+                 timeout: float) -> StageCandidates: ...
+
+
+class RankingStage(Protocol):
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> tuple[str, np.ndarray]: ...
+
+
+class GatewayRelease:
+    """What the gateway needs of a release: titles, the popularity fallback and seen items for exclusion."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.release_id = manifest.release_id
+        self.catalog: dict[int, CatalogItem] = read_catalog(path)
+        self.popularity: Popularity = read_popularity(path)
+        self.seen: SeenItems = read_seen(path)
+
+    def warmup(self) -> None:
+        """Nothing to warm: the gateway holds no model."""
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    item_id: int
+    title: str
+    score: float
+    retrieval_score: float
+    year: int
+    genres: tuple[str, ...]
+
+
+@dataclass
+class Recommendation:
+    release_id: str
+    items: list[RecommendedItem]
+    retrieval_release_id: str = ""
+    ranking_release_id: str = ""
+    retrieval_ms: float = 0.0
+    ranking_ms: float = 0.0
+    total_ms: float = 0.0
+    degraded_reasons: list[str] = field(default_factory=list)
+    cold_start: bool = False
+
+
+class Router:
+    """Chooses the release for a request: the pinned one, else the release serving the stable channel."""
+
+    def __init__(self, releases: ReleaseManager[GatewayRelease]) -> None:
+        self.releases = releases
+
+    def choose(self, pinned: str, user_id: str) -> GatewayRelease:
+        if pinned:
+            return self.releases.get(pinned)
+        stable = self.releases.channel("stable")
+        if stable is None:
+            raise Unavailable("no stable release is loaded yet")
+        return self.releases.get(stable)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Per-stage caps; each stage gets the smaller of its cap and what is left of the caller's deadline."""
+
+    retrieval: float = 1.0
+    ranking: float = 1.0
+
+    def cap(self, stage_cap: float, remaining: float | None) -> float:
+        return stage_cap if remaining is None else min(stage_cap, remaining)
+
+
+class Gateway:
+    """Serves Recommend: retrieval → ranking → top k, all under one release, with titles attached."""
+
+    def __init__(self, router: Router, retrieval: RetrievalStage, ranking: RankingStage,
+                 deadlines: Deadlines = Deadlines()) -> None:
+        self.router, self.retrieval, self.ranking, self.deadlines = router, retrieval, ranking, deadlines
+
+    def recommend(self, user_id: str, k: int, *, release_id: str = "", exclude_seen: bool = True,
+                  num_candidates: int = 0, time_remaining: float | None = None) -> Recommendation:
+        started = time.perf_counter()
+        validate.user_id(user_id)
+        validate.count("k", k, MAX_K)
+        num_candidates = num_candidates or max(DEFAULT_CANDIDATES, k)
+        validate.count("num_candidates", num_candidates, MAX_CANDIDATES)
+        if num_candidates < k:
+            raise InvalidArgument(f"num_candidates must be at least k ({k}), got {num_candidates}")
+        release = self.router.choose(release_id, user_id)
+        result = Recommendation(release.release_id, [])
+
+        def remaining() -> float | None:
+            return None if time_remaining is None else time_remaining - (time.perf_counter() - started)
+
+        t0 = time.perf_counter()
+        try:
+            found = self.retrieval.retrieve(release.release_id, user_id, num_candidates, exclude_seen,
+                                            self.deadlines.cap(self.deadlines.retrieval, remaining()))
+            self._check_release("retrieval", release.release_id, found.release_id)
+            result.retrieval_release_id, result.cold_start = found.release_id, found.cold_start
+            ids, retrieval_scores = found.item_ids, found.scores
+        except StageUnavailable as exc:
+            result.degraded_reasons.append(str(exc))
+            result.cold_start = user_id not in release.seen
+            ids, retrieval_scores = release.popularity.top(
+                num_candidates, release.seen.get(user_id) if exclude_seen else None)
+        result.retrieval_ms = (time.perf_counter() - t0) * 1000
+
+        scores = retrieval_scores
+        if len(ids) and not result.degraded_reasons and not result.cold_start:
+            t1 = time.perf_counter()
+            try:
+                ranked_by, scores = self.ranking.rank(release.release_id, user_id, ids,
+                                                      self.deadlines.cap(self.deadlines.ranking, remaining()))
+                self._check_release("ranking", release.release_id, ranked_by)
+                result.ranking_release_id = ranked_by
+            except StageUnavailable as exc:
+                result.degraded_reasons.append(str(exc))
+                scores = retrieval_scores
+            result.ranking_ms = (time.perf_counter() - t1) * 1000
+
+        order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+        result.items = [self._item(release, int(ids[i]), float(scores[i]), float(retrieval_scores[i])) for i in order]
+        result.total_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    @staticmethod
+    def _check_release(stage: str, wanted: str, served: str) -> None:
+        if served != wanted:
+            raise FunnelError(f"{stage} answered for release {served!r} but was asked for {wanted!r}")
+
+    @staticmethod
+    def _item(release: GatewayRelease, item_id: int, score: float, retrieval_score: float) -> RecommendedItem:
+        meta = release.catalog.get(item_id)
+        if meta is None:
+            return RecommendedItem(item_id, "", score, retrieval_score, 0, ())
+        return RecommendedItem(item_id, meta.title, score, retrieval_score, meta.year, meta.genres)

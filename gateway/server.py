@@ -1,0 +1,81 @@
+"""The gateway gRPC service: a thin servicer over Gateway, plus create_server() and serve()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from funnel.config import parse_config, setting
+from funnel.server import Health, configure_logging, rpc, status_response
+from funnel.service import ServiceConfig, create_service_server, serve_service
+from funnel.serving import ReleaseManager
+from funnel.v1 import gateway_pb2, gateway_pb2_grpc
+from gateway.clients import GrpcRanking, GrpcRetrieval, stage_channel
+from gateway.core import Deadlines, Gateway, GatewayRelease, Router
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+@dataclass(frozen=True)
+class GatewayConfig(ServiceConfig):
+    """Gateway settings."""
+
+    address: str = setting("FUNNEL_GATEWAY_ADDRESS", "127.0.0.1:50051", "host:port to listen on")
+    retrieval_target: str = setting("FUNNEL_RETRIEVAL_TARGET", "127.0.0.1:50052",
+                                    "retrieval service target (host:port or dns:///name:port for replicas)")
+    ranking_target: str = setting("FUNNEL_RANKING_TARGET", "127.0.0.1:50053",
+                                  "ranking service target (host:port or dns:///name:port for replicas)")
+    retrieval_timeout: float = setting("FUNNEL_RETRIEVAL_TIMEOUT", 1.0, "seconds allowed for retrieval per request")
+    ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @rpc
+    def Recommend(self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
+                  ) -> gateway_pb2.RecommendResponse:
+        found = self.gateway.recommend(
+            request.user.user_id, request.k, release_id=request.release_id,
+            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+            num_candidates=request.num_candidates, time_remaining=context.time_remaining(),
+        )
+        return gateway_pb2.RecommendResponse(
+            release_id=found.release_id,
+            items=[gateway_pb2.RecommendedItem(item_id=i.item_id, title=i.title, score=i.score,
+                                               retrieval_score=i.retrieval_score, year=i.year, genres=i.genres)
+                   for i in found.items],
+            retrieval_release_id=found.retrieval_release_id,
+            ranking_release_id=found.ranking_release_id,
+            timings=gateway_pb2.StageTimings(retrieval_ms=found.retrieval_ms, ranking_ms=found.ranking_ms,
+                                             total_ms=found.total_ms),
+            degraded=bool(found.degraded_reasons),
+            degraded_reasons=found.degraded_reasons,
+            cold_start=found.cold_start,
+        )
+
+    @rpc
+    def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
+        return status_response("gateway", self.gateway.router.releases.status())
+
+
+def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease] | None = None,
+                  health: Health | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) the server; see funnel.service.create_service_server."""
+
+    def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
+        gateway = Gateway(Router(releases), GrpcRetrieval(stage_channel(config.retrieval_target)),
+                          GrpcRanking(stage_channel(config.ranking_target)),
+                          Deadlines(config.retrieval_timeout, config.ranking_timeout))
+        servicer = GatewayServicer(gateway)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+
+    return create_service_server(config, "gateway", GatewayRelease, register, [SERVICE_NAME], releases, health)
+
+
+def serve(argv: list[str] | None = None) -> None:
+    configure_logging("gateway")
+    config = parse_config(GatewayConfig, argv)
+    serve_service(config, "gateway", [SERVICE_NAME], GatewayRelease, create_server)

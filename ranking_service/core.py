@@ -1,0 +1,60 @@
+"""Ranking without gRPC: load a release's ranker SavedModel and score a user's candidate items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from funnel import validate
+from funnel.artifacts import read_popularity, read_seen
+from funnel.limits import MAX_CANDIDATES
+from funnel.release import INDEX_DIR, RANKER_DIR, Manifest
+from funnel.serving import ReleaseManager
+from funnel.tf import tf
+
+WARMUP_USERS = 4
+
+
+@dataclass(frozen=True)
+class Scores:
+    release_id: str
+    scores: np.ndarray
+
+
+class RankingRelease:
+    """One release's ranking half: the scorer and the catalog's item ids it accepts."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.release_id = manifest.release_id
+        self.scorer = tf.saved_model.load(str(path / RANKER_DIR)).signatures["serving_default"]
+        self.known_items = np.sort(np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64))
+        self._warmup_users = read_seen(path).users()[:WARMUP_USERS]
+        self._warmup_items = read_popularity(path).item_ids[:MAX_CANDIDATES]
+
+    def score(self, user_id: str, item_ids: np.ndarray) -> Scores:
+        out = self.scorer(
+            user_id=tf.fill([len(item_ids)], tf.constant(user_id, dtype=tf.string)),
+            item_id=tf.constant(item_ids, dtype=tf.int64),
+        )["score"]
+        return Scores(self.release_id, out.numpy().reshape(-1))
+
+    def warmup(self) -> None:
+        """Score real users against popular items at a few batch sizes before the release is routable."""
+        for user_id in [*self._warmup_users, "__funnel_warmup_unknown_user__"]:
+            for n in (1, 10, len(self._warmup_items)):
+                self.score(user_id, self._warmup_items[:n])
+
+
+class Ranker:
+    """Validates ranking requests and scores them with the release they name."""
+
+    def __init__(self, releases: ReleaseManager[RankingRelease], max_items: int = MAX_CANDIDATES) -> None:
+        self.releases = releases
+        self.max_items = max_items
+
+    def rank(self, release_id: str, user_id: str, item_ids: list[int]) -> Scores:
+        validate.user_id(user_id)
+        release = self.releases.get(validate.stage_release_id(release_id))
+        return release.score(user_id, validate.item_ids(item_ids, self.max_items, release.known_items))

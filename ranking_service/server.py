@@ -1,0 +1,54 @@
+"""The ranking gRPC service: a thin servicer over Ranker, plus create_server() and serve()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from funnel.config import parse_config, setting
+from funnel.server import Health, configure_logging, rpc, status_response
+from funnel.serving import ReleaseManager
+from funnel.service import ServiceConfig, create_service_server, serve_service
+from funnel.v1 import ranking_pb2, ranking_pb2_grpc
+from ranking_service.core import Ranker, RankingRelease
+
+SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+
+
+@dataclass(frozen=True)
+class RankingConfig(ServiceConfig):
+    """Ranking service settings."""
+
+    address: str = setting("FUNNEL_RANKING_ADDRESS", "127.0.0.1:50053", "host:port to listen on")
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+    def __init__(self, ranker: Ranker) -> None:
+        self.ranker = ranker
+
+    @rpc
+    def Rank(self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext) -> ranking_pb2.RankResponse:
+        ranked = self.ranker.rank(request.release_id, request.user.user_id, request.item_ids)
+        return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist())
+
+    @rpc
+    def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
+        return status_response("ranking", self.ranker.releases.status())
+
+
+def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None,
+                  health: Health | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) the server; see funnel.service.create_service_server."""
+
+    def register(server: grpc.Server, releases: ReleaseManager[RankingRelease]) -> None:
+        servicer = RankingServicer(Ranker(releases))
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
+
+    return create_service_server(config, "ranking", RankingRelease, register, [SERVICE_NAME], releases, health)
+
+
+def serve(argv: list[str] | None = None) -> None:
+    configure_logging("ranking")
+    config = parse_config(RankingConfig, argv)
+    serve_service(config, "ranking", [SERVICE_NAME], RankingRelease, create_server)

@@ -1,0 +1,100 @@
+"""Retrieval without gRPC: load a release's query tower and ScaNN index, and answer candidate queries."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scann
+
+from funnel import validate
+from funnel.artifacts import Popularity, SeenItems, read_popularity, read_seen
+from funnel.errors import ReleaseError
+from funnel.limits import MAX_CANDIDATES
+from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, SIDECAR, Manifest
+from funnel.serving import ReleaseManager
+from funnel.tf import tf
+
+WARMUP_USERS = 8
+
+
+@dataclass(frozen=True)
+class Candidates:
+    release_id: str
+    item_ids: np.ndarray
+    scores: np.ndarray
+    cold_start: bool
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReleaseError(f"{path}: unreadable metadata: {exc}") from None
+
+
+class RetrievalRelease:
+    """One release's retrieval half: query tower, ScaNN searcher over item embeddings, seen items, popularity."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.release_id = manifest.release_id
+        tower_meta = _read_json(path / QUERY_TOWER_DIR / SIDECAR)
+        index_meta = _read_json(path / INDEX_DIR / "index.json")
+        tower_fp, index_fp = tower_meta.get("candidate_tower_fingerprint"), index_meta.get("candidate_tower_fingerprint")
+        if not tower_fp or tower_fp != index_fp:
+            raise ReleaseError(
+                f"release {self.release_id}: query tower expects candidate tower {tower_fp!r} but the index was "
+                f"built from {index_fp!r}; a tower and an index from different runs cannot serve together"
+            )
+        scann_dir = path / INDEX_DIR / "scann"
+        if (scann_dir / "scann_docids.pkl").exists():
+            raise ReleaseError(f"release {self.release_id}: pickled ScaNN docids are not accepted")
+        self.searcher = scann.scann_ops_pybind.load_searcher(str(scann_dir), assets_backcompat_shim=False)
+        self.item_ids = np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64)
+        if len(self.item_ids) != index_meta.get("num_items"):
+            raise ReleaseError(
+                f"release {self.release_id}: index.json says {index_meta.get('num_items')} items, "
+                f"item_ids.npy holds {len(self.item_ids)}"
+            )
+        self.query_tower = tf.saved_model.load(str(path / QUERY_TOWER_DIR)).signatures["serving_default"]
+        self.seen: SeenItems = read_seen(path)
+        self.popularity: Popularity = read_popularity(path)
+
+    def embed(self, user_ids: list[str]) -> np.ndarray:
+        return self.query_tower(user_id=tf.constant(user_ids, dtype=tf.string))["embedding"].numpy()
+
+    def retrieve(self, user_id: str, num_candidates: int, exclude_seen: bool) -> Candidates:
+        seen = self.seen.get(user_id) if exclude_seen else None
+        if user_id not in self.seen:
+            ids, scores = self.popularity.top(num_candidates)
+            return Candidates(self.release_id, ids, scores, cold_start=True)
+        extra = len(seen) if seen is not None else 0
+        k = min(num_candidates + extra, len(self.item_ids))
+        rows, scores = self.searcher.search(self.embed([user_id])[0], final_num_neighbors=k)
+        ids = self.item_ids[rows]
+        if extra:
+            keep = ~np.isin(ids, seen)
+            ids, scores = ids[keep], scores[keep]
+        return Candidates(self.release_id, ids[:num_candidates], scores[:num_candidates].astype(np.float32), False)
+
+    def warmup(self) -> None:
+        """Run real queries (known users, an unknown user) so the first request pays no tracing cost."""
+        users = self.seen.users()[:WARMUP_USERS]
+        for user_id in users:
+            self.retrieve(user_id, 10, exclude_seen=True)
+        self.retrieve("__funnel_warmup_unknown_user__", 10, exclude_seen=True)
+
+
+class Retriever:
+    """Validates retrieval requests and runs them against the release they name."""
+
+    def __init__(self, releases: ReleaseManager[RetrievalRelease], max_candidates: int = MAX_CANDIDATES) -> None:
+        self.releases = releases
+        self.max_candidates = max_candidates
+
+    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool) -> Candidates:
+        validate.user_id(user_id)
+        validate.count("num_candidates", num_candidates, self.max_candidates)
+        return self.releases.get(validate.stage_release_id(release_id)).retrieve(user_id, num_candidates, exclude_seen)

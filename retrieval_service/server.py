@@ -1,0 +1,57 @@
+"""The retrieval gRPC service: a thin servicer over Retriever, plus create_server() and serve()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from funnel.config import parse_config, setting
+from funnel.server import Health, configure_logging, rpc, status_response
+from funnel.serving import ReleaseManager
+from funnel.service import ServiceConfig, create_service_server, serve_service
+from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
+from retrieval_service.core import RetrievalRelease, Retriever
+
+SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(ServiceConfig):
+    """Retrieval service settings."""
+
+    address: str = setting("FUNNEL_RETRIEVAL_ADDRESS", "127.0.0.1:50052", "host:port to listen on")
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+
+    @rpc
+    def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.ServicerContext
+                 ) -> retrieval_pb2.RetrieveResponse:
+        found = self.retriever.retrieve(request.release_id, request.user.user_id, request.num_candidates,
+                                        request.exclude_seen)
+        return retrieval_pb2.RetrieveResponse(release_id=found.release_id, item_ids=found.item_ids.tolist(),
+                                              scores=found.scores.tolist(), cold_start=found.cold_start)
+
+    @rpc
+    def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
+        return status_response("retrieval", self.retriever.releases.status())
+
+
+def create_server(config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None,
+                  health: Health | None = None) -> tuple[grpc.Server, int]:
+    """Build (not start) the server; see funnel.service.create_service_server."""
+
+    def register(server: grpc.Server, releases: ReleaseManager[RetrievalRelease]) -> None:
+        servicer = RetrievalServicer(Retriever(releases))
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
+
+    return create_service_server(config, "retrieval", RetrievalRelease, register, [SERVICE_NAME], releases, health)
+
+
+def serve(argv: list[str] | None = None) -> None:
+    configure_logging("retrieval")
+    config = parse_config(RetrievalConfig, argv)
+    serve_service(config, "retrieval", [SERVICE_NAME], RetrievalRelease, create_server)

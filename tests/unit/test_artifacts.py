@@ -1,0 +1,35 @@
+"""Catalog, seen items and popularity files round-trip and answer lookups correctly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from funnel.artifacts import read_catalog, read_popularity, read_seen, write_catalog, write_popularity, write_seen
+from funnel.data import Items
+
+
+def test_catalog_round_trip(tmp_path: Path) -> None:
+    items = Items(np.array([7, 3], dtype=np.int64), ("Heat", "Ran"), np.array([1995, 0], dtype=np.int32),
+                  (("Action", "Crime"), ()))
+    write_catalog(tmp_path, items)
+    catalog = read_catalog(tmp_path)
+    assert catalog[7].title == "Heat" and catalog[7].genres == ("Action", "Crime") and catalog[3].year == 0
+
+
+def test_seen_items_per_user_deduplicated(tmp_path: Path) -> None:
+    write_seen(tmp_path, np.array(["b", "a", "b", "b", "10"]), np.array([5, 1, 2, 5, 9]))
+    seen = read_seen(tmp_path)
+    assert seen.get("b").tolist() == [2, 5] and seen.get("a").tolist() == [1] and seen.get("10").tolist() == [9]
+    assert "a" in seen and "zz" not in seen and seen.get("zz").tolist() == [] and len(seen) == 3
+
+
+def test_popularity_order_ties_and_exclusion(tmp_path: Path) -> None:
+    write_popularity(tmp_path, np.array([4, 4, 4, 9, 9, 1, 1, 6]))  # counts: 4→3, 9→2, 1→2, 6→1
+    popularity = read_popularity(tmp_path)
+    assert popularity.item_ids.tolist() == [4, 1, 9, 6]  # equal counts: lower item id first
+    assert popularity.counts.tolist() == [3, 2, 2, 1]
+    ids, scores = popularity.top(2, exclude=np.array([4, 1]))
+    assert ids.tolist() == [9, 6]
+    np.testing.assert_allclose(scores, [2 / 3, 1 / 3], rtol=1e-6)

@@ -1,0 +1,152 @@
+"""Gateway core with fake stages: one release per request, ordering, degradation, cold start, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from funnel.artifacts import write_catalog, write_popularity, write_seen
+from funnel.data import Items
+from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound, Unavailable
+from funnel.release import ArtifactStore
+from funnel.serving import ReleaseManager
+from gateway.core import Gateway, GatewayRelease, Router, StageCandidates, StageUnavailable
+
+ITEMS = Items(item_ids=np.arange(1, 7, dtype=np.int64), titles=tuple(f"Film {i}" for i in range(1, 7)),
+              years=np.full(6, 1999, dtype=np.int32), genres=tuple(("Drama",) for _ in range(6)))
+
+
+def publish_release(store: ArtifactStore, release_id: str) -> None:
+    with store.new_release(release_id) as w:
+        write_catalog(w.dir, ITEMS)
+        # user "u1" has seen item 1; popularity order: 1 (3x), 2 (2x), then 3..6 once each
+        write_seen(w.dir, np.array(["u1"]), np.array([1]))
+        write_popularity(w.dir, np.array([1, 1, 1, 2, 2, 3, 4, 5, 6]))
+        w.publish(training_runs={}, data_fingerprint="fp", metrics={})
+
+
+class FakeRetrieval:
+    def __init__(self, fail: bool = False, release_override: str = "", cold: bool = False) -> None:
+        self.fail, self.release_override, self.cold = fail, release_override, cold
+        self.calls: list[tuple] = []
+
+    def retrieve(self, release_id, user_id, num_candidates, exclude_seen, timeout) -> StageCandidates:
+        self.calls.append((release_id, user_id, num_candidates, exclude_seen, timeout))
+        if self.fail:
+            raise StageUnavailable("retrieval", "DEADLINE_EXCEEDED")
+        ids = np.array([2, 3, 4, 5], dtype=np.int64)
+        return StageCandidates(self.release_override or release_id, ids,
+                               np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32), self.cold)
+
+
+class FakeRanking:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple] = []
+
+    def rank(self, release_id, user_id, item_ids, timeout):
+        self.calls.append((release_id, user_id, tuple(item_ids), timeout))
+        if self.fail:
+            raise StageUnavailable("ranking", "UNAVAILABLE")
+        return release_id, item_ids.astype(np.float32)  # score = item id: reverses retrieval order
+
+
+@pytest.fixture()
+def releases(tmp_path: Path) -> ReleaseManager[GatewayRelease]:
+    store = ArtifactStore(tmp_path)
+    publish_release(store, "r1")
+    publish_release(store, "r2")
+    store.set_channel("stable", "r1")
+    manager = ReleaseManager(store, GatewayRelease, name="gateway")
+    manager.sync()
+    return manager
+
+
+def gateway(releases, retrieval=None, ranking=None) -> Gateway:
+    return Gateway(Router(releases), retrieval or FakeRetrieval(), ranking or FakeRanking())
+
+
+def test_ranks_retrieved_items_and_attaches_titles(releases) -> None:
+    retrieval, ranking = FakeRetrieval(), FakeRanking()
+    result = gateway(releases, retrieval, ranking).recommend("u1", 3)
+    assert [i.item_id for i in result.items] == [5, 4, 3]
+    assert [i.title for i in result.items] == ["Film 5", "Film 4", "Film 3"]
+    assert [i.retrieval_score for i in result.items] == pytest.approx([0.6, 0.7, 0.8])
+    assert result.release_id == result.retrieval_release_id == result.ranking_release_id == "r1"
+    assert not result.degraded_reasons and not result.cold_start
+    assert retrieval.calls[0][:4] == ("r1", "u1", 100, True)
+    assert ranking.calls[0][:3] == ("r1", "u1", (2, 3, 4, 5))
+
+
+def test_ranking_down_serves_retrieval_order_marked_degraded(releases) -> None:
+    result = gateway(releases, ranking=FakeRanking(fail=True)).recommend("u1", 3)
+    assert [i.item_id for i in result.items] == [2, 3, 4]
+    assert result.ranking_release_id == "" and result.degraded_reasons == ["ranking unavailable: UNAVAILABLE"]
+
+
+def test_retrieval_down_serves_popularity_without_seen_items(releases) -> None:
+    ranking = FakeRanking()
+    result = gateway(releases, FakeRetrieval(fail=True), ranking).recommend("u1", 3)
+    assert [i.item_id for i in result.items] == [2, 3, 4]  # item 1 is most popular but u1 has seen it
+    assert result.degraded_reasons and ranking.calls == []
+    assert gateway(releases, FakeRetrieval(fail=True)).recommend("u1", 1, exclude_seen=False).items[0].item_id == 1
+
+
+def test_cold_start_skips_ranking(releases) -> None:
+    ranking = FakeRanking()
+    result = gateway(releases, FakeRetrieval(cold=True), ranking).recommend("stranger", 2)
+    assert result.cold_start and not result.degraded_reasons and ranking.calls == []
+    assert [i.item_id for i in result.items] == [2, 3]
+
+
+def test_pinned_release_is_used_on_every_stage(releases) -> None:
+    releases.store.set_channel("candidate", "r2")
+    releases.sync()
+    retrieval, ranking = FakeRetrieval(), FakeRanking()
+    result = gateway(releases, retrieval, ranking).recommend("u1", 2, release_id="r2")
+    assert result.release_id == "r2" and retrieval.calls[0][0] == "r2" and ranking.calls[0][0] == "r2"
+
+
+def test_pinned_release_errors(releases) -> None:
+    with pytest.raises(NotFound):
+        gateway(releases).recommend("u1", 2, release_id="nope")
+    with pytest.raises(FailedPrecondition):
+        gateway(releases).recommend("u1", 2, release_id="r2")  # exists, not loaded by the gateway
+
+
+def test_a_stage_answering_for_another_release_is_an_error(releases) -> None:
+    with pytest.raises(FunnelError, match="answered for release 'r2'"):
+        gateway(releases, FakeRetrieval(release_override="r2")).recommend("u1", 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"user_id": "", "k": 3}, "user_id is required"),
+        ({"user_id": "u1", "k": 0}, "k must be between 1 and 100, got 0"),
+        ({"user_id": "u1", "k": 101}, "k must be between 1 and 100, got 101"),
+        ({"user_id": "u1", "k": 3, "num_candidates": 5000}, "num_candidates must be between 1 and 1000"),
+        ({"user_id": "u1", "k": 30, "num_candidates": 20}, "at least k"),
+    ],
+)
+def test_bad_input_is_invalid_argument(releases, kwargs, message) -> None:
+    user_id, k = kwargs.pop("user_id"), kwargs.pop("k")
+    with pytest.raises(InvalidArgument, match=message):
+        gateway(releases).recommend(user_id, k, **kwargs)
+
+
+def test_deadline_is_capped_per_stage(releases) -> None:
+    retrieval = FakeRetrieval()
+    gateway(releases, retrieval).recommend("u1", 2, time_remaining=0.3)
+    assert 0 < retrieval.calls[0][4] <= 0.3
+    gateway(releases, retrieval).recommend("u1", 2, time_remaining=30)
+    assert retrieval.calls[1][4] == 1.0
+
+
+def test_no_stable_release_is_unavailable(tmp_path: Path) -> None:
+    manager = ReleaseManager(ArtifactStore(tmp_path), GatewayRelease, name="gateway")
+    manager.sync()
+    with pytest.raises(Unavailable):
+        gateway(manager).recommend("u1", 2)

@@ -1,0 +1,119 @@
+"""Release store: atomic publish, verification that refuses partial or tampered releases, channel pointers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from funnel.errors import InvalidArgument, NotFound, ReleaseError
+from funnel.release import MANIFEST, ArtifactStore, validate_release_id
+
+
+def publish(store: ArtifactStore, release_id: str = "r1", files: dict[str, bytes] | None = None) -> str:
+    with store.new_release(release_id) as writer:
+        for rel, data in (files or {"a.bin": b"alpha", "model/weights": b"w" * 100}).items():
+            (writer.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (writer.dir / rel).write_bytes(data)
+        return writer.publish(training_runs={"retrieval": "run-1"}, data_fingerprint="fp", metrics={"m": 1.0})
+
+
+def test_publish_writes_manifest_with_checksums_and_leaves_no_staging(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    assert publish(store) == "r1"
+    manifest = json.loads((tmp_path / "releases" / "r1" / MANIFEST).read_text())
+    assert set(manifest["files"]) == {"a.bin", "model/weights"}
+    assert manifest["release_id"] == "r1" and manifest["metrics"] == {"m": 1.0}
+    assert list(store.staging_dir.iterdir()) == []
+    path, parsed = store.verify("r1")
+    assert path == tmp_path / "releases" / "r1" and parsed.training_runs == {"retrieval": "run-1"}
+    assert store.list_releases() == ["r1"]
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError), store.new_release("r1") as writer:
+        (writer.dir / "half").write_bytes(b"x")
+        raise RuntimeError("training crashed")
+    assert list(store.staging_dir.iterdir()) == [] and store.list_releases() == []
+
+
+def test_publishing_an_existing_id_is_refused(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    publish(store)
+    with pytest.raises(InvalidArgument, match="already exists"):
+        publish(store)
+
+
+def test_directory_without_manifest_is_refused(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    (store.releases_dir / "partial").mkdir()
+    (store.releases_dir / "partial" / "a.bin").write_bytes(b"alpha")
+    with pytest.raises(ReleaseError, match="no manifest.json"):
+        store.verify("partial")
+    assert store.list_releases() == []
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda d: (d / "a.bin").write_bytes(b"alphA"), "checksum mismatch for a.bin"),
+        (lambda d: (d / "model" / "weights").unlink(), "missing"),
+        (lambda d: (d / "extra.bin").write_bytes(b"?"), "not in the manifest"),
+        (lambda d: os.symlink("/etc/passwd", d / "link"), "symlink"),
+    ],
+)
+def test_tampered_release_is_refused(tmp_path: Path, tamper, message: str) -> None:
+    store = ArtifactStore(tmp_path)
+    publish(store)
+    tamper(store.releases_dir / "r1")
+    with pytest.raises(ReleaseError, match=message):
+        store.verify("r1")
+
+
+def test_manifest_paths_cannot_escape(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    publish(store)
+    manifest_path = store.releases_dir / "r1" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../outside"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ReleaseError, match="escapes"):
+        store.verify("r1")
+
+
+def test_manifest_for_another_release_is_refused(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    publish(store)
+    os.rename(store.releases_dir / "r1", store.releases_dir / "r2")
+    with pytest.raises(ReleaseError, match="holds a manifest for 'r1'"):
+        store.verify("r2")
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "a..b", "x" * 200])
+def test_release_ids_are_safe_names(bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        validate_release_id(bad)
+
+
+def test_unknown_release_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        ArtifactStore(tmp_path).verify("nope")
+
+
+def test_channels_point_at_published_releases_only(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    assert store.get_channel("stable") is None
+    with pytest.raises(NotFound):
+        store.set_channel("stable", "r1")
+    publish(store)
+    store.set_channel("stable", "r1")
+    assert store.get_channel("stable") == "r1"
+    assert ArtifactStore(tmp_path).get_channel("stable") == "r1"  # a second reader agrees
+    with pytest.raises(InvalidArgument):
+        store.set_channel("beta", "r1")
+    store.clear_channel("stable")
+    assert store.get_channel("stable") is None
+    assert [p.name for p in store.channels_dir.iterdir()] == []  # no temp files left

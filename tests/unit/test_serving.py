@@ -1,0 +1,100 @@
+"""ReleaseManager: loads what channels name, refuses bad releases while the last good one keeps serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from funnel.errors import FailedPrecondition, NotFound, ReleaseError, Unavailable
+from funnel.release import ArtifactStore, Manifest
+from funnel.serving import FAILED, READY, ReleaseManager
+from tests.unit.test_release import publish
+
+
+class FakeRelease:
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.release_id = manifest.release_id
+        if (path / "refuse").exists():
+            raise ReleaseError(f"{self.release_id}: fingerprint mismatch")
+        self.warm = False
+
+
+def make(tmp_path: Path, warmup=lambda r: setattr(r, "warm", True)) -> tuple[ArtifactStore, ReleaseManager, list]:
+    store = ArtifactStore(tmp_path)
+    readiness: list[bool] = []
+    return store, ReleaseManager(store, FakeRelease, warmup, name="test", on_change=readiness.append), readiness
+
+
+def test_not_ready_until_stable_is_loaded_and_warm(tmp_path: Path) -> None:
+    store, manager, readiness = make(tmp_path)
+    manager.sync()
+    assert readiness == [False] and not manager.ready()
+    with pytest.raises(Unavailable):
+        manager.get("r1")
+    publish(store, "r1")
+    store.set_channel("stable", "r1")
+    manager.sync()
+    assert readiness[-1] is True and manager.channel("stable") == "r1"
+    assert manager.get("r1").warm
+
+
+def test_bad_release_is_refused_and_last_good_keeps_serving(tmp_path: Path) -> None:
+    store, manager, _ = make(tmp_path)
+    publish(store, "r1")
+    store.set_channel("stable", "r1")
+    manager.sync()
+    publish(store, "r2")
+    (store.releases_dir / "r2" / "a.bin").write_bytes(b"corrupted")
+    store.set_channel("stable", "r2")
+    manager.sync()
+    assert manager.channel("stable") == "r1" and manager.ready()
+    assert manager.get("r1").release_id == "r1"
+    with pytest.raises(FailedPrecondition, match="checksum mismatch"):
+        manager.get("r2")
+    states = {s.release_id: s for s in manager.status()}
+    assert states["r1"].state == READY and states["r1"].channels == ("stable",)
+    assert states["r2"].state == FAILED and "checksum mismatch" in states["r2"].error
+    publish(store, "r3")
+    store.set_channel("stable", "r3")
+    manager.sync()
+    assert manager.channel("stable") == "r3" and manager.loaded_ids() == ["r3"]  # r1 dropped once unneeded
+
+
+def test_loader_and_warmup_failures_refuse_the_release(tmp_path: Path) -> None:
+    store, manager, _ = make(tmp_path, warmup=lambda r: (_ for _ in ()).throw(RuntimeError("warm-up query failed")))
+    publish(store, "r1")
+    store.set_channel("stable", "r1")
+    manager.sync()
+    assert not manager.ready()
+    assert "warm-up query failed" in manager.status()[0].error
+    store2, manager2, _ = make(tmp_path / "other")
+    publish(store2, "r1", {"refuse": b"1"})
+    store2.set_channel("stable", "r1")
+    manager2.sync()
+    assert not manager2.ready() and "fingerprint mismatch" in manager2.status()[0].error
+
+
+def test_unknown_and_unloaded_releases(tmp_path: Path) -> None:
+    store, manager, _ = make(tmp_path)
+    publish(store, "r1")
+    publish(store, "r2")
+    store.set_channel("stable", "r1")
+    manager.sync()
+    with pytest.raises(NotFound):
+        manager.get("r9")
+    with pytest.raises(FailedPrecondition, match="not loaded"):
+        manager.get("r2")
+
+
+def test_candidate_loads_beside_stable_and_is_dropped_when_cleared(tmp_path: Path) -> None:
+    store, manager, _ = make(tmp_path)
+    publish(store, "r1")
+    publish(store, "r2")
+    store.set_channel("stable", "r1")
+    store.set_channel("candidate", "r2")
+    manager.sync()
+    assert sorted(manager.loaded_ids()) == ["r1", "r2"] and manager.channel("candidate") == "r2"
+    store.clear_channel("candidate")
+    manager.sync()
+    assert manager.loaded_ids() == ["r1"] and manager.channel("candidate") is None

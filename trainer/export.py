@@ -1,0 +1,62 @@
+"""Export the query tower and ranker as plain SavedModels with explicit signatures and a funnel.json sidecar."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from funnel.release import SIDECAR
+from funnel.tf import tf
+
+
+class _QueryTowerServing(tf.Module):
+    def __init__(self, tower: tf.keras.Model) -> None:
+        super().__init__()
+        self.tower = tower
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def serve(self, user_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embedding": tf.cast(self.tower(user_id), tf.float32)}
+
+
+class _RankerServing(tf.Module):
+    def __init__(self, scorer: tf.keras.Model) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="user_id"), tf.TensorSpec([None], tf.int64, name="item_id")]
+    )
+    def serve(self, user_id: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"score": tf.reshape(tf.cast(self.scorer((user_id, item_id)), tf.float32), [-1])}
+
+
+def candidate_tower_fingerprint(tower: tf.keras.Model) -> str:
+    """Hex sha256 over the tower's weights in layer order: dtype, shape and little-endian bytes of each."""
+    digest = hashlib.sha256(b"funnel-candidate-tower-v1")
+    for weight in tower.get_weights():
+        digest.update(f"{weight.dtype.str}{weight.shape};".encode())
+        digest.update(weight.astype(weight.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def _save(module: tf.Module, directory: Path, metadata: dict) -> None:
+    if directory.exists():
+        raise FileExistsError(f"expected a new SavedModel directory, got existing {directory}")
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    sidecar = directory / SIDECAR
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def export_query_tower(tower: tf.keras.Model, directory: Path, *, candidate_fingerprint: str, training_run: str) -> None:
+    """SavedModel: serving_default(user_id: string [None]) -> {"embedding": float32 [None, D]}."""
+    embedding_dim = int(tower(tf.constant([""])).shape[-1])
+    metadata = {"candidate_tower_fingerprint": candidate_fingerprint, "embedding_dim": embedding_dim, "training_run": training_run}
+    _save(_QueryTowerServing(tower), Path(directory), metadata)
+
+
+def export_ranker(scorer: tf.keras.Model, directory: Path, *, training_run: str) -> None:
+    """SavedModel: serving_default(user_id: string [None], item_id: int64 [None]) -> {"score": float32 [None]}."""
+    _save(_RankerServing(scorer), Path(directory), {"training_run": training_run})

@@ -1,0 +1,122 @@
+"""Build, check and serialize the ScaNN index over candidate-tower item embeddings (numpy API only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scann
+
+SCANN_DIR = "scann"  # the searcher, inside the release's index/ directory
+ITEM_IDS_FILE = "item_ids.npy"
+INDEX_JSON = "index.json"
+RECALL_K = 100  # index.json key recall_at_100; also the searcher's default number of neighbours
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Index settings: the brute-force cut-off and the recall gate."""
+
+    brute_force_max_items: int = 50_000
+    min_recall: float = 0.95
+    recall_queries: int = 1000
+    seed: int = 42
+
+
+class RecallTooLow(RuntimeError):
+    """The searcher's recall against exact search is below the configured minimum."""
+
+
+def build_searcher(database: np.ndarray, config: IndexConfig) -> tuple[scann.scann_ops_pybind.ScannSearcher, str]:
+    """A dot-product searcher: brute force for small catalogs, else tree + asymmetric hashing + exact reorder."""
+    n = len(database)
+    k = min(RECALL_K, n)
+    builder = scann.scann_ops_pybind.builder(database, k, "dot_product")
+    if n <= config.brute_force_max_items:
+        return builder.score_brute_force().build(), "brute_force"
+    num_leaves = int(math.sqrt(n))  # ~sqrt(n) partitions, searching ~1/10 of them, then exact rescoring
+    searcher = (
+        builder.tree(
+            num_leaves=num_leaves,
+            num_leaves_to_search=max(num_leaves // 10, 10),
+            training_sample_size=min(n, 250_000),
+        )
+        .score_ah(2, anisotropic_quantization_threshold=0.2)
+        .reorder(max(4 * k, 200))
+        .build()
+    )
+    return searcher, "tree_ah"
+
+
+def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of the k largest dot products per query (unordered), computed in memory-bounded chunks."""
+    chunk = max(1, (1 << 25) // max(len(database), 1))
+    rows = []
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ database.T
+        rows.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+    return np.concatenate(rows)
+
+
+def measure_recall(searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Mean fraction of the exact top-k that the searcher returns in its top-k."""
+    k = min(k, len(database))
+    found, _ = searcher.search_batched(queries, final_num_neighbors=k)
+    exact = exact_top_k(database, queries, k)
+    return float(np.mean([len(np.intersect1d(f, e)) / k for f, e in zip(found, exact)]))
+
+
+def build_index(
+    directory: Path,
+    item_ids: np.ndarray,
+    item_embeddings: np.ndarray,
+    query_embeddings: np.ndarray,
+    *,
+    candidate_fingerprint: str,
+    training_run: str,
+    config: IndexConfig = IndexConfig(),
+) -> dict:
+    """Write scann/, item_ids.npy and index.json under ``directory``; raise RecallTooLow below config.min_recall.
+
+    Row i of the ScaNN database is the embedding of item_ids[i]; recall@k is measured against exact search on
+    up to config.recall_queries of the given query embeddings. Returns the index.json contents.
+    """
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    database = np.ascontiguousarray(item_embeddings, dtype=np.float32)
+    queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+    if database.ndim != 2 or len(database) != len(item_ids) or not len(item_ids):
+        raise ValueError(f"expected embeddings of shape ({len(item_ids)}, D) for {len(item_ids)} item ids, got {database.shape}")
+    if queries.ndim != 2 or queries.shape[1] != database.shape[1] or not len(queries):
+        raise ValueError(f"expected query embeddings of shape (N>0, {database.shape[1]}), got {queries.shape}")
+    if len(queries) > config.recall_queries:
+        pick = np.random.default_rng(config.seed).choice(len(queries), config.recall_queries, replace=False)
+        queries = queries[np.sort(pick)]
+
+    print(f"[index] building ScaNN dot-product index over {len(item_ids)} items (dim {database.shape[1]})", flush=True)
+    start = time.monotonic()
+    searcher, kind = build_searcher(database, config)
+    print(f"[index] {kind} searcher done in {time.monotonic() - start:.1f} s", flush=True)
+    recall = measure_recall(searcher, database, queries, RECALL_K)
+    print(f"[index] recall@{RECALL_K} vs exact search on {len(queries)} queries: {recall:.4f}", flush=True)
+    if recall < config.min_recall:
+        raise RecallTooLow(f"expected index recall@{RECALL_K} >= {config.min_recall}, got {recall:.4f} ({kind} searcher)")
+
+    directory = Path(directory)
+    (directory / SCANN_DIR).mkdir(parents=True)
+    searcher.serialize(str(directory / SCANN_DIR), relative_path=True)  # the release dir is renamed after writing
+    np.save(directory / ITEM_IDS_FILE, item_ids, allow_pickle=False)
+    meta = {
+        "candidate_tower_fingerprint": candidate_fingerprint,
+        "num_items": len(item_ids),
+        "embedding_dim": int(database.shape[1]),
+        "distance": "dot_product",
+        "searcher": kind,
+        "recall_at_100": recall,
+        "training_run": training_run,
+    }
+    (directory / INDEX_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return meta
