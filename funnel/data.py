@@ -206,7 +206,7 @@ def _read_csv(path: Path) -> _Table:
     except csv.Error as error:
         raise DataError(str(path), reader.line_num, f"expected valid CSV, got: {error}") from None
     _check_widths(str(path), lines, [len(record) for record in records], records[0])
-    return _Table(str(path), lines, [list(column) for column in zip(*records)])
+    return _Table(str(path), lines, [list(column) for column in zip(*records, strict=True)])
 
 
 def _split_header(
@@ -261,17 +261,19 @@ def _check_unique(table: _Table, ids: np.ndarray, what: str) -> None:
         table.fail(row, f"expected unique {what} ids, got {ids[row].item()!r} a second time")
 
 
-def _interactions(table: _Table, user: int, item: int, rating: int | None, timestamp: int | None) -> Interactions:
-    user_ids = np.array(table.column(user), dtype=np.str_)
-    if "" in table.column(user):
-        table.fail(table.column(user).index(""), "expected a user_id, got an empty field")
-    item_ids = _numbers(table, table.column(item), "item_id", np.int64, _ITEM_ID_HINT)
-    ratings = _numbers(table, table.column(rating, "1"), "rating", np.float32)
+def _interactions(table: _Table, columns: dict[str, int | None]) -> Interactions:
+    """Interactions from columns keyed user_id, item_id, rating (default 1) and timestamp (default 0)."""
+    users = table.column(columns["user_id"])
+    if "" in users:
+        table.fail(users.index(""), "expected a user_id, got an empty field")
+    item_ids = _numbers(table, table.column(columns["item_id"]), "item_id", np.int64, _ITEM_ID_HINT)
+    ratings = _numbers(table, table.column(columns["rating"], "1"), "rating", np.float32)
     infinite = np.flatnonzero(~np.isfinite(ratings))
     if len(infinite):
         row = int(infinite[0])
-        table.fail(row, f"expected a finite rating, got {table.column(rating)[row]!r}")
-    timestamps = _numbers(table, table.column(timestamp, "0"), "timestamp", np.int64)
+        table.fail(row, f"expected a finite rating, got {table.column(columns['rating'])[row]!r}")
+    timestamps = _numbers(table, table.column(columns["timestamp"], "0"), "timestamp", np.int64)
+    user_ids = np.array(users, dtype=np.str_)
     return Interactions(user_ids, item_ids, ratings, timestamps)
 
 
@@ -289,7 +291,7 @@ def _titles_and_years(titles: list[str], year_texts: list[str]) -> tuple[list[st
     """Strip a trailing " (YYYY)" off each title into its year; else the year text if it is digits; else 0."""
     stripped: list[str] = []
     years: list[int] = []
-    for title, year_text in zip(titles, year_texts):
+    for title, year_text in zip(titles, year_texts, strict=True):
         match = _TITLE_YEAR.match(title)
         stripped.append(match[1] if match else title)
         years.append(int(match[2]) if match else int(year_text) if year_text.isdigit() else 0)
@@ -320,7 +322,13 @@ def _dataset(
     return Dataset(name, interactions, items, users)
 
 
+_INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 _USER_COLUMNS = ("age", "gender", "occupation", "zip_code")
+
+
+def _positions(names: Sequence[str]) -> dict[str, int | None]:
+    """The column index of each name in a header-less file."""
+    return {name: index for index, name in enumerate(names)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -332,10 +340,8 @@ def load_recbole_ml100k(directory: str | Path) -> Dataset:
     directory = Path(directory)
     inter_path, item_path, user_path = (directory / f"ml-100k.{ext}" for ext in ("inter", "item", "user"))
 
-    table, cols = _split_header(
-        _read_delimited(inter_path, "\t"), ("user_id", "item_id", "rating", "timestamp"), type_separator=":"
-    )
-    interactions = _interactions(table, cols["user_id"], cols["item_id"], cols["rating"], cols["timestamp"])
+    table, cols = _split_header(_read_delimited(inter_path, "\t"), _INTERACTION_COLUMNS, type_separator=":")
+    interactions = _interactions(table, cols)
 
     item_table, item_cols = _split_header(
         _read_delimited(item_path, "\t"), ("item_id",), ("movie_title", "release_year", "class"), type_separator=":"
@@ -365,12 +371,13 @@ def _grouplens_genres(path: Path) -> tuple[str, ...]:
 def _grouplens_items(path: Path, genre_names: tuple[str, ...]) -> Items:
     names = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *genre_names)
     table = _read_delimited(path, "|", names, "latin-1")
-    for offset, (name, flags) in enumerate(zip(genre_names, table.columns[5:])):
+    for offset, (name, flags) in enumerate(zip(genre_names, table.columns[5:], strict=True)):
         bad = next((row for row, flag in enumerate(flags) if flag not in ("0", "1")), None)
         if bad is not None:
             table.fail(bad, f"expected genre flag 0 or 1 for {name!r} (field {6 + offset}), got {flags[bad]!r}")
     genres = [
-        tuple(name for name, flag in zip(genre_names, flags) if flag == "1") for flags in zip(*table.columns[5:])
+        tuple(name for name, flag in zip(genre_names, flags, strict=True) if flag == "1")
+        for flags in zip(*table.columns[5:], strict=True)
     ]
     # The year comes from the title's " (YYYY)", else from the release date "01-Jan-1995" (empty when unknown).
     release_years = [date.rsplit("-", 1)[-1].strip() for date in table.column(2)]
@@ -381,14 +388,14 @@ def _grouplens_items(path: Path, genre_names: tuple[str, ...]) -> Items:
 def load_grouplens_ml100k(directory: str | Path) -> Dataset:
     """Load the GroupLens layout: u.data, u.item (latin-1), optional u.genre and u.user."""
     directory = Path(directory)
-    table = _read_delimited(directory / "u.data", "\t", ("user_id", "item_id", "rating", "timestamp"))
-    interactions = _interactions(table, 0, 1, 2, 3)
+    table = _read_delimited(directory / "u.data", "\t", _INTERACTION_COLUMNS)
+    interactions = _interactions(table, _positions(_INTERACTION_COLUMNS))
     item_path = directory / "u.item"
     items = _grouplens_items(item_path, _grouplens_genres(directory / "u.genre"))
     users = None
     if (directory / "u.user").exists():
         names = ("user_id", *_USER_COLUMNS)
-        users = _users(_read_delimited(directory / "u.user", "|", names, "latin-1"), dict(zip(names, range(5))))
+        users = _users(_read_delimited(directory / "u.user", "|", names, "latin-1"), _positions(names))
     return _dataset("ml-100k", table, interactions, items, item_path, users)
 
 
@@ -397,7 +404,7 @@ def load_csv(interactions_csv: str | Path, items_csv: str | Path, users_csv: str
     with '|'-separated genres; optional users user_id[,age][,gender][,occupation][,zip_code]."""
     interactions_csv, items_csv = Path(interactions_csv), Path(items_csv)
     table, cols = _split_header(_read_csv(interactions_csv), ("user_id", "item_id"), ("rating", "timestamp"))
-    interactions = _interactions(table, cols["user_id"], cols["item_id"], cols["rating"], cols["timestamp"])
+    interactions = _interactions(table, cols)
     item_table, item_cols = _split_header(_read_csv(items_csv), ("item_id", "title"), ("year", "genres"))
     years = _optional_ints(item_table, item_cols["year"], "year")
     genres = _genre_lists(item_table.column(item_cols["genres"]), separator="|")

@@ -11,7 +11,8 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from funnel.errors import FunnelError
@@ -41,7 +42,7 @@ class Health:
     """The standard grpc.health.v1 servicer, with the overall and per-service status set together."""
 
     def __init__(self, service_names: Iterable[str]) -> None:
-        self.servicer = health.HealthServicer(experimental_non_blocking=True)
+        self.servicer = grpc_health.HealthServicer(experimental_non_blocking=True)
         self._names = ["", *service_names]
         self.set_serving(False)
 
@@ -76,7 +77,7 @@ def build_server(
     names = list(service_names)
     health_ = health or Health(names)
     health_pb2_grpc.add_HealthServicer_to_server(health_.servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection([*names, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise SystemExit(f"could not bind {address!r}: expected host:port that is free")

@@ -36,13 +36,9 @@ class ServiceConfig:
     max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
 
 
-def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R],
-                    health: Health | None = None) -> ReleaseManager[R]:
-    """A manager that loads releases with ``load``, warms them, and flips ``health`` to SERVING once stable is up."""
-    return ReleaseManager(
-        ArtifactStore(config.artifact_root), load, lambda release: release.warmup(), name=name,
-        on_change=health.set_serving if health else lambda ready: None,
-    )
+def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R]) -> ReleaseManager[R]:
+    """A manager that loads releases from the configured artifact root with ``load`` and warms them."""
+    return ReleaseManager(ArtifactStore(config.artifact_root), load, lambda release: release.warmup(), name=name)
 
 
 def create_service_server(
@@ -54,12 +50,16 @@ def create_service_server(
     releases: ReleaseManager[R] | None = None,
     health: Health | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Build (not start) a service's server; without ``releases`` a manager is created and starts polling."""
+    """Build (not start) a service's server; health reports SERVING once ``releases`` has a stable release.
+
+    Without ``releases`` a manager is created and starts polling the artifact root.
+    """
     if releases is None:
-        releases = release_manager(config, name, load, health)
+        releases = release_manager(config, name, load)
         releases.start(config.poll_interval)
-    server, port, _ = build_server(config.address, lambda s: register(s, releases), service_names,
-                                   max_workers=config.max_workers, health=health)
+    server, port, health = build_server(config.address, lambda s: register(s, releases), service_names,
+                                        max_workers=config.max_workers, health=health)
+    releases.subscribe(health.set_serving)
     return server, port
 
 
@@ -72,7 +72,7 @@ def serve_service(
 ) -> None:
     """Run one stage process: load releases in the background, serve, drain on SIGTERM."""
     health = Health(service_names)
-    releases = release_manager(config, name, load, health)
+    releases = release_manager(config, name, load)
     server, port = create_server(config, releases, health)
     server.start()
     log.info("%s listening on port %d; artifact root %s", name, port, config.artifact_root)

@@ -43,11 +43,11 @@ class ReleaseManager(Generic[T]):
         warmup: Callable[[T], None] = lambda release: None,
         *,
         name: str,
-        on_change: Callable[[bool], None] = lambda ready: None,
     ) -> None:
         self.store = store
         self.name = name
-        self._load, self._warmup, self._on_change = load, warmup, on_change
+        self._load, self._warmup = load, warmup
+        self._listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._loaded: dict[str, T] = {}
@@ -56,6 +56,11 @@ class ReleaseManager(Generic[T]):
         self._loading: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def subscribe(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(ready)`` now and after every sync (health status follows readiness this way)."""
+        self._listeners.append(listener)
+        listener(self.ready())
 
     # --- background sync -------------------------------------------------------------------------------
 
@@ -92,7 +97,9 @@ class ReleaseManager(Generic[T]):
                 for release_id in [r for r in self._loaded if r not in needed]:
                     del self._loaded[release_id]
                     log.info("%s: unloaded release %s (no channel needs it)", self.name, release_id)
-            self._on_change(self.ready())
+            ready = self.ready()
+            for listener in list(self._listeners):
+                listener(ready)
 
     def _set_effective(self, channel: str, release_id: str) -> None:
         with self._lock:

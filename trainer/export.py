@@ -26,10 +26,13 @@ class _RankerServing(tf.Module):
         self.scorer = scorer
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None], tf.string, name="user_id"), tf.TensorSpec([None], tf.int64, name="item_id")]
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="user_id"),
+            tf.TensorSpec([None], tf.int64, name="item_id"),
+        ]
     )
     def serve(self, user_id: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"score": tf.reshape(tf.cast(self.scorer((user_id, item_id)), tf.float32), [-1])}
+        return {"score": tf.reshape(tf.cast(self.scorer([user_id, item_id]), tf.float32), [-1])}
 
 
 def candidate_tower_fingerprint(tower: tf.keras.Model) -> str:
@@ -50,10 +53,16 @@ def _save(module: tf.Module, directory: Path, metadata: dict) -> None:
     sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def export_query_tower(tower: tf.keras.Model, directory: Path, *, candidate_fingerprint: str, training_run: str) -> None:
+def export_query_tower(
+    tower: tf.keras.Model, directory: Path, *, candidate_fingerprint: str, training_run: str
+) -> None:
     """SavedModel: serving_default(user_id: string [None]) -> {"embedding": float32 [None, D]}."""
     embedding_dim = int(tower(tf.constant([""])).shape[-1])
-    metadata = {"candidate_tower_fingerprint": candidate_fingerprint, "embedding_dim": embedding_dim, "training_run": training_run}
+    metadata = {
+        "candidate_tower_fingerprint": candidate_fingerprint,
+        "embedding_dim": embedding_dim,
+        "training_run": training_run,
+    }
     _save(_QueryTowerServing(tower), Path(directory), metadata)
 
 

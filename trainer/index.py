@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scann
+
+import funnel.tf  # noqa: F401  (scann imports TensorFlow, so Keras 2 must be selected first)
+import scann  # noqa: E402
 
 SCANN_DIR = "scann"  # the searcher, inside the release's index/ directory
 ITEM_IDS_FILE = "item_ids.npy"
@@ -38,15 +40,15 @@ def build_searcher(database: np.ndarray, config: IndexConfig) -> tuple[scann.sca
     builder = scann.scann_ops_pybind.builder(database, k, "dot_product")
     if n <= config.brute_force_max_items:
         return builder.score_brute_force().build(), "brute_force"
-    num_leaves = int(math.sqrt(n))  # ~sqrt(n) partitions, searching ~1/10 of them, then exact rescoring
+    num_leaves = int(math.sqrt(n))  # ~sqrt(n) partitions, search 1/5 of them, rescore the best 10k exactly
     searcher = (
         builder.tree(
             num_leaves=num_leaves,
-            num_leaves_to_search=max(num_leaves // 10, 10),
+            num_leaves_to_search=min(num_leaves, max(num_leaves // 5, 20)),
             training_sample_size=min(n, 250_000),
         )
         .score_ah(2, anisotropic_quantization_threshold=0.2)
-        .reorder(max(4 * k, 200))
+        .reorder(10 * k)
         .build()
     )
     return searcher, "tree_ah"
@@ -62,7 +64,9 @@ def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
     return np.concatenate(rows)
 
 
-def measure_recall(searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray, k: int) -> float:
+def measure_recall(
+    searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray, k: int
+) -> float:
     """Mean fraction of the exact top-k that the searcher returns in its top-k."""
     k = min(k, len(database))
     found, _ = searcher.search_batched(queries, final_num_neighbors=k)
@@ -89,7 +93,9 @@ def build_index(
     database = np.ascontiguousarray(item_embeddings, dtype=np.float32)
     queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
     if database.ndim != 2 or len(database) != len(item_ids) or not len(item_ids):
-        raise ValueError(f"expected embeddings of shape ({len(item_ids)}, D) for {len(item_ids)} item ids, got {database.shape}")
+        raise ValueError(
+            f"expected embeddings of shape ({len(item_ids)}, D) for {len(item_ids)} item ids, got {database.shape}"
+        )
     if queries.ndim != 2 or queries.shape[1] != database.shape[1] or not len(queries):
         raise ValueError(f"expected query embeddings of shape (N>0, {database.shape[1]}), got {queries.shape}")
     if len(queries) > config.recall_queries:
@@ -103,7 +109,9 @@ def build_index(
     recall = measure_recall(searcher, database, queries, RECALL_K)
     print(f"[index] recall@{RECALL_K} vs exact search on {len(queries)} queries: {recall:.4f}", flush=True)
     if recall < config.min_recall:
-        raise RecallTooLow(f"expected index recall@{RECALL_K} >= {config.min_recall}, got {recall:.4f} ({kind} searcher)")
+        raise RecallTooLow(
+            f"expected index recall@{RECALL_K} >= {config.min_recall}, got {recall:.4f} ({kind} searcher)"
+        )
 
     directory = Path(directory)
     (directory / SCANN_DIR).mkdir(parents=True)

@@ -36,6 +36,8 @@ class TrainConfig:
 
 Features = dict[str, np.ndarray]
 """Column arrays: "user_id" (str), "item_id" (int64) and, for ranking, "rating" (float32)."""
+RETRIEVAL_KEYS = ("user_id", "item_id")
+RANKING_KEYS = ("user_id", "item_id", "rating")
 
 
 def user_tower(user_vocab: np.ndarray, embedding_dim: int) -> tf.keras.Model:
@@ -66,7 +68,11 @@ class RetrievalModel(tfrs.Model):
         self.query_tower = user_tower(user_vocab, embedding_dim)
         self.candidate_tower = item_tower(item_vocab, embedding_dim)
         candidates = tf.data.Dataset.from_tensor_slices(item_vocab).batch(128).map(self.candidate_tower)
-        self.task = tfrs.tasks.Retrieval(metrics=tfrs.metrics.FactorizedTopK(candidates=candidates, ks=TOP_KS))
+        # Sequential scoring: op determinism would serialize a parallel map anyway (and log an error doing so).
+        top_k = tfrs.layers.factorized_top_k.Streaming(k=max(TOP_KS), num_parallel_calls=None)
+        self.task = tfrs.tasks.Retrieval(
+            metrics=tfrs.metrics.FactorizedTopK(candidates=top_k.index_from_dataset(candidates), ks=TOP_KS)
+        )
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         return self.task(
@@ -76,39 +82,31 @@ class RetrievalModel(tfrs.Model):
         )
 
 
-class Scorer(tf.keras.Model):
+def scorer(user_vocab: np.ndarray, item_vocab: np.ndarray, embedding_dim: int) -> tf.keras.Model:
     """(user id, item id) → predicted rating [batch, 1]: concatenated embeddings through a 256-64-1 MLP."""
-
-    def __init__(self, user_vocab: np.ndarray, item_vocab: np.ndarray, embedding_dim: int) -> None:
-        super().__init__()
-        self.user_embeddings = user_tower(user_vocab, embedding_dim)
-        self.item_embeddings = item_tower(item_vocab, embedding_dim)
-        self.mlp = tf.keras.Sequential(
-            [
-                tf.keras.layers.Dense(256, activation="relu"),
-                tf.keras.layers.Dense(64, activation="relu"),
-                tf.keras.layers.Dense(1),
-            ]
-        )
-
-    def call(self, inputs: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        user_id, item_id = inputs
-        return self.mlp(tf.concat([self.user_embeddings(user_id), self.item_embeddings(item_id)], axis=1))
+    user_id = tf.keras.Input(shape=(), dtype=tf.string, name="user_id")
+    item_id = tf.keras.Input(shape=(), dtype=tf.int64, name="item_id")
+    x = tf.keras.layers.Concatenate()(
+        [user_tower(user_vocab, embedding_dim)(user_id), item_tower(item_vocab, embedding_dim)(item_id)]
+    )
+    x = tf.keras.layers.Dense(256, activation="relu")(x)
+    x = tf.keras.layers.Dense(64, activation="relu")(x)
+    return tf.keras.Model([user_id, item_id], tf.keras.layers.Dense(1)(x), name="scorer")
 
 
 class RankingModel(tfrs.Model):
-    """The Scorer trained on explicit ratings with MSE loss and an RMSE metric."""
+    """The scorer trained on explicit ratings with MSE loss and an RMSE metric."""
 
     def __init__(self, user_vocab: np.ndarray, item_vocab: np.ndarray, embedding_dim: int) -> None:
         super().__init__()
-        self.scorer = Scorer(user_vocab, item_vocab, embedding_dim)
+        self.scorer = scorer(user_vocab, item_vocab, embedding_dim)
         self.task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.MeanSquaredError(),
             metrics=[tf.keras.metrics.RootMeanSquaredError()],
         )
 
     def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
-        return self.scorer((features["user_id"], features["item_id"]))
+        return self.scorer([features["user_id"], features["item_id"]])
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         return self.task(labels=features["rating"], predictions=self(features))
@@ -121,9 +119,10 @@ class _EpochLog(tf.keras.callbacks.Callback):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        shown = {k: v for k, v in (logs or {}).items() if not k.startswith(("factorized_top_k", "regularization", "total"))}
-        values = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
-        print(f"  epoch {epoch + 1}/{self.params['epochs']}: {values} ({time.monotonic() - self._start:.1f} s)", flush=True)
+        hidden = ("factorized_top_k", "regularization", "total")  # top-k is not computed while training
+        values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if not k.startswith(hidden))
+        seconds = time.monotonic() - self._start
+        print(f"  epoch {epoch + 1}/{self.params['epochs']}: {values} ({seconds:.1f} s)", flush=True)
 
 
 def _fit(model: tfrs.Model, batches: tf.data.Dataset, config: TrainConfig, verbose: bool) -> None:
@@ -133,33 +132,23 @@ def _fit(model: tfrs.Model, batches: tf.data.Dataset, config: TrainConfig, verbo
 
 def _seed(seed: int) -> None:
     tf.keras.utils.set_random_seed(seed)  # Python, NumPy and TF global seeds
-    tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_op_determinism()  # process-wide; training runs in its own job
 
 
-def _check_features(features: Features, keys: tuple[str, ...]) -> int:
+def _columns(features: Features, keys: tuple[str, ...]) -> tf.data.Dataset:
     missing = [k for k in keys if k not in features]
     if missing:
         raise ValueError(f"expected feature columns {list(keys)}, missing {missing}")
     lengths = {k: len(features[k]) for k in keys}
-    if len(set(lengths.values())) != 1 or not next(iter(lengths.values())):
+    if len(set(lengths.values())) != 1 or not lengths[keys[0]]:
         raise ValueError(f"expected non-empty feature columns of equal length, got lengths {lengths}")
-    return next(iter(lengths.values()))
+    return tf.data.Dataset.from_tensor_slices({k: features[k] for k in keys})
 
 
 def _train_batches(features: Features, keys: tuple[str, ...], config: TrainConfig) -> tf.data.Dataset:
-    _check_features(features, keys)
-    ds = tf.data.Dataset.from_tensor_slices({k: features[k] for k in keys})
     # As in the tutorials: shuffled once, then cached, so every epoch sees the same batches.
-    return ds.shuffle(config.shuffle_buffer, seed=config.seed).batch(config.train_batch_size).cache()
-
-
-def _eval_batches(features: Features, keys: tuple[str, ...], config: TrainConfig) -> tf.data.Dataset:
-    _check_features(features, keys)
-    return tf.data.Dataset.from_tensor_slices({k: features[k] for k in keys}).batch(config.eval_batch_size).cache()
-
-
-RETRIEVAL_KEYS = ("user_id", "item_id")
-RANKING_KEYS = ("user_id", "item_id", "rating")
+    shuffled = _columns(features, keys).shuffle(config.shuffle_buffer, seed=config.seed)
+    return shuffled.batch(config.train_batch_size).cache()
 
 
 def train_retrieval(
@@ -174,7 +163,7 @@ def train_retrieval(
 
 def evaluate_retrieval(model: RetrievalModel, test: Features, config: TrainConfig) -> dict[str, float]:
     """FactorizedTopK accuracy over the whole catalog: {"top_1": .., ..., "top_100": ..}."""
-    result = model.evaluate(_eval_batches(test, RETRIEVAL_KEYS, config), return_dict=True, verbose=0)
+    result = model.evaluate(_columns(test, RETRIEVAL_KEYS).batch(config.eval_batch_size), return_dict=True, verbose=0)
     return {f"top_{k}": float(result[f"factorized_top_k/top_{k}_categorical_accuracy"]) for k in TOP_KS}
 
 
@@ -190,5 +179,5 @@ def train_ranking(
 
 def evaluate_ranking(model: RankingModel, test: Features, config: TrainConfig) -> float:
     """Root mean squared error of the predicted ratings on the test interactions."""
-    result = model.evaluate(_eval_batches(test, RANKING_KEYS, config), return_dict=True, verbose=0)
+    result = model.evaluate(_columns(test, RANKING_KEYS).batch(config.eval_batch_size), return_dict=True, verbose=0)
     return float(result["root_mean_squared_error"])

@@ -11,7 +11,9 @@ import pytest
 from funnel import data, datasets
 from funnel.errors import DataError
 
-RECBOLE_INTER = "timestamp:float\trating:float\tuser_id:token\titem_id:token\n881250949\t3\t196\t242\n891717742\t4.5\t186\t1\n"
+RECBOLE_INTER = (
+    "timestamp:float\trating:float\tuser_id:token\titem_id:token\n881250949\t3\t196\t242\n891717742\t4.5\t186\t1\n"
+)
 RECBOLE_ITEM = (
     "item_id:token\tclass:token_seq\tmovie_title:token_seq\trelease_year:token\n"
     "1\tAnimation Children's Comedy\tToy Story\t1995\n"
@@ -19,15 +21,24 @@ RECBOLE_ITEM = (
     "267\tunknown\tunkonwn\tunkonwn\n"
     "1412\tAnimation\tLand Before Time III (1995)\tV\n"
 )
-RECBOLE_USER = "user_id:token\tzip_code:token\tage:token\tgender:token\toccupation:token\n196\t55105\t49\tM\twriter\n186\t00000\t\tF\tother\n"
+RECBOLE_USER = (
+    "user_id:token\tzip_code:token\tage:token\tgender:token\toccupation:token\n"
+    "196\t55105\t49\tM\twriter\n"
+    "186\t00000\t\tF\tother\n"
+)
 
-GENRE_FLAGS_TOY_STORY = "0|0|0|1|1|1|" + "0|" * 12 + "0"  # Animation, Children's, Comedy
+
+def u_item_line(item_id: int, title: str, release_date: str, genres: set[str]) -> str:
+    flags = "|".join("1" if genre in genres else "0" for genre in data.GROUPLENS_GENRES)
+    return f"{item_id}|{title}|{release_date}||http://us.imdb.com/x|{flags}\n"
+
+
 U_ITEM = (
-    "1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|" + GENRE_FLAGS_TOY_STORY + "\n"
-    "543|Misérables, Les (1995)|01-Jan-1995||http://x|" + "0|" * 8 + "1|" + "0|" * 9 + "0\n"
-    "12|Usual Suspects, The (1995)|14-Aug-1995||http://x|" + "0|" * 6 + "1|" + "0|" * 9 + "1|0|0\n"
-    "267|unknown||||1|" + "0|" * 17 + "0\n"
-    "99|No Year In Title|05-May-1997||http://x|" + "0|" * 18 + "1\n"
+    u_item_line(1, "Toy Story (1995)", "01-Jan-1995", {"Animation", "Children's", "Comedy"})
+    + u_item_line(543, "Misérables, Les (1995)", "01-Jan-1995", {"Drama"})
+    + u_item_line(12, "Usual Suspects, The (1995)", "14-Aug-1995", {"Crime", "Thriller"})
+    + u_item_line(267, "unknown", "", {"unknown"})
+    + u_item_line(99, "No Year In Title", "05-May-1997", {"Western"})
 )
 U_DATA = "196\t1\t3\t881250949\n186\t543\t5\t891717742\n22\t12\t1\t878887116\n"
 U_USER = "196|49|M|writer|55105\n186|39|F|executive|00000\n22|25|M|writer|40206\n"
@@ -137,8 +148,7 @@ def test_grouplens_genre_names_come_from_u_genre(tmp_path: Path) -> None:
 
 
 def test_grouplens_genre_flag_must_be_0_or_1(tmp_path: Path) -> None:
-    bad_item = U_ITEM.replace("|" + GENRE_FLAGS_TOY_STORY, "|2" + GENRE_FLAGS_TOY_STORY[1:])
-    grouplens_dir(tmp_path, u_item=bad_item)
+    grouplens_dir(tmp_path, u_item=U_ITEM.replace("x|0|", "x|2|", 1))
     with pytest.raises(DataError, match=r"u\.item:1: expected genre flag 0 or 1 for 'unknown' \(field 6\), got '2'"):
         data.load_grouplens_ml100k(tmp_path)
 
@@ -191,7 +201,8 @@ def test_csv_non_integer_item_id(tmp_path: Path, interactions: str, items: str, 
 
 
 def test_csv_line_numbers_count_blank_lines_and_multiline_fields(tmp_path: Path) -> None:
-    inter, items = csv_files(tmp_path, "user_id,item_id\n\nu1,5\nu2,6\n", 'item_id,title\n5,"Two\nLines"\n\n6,Six,extra\n')
+    items_text = 'item_id,title\n5,"Two\nLines"\n\n6,"Six\nLines",extra\n'  # the bad record spans lines 5-6
+    inter, items = csv_files(tmp_path, "user_id,item_id\n\nu1,5\nu2,6\n", items_text)
     with pytest.raises(DataError, match=r"movies\.csv:5: expected 2 fields \(item_id, title\), got 3"):
         data.load_csv(inter, items)
 
@@ -205,14 +216,38 @@ GOOD_U_DATA = "196\t1\t3\t881250949\n186\t543\t5\t891717742\n"
 @pytest.mark.parametrize(
     ("u_data", "u_item", "bad_file", "line", "problem"),
     [
-        ("196\t1\t3\t881250949\n186\t543\t5\n", U_ITEM, "u.data", 2, "expected 4 fields (user_id, item_id, rating, timestamp), got 3"),
-        ("196\t1\t3\t881250949\n\n186\t543\tfive\t891717742\n", U_ITEM, "u.data", 3, "expected a number rating, got 'five'"),
+        (
+            "196\t1\t3\t881250949\n186\t543\t5\n",
+            U_ITEM,
+            "u.data",
+            2,
+            "expected 4 fields (user_id, item_id, rating, timestamp), got 3",
+        ),
+        (
+            "196\t1\t3\t881250949\n\n186\t543\tfive\t891717742\n",
+            U_ITEM,
+            "u.data",
+            3,
+            "expected a number rating, got 'five'",
+        ),
         ("196\t1\tnan\t881250949\n", U_ITEM, "u.data", 1, "expected a finite rating, got 'nan'"),
         (GOOD_U_DATA.replace("5\t", "inf\t"), U_ITEM, "u.data", 2, "expected a finite rating, got 'inf'"),
-        (GOOD_U_DATA.replace("891717742", "2024-01-01"), U_ITEM, "u.data", 2, "expected an integer timestamp, got '2024-01-01'"),
+        (
+            GOOD_U_DATA.replace("891717742", "2024-01-01"),
+            U_ITEM,
+            "u.data",
+            2,
+            "expected an integer timestamp, got '2024-01-01'",
+        ),
         ("\t1\t3\t881250949\n", U_ITEM, "u.data", 1, "expected a user_id, got an empty field"),
         (GOOD_U_DATA + "7\t1682\t4\t881250949\n", U_ITEM, "u.data", 3, "got item id 1682"),
-        (GOOD_U_DATA, U_ITEM + U_ITEM.splitlines(keepends=True)[1], "u.item", 6, "expected unique item ids, got 543 a second time"),
+        (
+            GOOD_U_DATA,
+            U_ITEM + U_ITEM.splitlines(keepends=True)[1],
+            "u.item",
+            6,
+            "expected unique item ids, got 543 a second time",
+        ),
         (GOOD_U_DATA, U_ITEM.replace("\n", "|0\n", 1), "u.item", 1, "expected 24 fields (item_id, title, release_date"),
         ("", U_ITEM, "u.data", 1, "expected data, got an empty file"),
         (GOOD_U_DATA, "\n\n", "u.item", 1, "expected data, got an empty file"),
@@ -272,7 +307,9 @@ def test_fingerprint_changes_with_one_rating_or_title(tmp_path: Path) -> None:
     ratings = ds.interactions.ratings.copy()
     ratings[1] = 4.0
     changed_rating = dataclasses.replace(ds, interactions=dataclasses.replace(ds.interactions, ratings=ratings))
-    changed_title = dataclasses.replace(ds, items=dataclasses.replace(ds.items, titles=("Toy Story 2", *ds.items.titles[1:])))
+    changed_title = dataclasses.replace(
+        ds, items=dataclasses.replace(ds.items, titles=("Toy Story 2", *ds.items.titles[1:]))
+    )
     fingerprints = {ds.fingerprint(), changed_rating.fingerprint(), changed_title.fingerprint()}
     assert len(fingerprints) == 3
 
@@ -284,7 +321,13 @@ def _dataset_with_users(user_ids: list[str]) -> data.Dataset:
     )
     items = data.Items(np.arange(n, dtype=np.int64), tuple(f"t{i}" for i in range(n)), np.zeros(n, np.int32), ((),) * n)
     distinct = sorted(set(user_ids))
-    users = data.Users(np.array(distinct), np.zeros(len(distinct), np.int32), ("",) * len(distinct), ("",) * len(distinct), ("",) * len(distinct))
+    users = data.Users(
+        np.array(distinct),
+        np.zeros(len(distinct), np.int32),
+        ("",) * len(distinct),
+        ("",) * len(distinct),
+        ("",) * len(distinct),
+    )
     return data.Dataset("toy", interactions, items, users)
 
 
@@ -339,7 +382,11 @@ def test_load_dataset_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert data.load_dataset(f"csv:{inter},{items},{users}", "unused").users is not None
 
 
-@pytest.mark.parametrize("spec", ["movielens-1m", "recbole:", "csv:only_one.csv", "csv:a,b,c,d", "csv:a,", "", "file:/x"])
+@pytest.mark.parametrize(
+    "spec", ["movielens-1m", "recbole:", "csv:only_one.csv", "csv:a,b,c,d", "csv:a,", "", "file:/x"]
+)
 def test_load_dataset_rejects_unknown_specs(spec: str) -> None:
-    with pytest.raises(ValueError, match=r"expected a dataset spec of the form movielens-100k, grouplens:<dir>, recbole:<dir>, csv:"):
+    with pytest.raises(
+        ValueError, match=r"expected a dataset spec of the form movielens-100k, grouplens:<dir>, recbole:<dir>, csv:"
+    ):
         data.load_dataset(spec, "unused")

@@ -23,13 +23,15 @@ class FakeRelease:
 def make(tmp_path: Path, warmup=lambda r: setattr(r, "warm", True)) -> tuple[ArtifactStore, ReleaseManager, list]:
     store = ArtifactStore(tmp_path)
     readiness: list[bool] = []
-    return store, ReleaseManager(store, FakeRelease, warmup, name="test", on_change=readiness.append), readiness
+    manager = ReleaseManager(store, FakeRelease, warmup, name="test")
+    manager.subscribe(readiness.append)
+    return store, manager, readiness
 
 
 def test_not_ready_until_stable_is_loaded_and_warm(tmp_path: Path) -> None:
     store, manager, readiness = make(tmp_path)
     manager.sync()
-    assert readiness == [False] and not manager.ready()
+    assert readiness == [False, False] and not manager.ready()
     with pytest.raises(Unavailable):
         manager.get("r1")
     publish(store, "r1")

@@ -1,0 +1,165 @@
+"""The whole path with real processes: retrieval, ranking and gateway servers on loopback, called over gRPC."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from funnel import stack
+from funnel.artifacts import read_seen
+from funnel.release import ArtifactStore
+from funnel.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    ranking_pb2_grpc,
+    retrieval_pb2_grpc,
+)
+from tests.conftest import RELEASE, ROOT, clone_release
+
+pytestmark = pytest.mark.integration
+FAST_POLL = {"FUNNEL_POLL_INTERVAL": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def services(artifact_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    running = stack.start_stack(artifact_root, tmp_path_factory.mktemp("logs"), extra_env=FAST_POLL)
+    yield running
+    codes = stack.stop_stack(running)
+    assert codes == {"gateway": 0, "ranking": 0, "retrieval": 0}, "every service drains and exits 0 on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def gateway(services):
+    with grpc.insecure_channel(services["gateway"].address) as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
+
+
+def recommend(stub, user_id: str = "1", k: int = 10, **kwargs) -> gateway_pb2.RecommendResponse:
+    request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user_id), k=k, **kwargs)
+    return stub.Recommend(request, timeout=15)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_recommendations_are_ranked_unseen_titled_and_from_one_release(gateway, artifact_root) -> None:
+    response = recommend(gateway, "1", 10)
+    seen = set(read_seen(ArtifactStore(artifact_root).release_dir(RELEASE)).get("1").tolist())
+    ids = [item.item_id for item in response.items]
+    scores = [item.score for item in response.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert scores == sorted(scores, reverse=True)
+    assert not seen & set(ids)
+    assert all(item.title for item in response.items)
+    assert response.release_id == response.retrieval_release_id == response.ranking_release_id == RELEASE
+    assert not response.degraded and not response.cold_start
+    assert response.timings.total_ms >= response.timings.retrieval_ms > 0 and response.timings.ranking_ms > 0
+    again = recommend(gateway, "1", 10)
+    assert [(i.item_id, i.score) for i in again.items] == [(i.item_id, i.score) for i in response.items]
+
+
+def test_include_seen_and_pinned_release(gateway, artifact_root) -> None:
+    seen = set(read_seen(ArtifactStore(artifact_root).release_dir(RELEASE)).get("1").tolist())
+    response = recommend(gateway, "1", 50, exclude_seen=False, num_candidates=200, release_id=RELEASE)
+    assert response.release_id == RELEASE and seen & {i.item_id for i in response.items}
+
+
+def test_unknown_user_gets_a_cold_start_answer(gateway) -> None:
+    response = recommend(gateway, "somebody-new", 5)
+    assert response.cold_start and len(response.items) == 5 and not response.degraded
+    assert all(item.title for item in response.items)
+
+
+@pytest.mark.parametrize(
+    "kwargs, code, message",
+    [
+        ({"k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "k must be between 1 and 100, got 0"),
+        ({"k": 101}, grpc.StatusCode.INVALID_ARGUMENT, "got 101"),
+        ({"user_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "user_id is required"),
+        ({"user_id": "x" * 1000}, grpc.StatusCode.INVALID_ARGUMENT, "at most 256 characters"),
+        ({"release_id": "no-such-release"}, grpc.StatusCode.NOT_FOUND, "does not exist"),
+        ({"release_id": "../../etc"}, grpc.StatusCode.INVALID_ARGUMENT, "release id must match"),
+        ({"user_id": "x" * (5 * 1024 * 1024)}, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ],
+)
+def test_bad_input_gets_a_clear_status(gateway, kwargs, code, message) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        recommend(gateway, **{"user_id": "1", "k": 10, **kwargs})
+    assert info.value.code() == code
+    assert message in info.value.details()
+
+
+def _failed_everywhere(services, release_id: str) -> bool:
+    stubs = {"retrieval": retrieval_pb2_grpc.RetrievalServiceStub, "ranking": ranking_pb2_grpc.RankingServiceStub,
+             "gateway": gateway_pb2_grpc.GatewayServiceStub}
+    for name, stub_class in stubs.items():
+        with grpc.insecure_channel(services[name].address) as channel:
+            status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
+        if not any(r.release_id == release_id and r.state == "failed" for r in status.releases):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("breakage", ["checksum", "no-manifest"])
+def test_corrupt_or_partial_release_is_refused_while_current_keeps_serving(services, gateway, artifact_root,
+                                                                          breakage) -> None:
+    store = ArtifactStore(artifact_root)
+    bad = f"test-bad-{breakage}"
+    clone_release(store, RELEASE, bad, lambda d: None)
+    if breakage == "checksum":
+        weights = next((store.releases_dir / bad / "ranker" / "variables").glob("*.data-*"))
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        (store.releases_dir / bad / "manifest.json").unlink()  # as if a copy stopped half way
+    (store.channels_dir / "stable").write_text(bad + "\n")  # an operator points stable at it
+    try:
+        wait_for(lambda: _failed_everywhere(services, bad), what=f"{bad} reported failed by every service")
+        for _ in range(5):
+            response = recommend(gateway, "1", 10)
+            assert response.release_id == response.retrieval_release_id == response.ranking_release_id == RELEASE
+            assert not response.degraded
+        with pytest.raises(grpc.RpcError) as info:
+            recommend(gateway, "1", 10, release_id=bad)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        store.set_channel("stable", RELEASE)
+
+
+def test_cli_prints_a_table(services) -> None:
+    out = subprocess.run([sys.executable, "-m", "funnel.cli", "recommend", "1", "-k", "3",
+                          "--gateway", services["gateway"].address],
+                         cwd=ROOT, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
+    lines = out.splitlines()
+    assert lines[0] == f"Top 3 for user 1 — release {RELEASE}"
+    assert lines[1].split() == ["rank", "item", "title", "year", "score", "retrieval"]
+    assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
+
+
+def test_a_service_is_not_serving_until_a_release_is_loaded(artifact_root, tmp_path: Path) -> None:
+    empty_root = tmp_path / "artifacts"
+    service = stack.start_service("retrieval", f"127.0.0.1:{stack.free_port()}", empty_root, tmp_path, FAST_POLL)
+    try:
+        wait_for(lambda: stack.health_status(service.address) != "UNREACHABLE", what="retrieval to listen")
+        assert stack.health_status(service.address) == "NOT_SERVING"
+        store = ArtifactStore(empty_root)
+        shutil.copytree(ArtifactStore(artifact_root).release_dir(RELEASE), store.releases_dir / RELEASE)
+        store.set_channel("stable", RELEASE)
+        wait_for(lambda: stack.health_status(service.address) == "SERVING", what="retrieval to serve")
+    finally:
+        assert stack.stop_process(service.process) == 0

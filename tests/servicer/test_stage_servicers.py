@@ -1,0 +1,151 @@
+"""Retrieval and ranking servicers in-process on port 0, over a real trained release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from funnel.artifacts import read_seen
+from funnel.errors import ReleaseError
+from funnel.release import INDEX_DIR, ArtifactStore
+from funnel.service import release_manager
+from funnel.tf import tf
+from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from ranking_service.core import RankingRelease
+from ranking_service.server import RankingConfig
+from ranking_service.server import create_server as create_ranking_server
+from retrieval_service.core import RetrievalRelease
+from retrieval_service.server import RetrievalConfig
+from retrieval_service.server import create_server as create_retrieval_server
+from tests.conftest import RELEASE, clone_release
+
+
+def start(create, config_class, load, root: Path):
+    config = config_class(artifact_root=str(root), address="127.0.0.1:0")
+    releases = release_manager(config, "test", load)
+    releases.sync()
+    server, port = create(config, releases)
+    server.start()
+    return server, grpc.insecure_channel(f"127.0.0.1:{port}"), releases
+
+
+@pytest.fixture(scope="module")
+def retrieval(artifact_root):
+    server, channel, releases = start(create_retrieval_server, RetrievalConfig, RetrievalRelease, artifact_root)
+    yield retrieval_pb2_grpc.RetrievalServiceStub(channel), channel, releases
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def ranking(artifact_root):
+    server, channel, releases = start(create_ranking_server, RankingConfig, RankingRelease, artifact_root)
+    yield ranking_pb2_grpc.RankingServiceStub(channel), channel, releases
+    server.stop(0)
+
+
+def retrieve(stub, user_id="1", n=50, exclude_seen=True, release_id=RELEASE):
+    return stub.Retrieve(retrieval_pb2.RetrieveRequest(
+        release_id=release_id, user=common_pb2.UserContext(user_id=user_id), num_candidates=n,
+        exclude_seen=exclude_seen), timeout=10)
+
+
+def test_retrieve_excludes_seen_items(retrieval, artifact_root) -> None:
+    stub = retrieval[0]
+    seen = set(read_seen(ArtifactStore(artifact_root).release_dir(RELEASE)).get("1").tolist())
+    assert seen, "user 1 should have training ratings"
+    with_seen = retrieve(stub, exclude_seen=False, n=200)
+    without = retrieve(stub, n=50)
+    assert without.release_id == RELEASE and not without.cold_start
+    assert len(without.item_ids) == 50 and not seen & set(without.item_ids)
+    assert seen & set(with_seen.item_ids), "the model should rank some of the user's own items highly"
+    assert list(without.scores) == sorted(without.scores, reverse=True)
+
+
+def test_retrieve_unknown_user_is_cold_start(retrieval) -> None:
+    response = retrieve(retrieval[0], user_id="no-such-user", n=10)
+    assert response.cold_start and len(response.item_ids) == 10
+
+
+@pytest.mark.parametrize(
+    "kwargs, code, message",
+    [
+        ({"release_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "release_id is required"),
+        ({"release_id": "missing-release"}, grpc.StatusCode.NOT_FOUND, "does not exist"),
+        ({"release_id": "../etc"}, grpc.StatusCode.INVALID_ARGUMENT, "release id must match"),
+        ({"n": 0}, grpc.StatusCode.INVALID_ARGUMENT, "num_candidates must be between 1 and 1000, got 0"),
+        ({"n": 1001}, grpc.StatusCode.INVALID_ARGUMENT, "got 1001"),
+        ({"user_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "user_id is required"),
+    ],
+)
+def test_retrieve_bad_input(retrieval, kwargs, code, message) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        retrieve(retrieval[0], **kwargs)
+    assert info.value.code() == code and message in info.value.details()
+
+
+def test_rank_scores_match_the_saved_model(ranking, artifact_root) -> None:
+    stub = ranking[0]
+    items = [50, 181, 1, 100]
+    response = stub.Rank(ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id="1"),
+                                                 item_ids=items), timeout=10)
+    scorer = tf.saved_model.load(str(ArtifactStore(artifact_root).release_dir(RELEASE) / "ranker"))
+    expected = scorer.signatures["serving_default"](user_id=tf.constant(["1"] * 4),
+                                                    item_id=tf.constant(items, tf.int64))["score"].numpy()
+    assert response.release_id == RELEASE
+    np.testing.assert_allclose(response.scores, expected.reshape(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [([], "item_ids length must be between 1 and 1000, got 0"),
+     ([1, 999999], "unknown: [999999]"),
+     (list(range(1, 1002)), "got 1001")],
+)
+def test_rank_bad_items(ranking, items, message) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        ranking[0].Rank(ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id="1"),
+                                                item_ids=items), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
+
+
+def test_release_not_held_is_failed_precondition(ranking, artifact_root) -> None:
+    store = ArtifactStore(artifact_root)
+    if not store.exists("test-unloaded"):
+        clone_release(store, RELEASE, "test-unloaded", lambda d: None)
+    with pytest.raises(grpc.RpcError) as info:
+        ranking[0].Rank(ranking_pb2.RankRequest(release_id="test-unloaded", user=common_pb2.UserContext(user_id="1"),
+                                                item_ids=[1]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not loaded" in info.value.details()
+
+
+def test_tower_and_index_from_different_runs_refuse_to_load(artifact_root) -> None:
+    store = ArtifactStore(artifact_root)
+
+    def other_run_index(directory: Path) -> None:
+        meta_path = directory / INDEX_DIR / "index.json"
+        meta = json.loads(meta_path.read_text())
+        meta["candidate_tower_fingerprint"] = "0" * 64
+        meta_path.write_text(json.dumps(meta))
+
+    clone_release(store, RELEASE, "test-mixed", other_run_index)
+    path, manifest = store.verify("test-mixed")  # checksums are fine: the refusal must come from the fingerprint
+    with pytest.raises(ReleaseError, match="different runs"):
+        RetrievalRelease(path, manifest)
+
+
+def test_health_reflection_and_status(retrieval) -> None:
+    _, channel, _ = retrieval
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"funnel.v1.RetrievalService", "grpc.health.v1.Health"} <= names
+    status = retrieval_pb2_grpc.RetrievalServiceStub(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
+    assert [(r.release_id, r.state, list(r.channels)) for r in status.releases] == [(RELEASE, "ready", ["stable"])]

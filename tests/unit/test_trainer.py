@@ -1,0 +1,277 @@
+"""Trainer unit tests: reference split, TFRS models, SavedModel export, ScaNN index and a full pipeline run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from funnel.data import Dataset, Interactions, Items
+from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
+from funnel.tf import tf
+from trainer.__main__ import parse_args
+from trainer.export import candidate_tower_fingerprint, export_query_tower, export_ranker
+from trainer.index import IndexConfig, RecallTooLow, build_index, exact_top_k, measure_recall
+from trainer.models import (
+    TrainConfig,
+    evaluate_ranking,
+    evaluate_retrieval,
+    item_tower,
+    train_ranking,
+    train_retrieval,
+)
+from trainer.pipeline import PipelineConfig, run
+from trainer.split import seeds_split
+
+import scann  # noqa: E402  (after funnel.tf)
+
+NUM_USERS, NUM_ITEMS, GROUPS = 60, 80, 4
+CONFIG = TrainConfig(epochs=2, train_batch_size=128, eval_batch_size=256)
+# With the tutorial's Adagrad(0.1) the ranker predicts little more than the mean rating for the first few hundred
+# steps; 30 epochs of this tiny dataset (about one second) let it learn the planted groups.
+RANKING_CONFIG = replace(CONFIG, epochs=30, train_batch_size=64)
+
+
+def synthetic_dataset() -> Dataset:
+    """60 users in 4 taste groups; each rates 24 items of its group's 20 highly and 6 other items low."""
+    rng = np.random.default_rng(7)
+    item_ids = 1000 + 3 * np.arange(NUM_ITEMS, dtype=np.int64)  # not contiguous, so the lookup must map them
+    per_group = NUM_ITEMS // GROUPS
+    users, items, ratings = [], [], []
+    for u in range(NUM_USERS):
+        group = u % GROUPS
+        liked = group * per_group + rng.integers(0, per_group, 24)
+        other = rng.integers(0, NUM_ITEMS, 6)
+        users += [f"user{u}"] * 30
+        items += [*item_ids[liked], *item_ids[other]]
+        ratings += [*rng.choice([4.0, 5.0], 24), *np.where(other // per_group == group, 4.0, 1.0)]
+    n = len(users)
+    interactions = Interactions(
+        np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
+        np.array(ratings, dtype=np.float32), np.arange(n, dtype=np.int64),
+    )  # fmt: skip
+    catalog = Items(
+        item_ids, tuple(f"Item {i}" for i in item_ids), np.full(NUM_ITEMS, 1999, dtype=np.int32),
+        tuple(("Drama",) for _ in item_ids),
+    )  # fmt: skip
+    return Dataset("synthetic", interactions, catalog, None)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = synthetic_dataset()
+    train_idx, test_idx = seeds_split(len(data.interactions))
+    train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
+    as_features = lambda x: {"user_id": x.user_ids, "item_id": x.item_ids, "rating": x.ratings}  # noqa: E731
+    user_vocab, item_vocab = np.unique(train.user_ids), data.items.item_ids
+    retrieval = train_retrieval(as_features(train), user_vocab, item_vocab, CONFIG, verbose=False)
+    ranking = train_ranking(as_features(train), user_vocab, item_vocab, RANKING_CONFIG, verbose=False)
+    return {
+        "data": data, "user_vocab": user_vocab, "item_vocab": item_vocab,
+        "retrieval": retrieval, "ranking": ranking,
+        "top_k": evaluate_retrieval(retrieval, as_features(test), CONFIG),
+        "rmse": evaluate_ranking(ranking, as_features(test), CONFIG),
+        "mean_rating_rmse": float(np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2))),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- split
+
+
+def test_seeds_split_is_a_deterministic_disjoint_80_20_partition():
+    train, test = seeds_split(1000)
+    assert (len(train), len(test)) == (800, 200)
+    assert train.dtype == test.dtype == np.int64
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(1000))
+    again = seeds_split(1000)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert not np.array_equal(train, seeds_split(1000, seed=7)[0])
+    assert not np.array_equal(train, np.arange(800))  # actually shuffled
+
+
+def test_seeds_split_of_movielens_size_matches_the_tutorial_shuffle():
+    train, test = seeds_split(100_000)
+    assert (len(train), len(test)) == (80_000, 20_000)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(100_000))
+    # The tutorial shuffles the ratings dataset itself; the permutation does not depend on the elements.
+    tf.random.set_seed(42)
+    records = tf.data.Dataset.from_tensor_slices(np.arange(100_000) * 7)
+    shuffled = records.shuffle(100_000, seed=42, reshuffle_each_iteration=False).take(5)
+    assert [int(x) // 7 for x in shuffled] == train[:5].tolist()
+
+
+@pytest.mark.parametrize("n, fraction", [(1, 0.8), (10, 0.0), (10, 1.0)])
+def test_seeds_split_rejects_bad_arguments(n, fraction):
+    with pytest.raises(ValueError, match="expected"):
+        seeds_split(n, train_fraction=fraction)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def test_models_learn_the_planted_groups(trained):
+    assert trained["top_k"]["top_10"] > 2 * 10 / NUM_ITEMS  # twice a random ranking of the 80 items
+    assert trained["top_k"]["top_1"] <= trained["top_k"]["top_5"] <= trained["top_k"]["top_10"]
+    assert trained["rmse"] < 0.85 * trained["mean_rating_rmse"]  # clearly better than predicting the mean
+
+
+def test_training_is_deterministic_for_a_seed(trained):
+    data = trained["data"]
+    train = data.interactions.take(seeds_split(len(data.interactions))[0])
+    features = {"user_id": train.user_ids, "item_id": train.item_ids, "rating": train.ratings}
+    again = train_ranking(features, trained["user_vocab"], trained["item_vocab"], RANKING_CONFIG, verbose=False)
+    for a, b in zip(trained["ranking"].get_weights(), again.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+def test_query_tower_savedmodel_matches_keras(trained, tmp_path):
+    tower = trained["retrieval"].query_tower
+    export_query_tower(tower, tmp_path / "qt", candidate_fingerprint="abc", training_run="run-1")
+    serve = tf.saved_model.load(str(tmp_path / "qt")).signatures["serving_default"]
+    assert serve.structured_input_signature[1] == {"user_id": tf.TensorSpec([None], tf.string, name="user_id")}
+    assert set(serve.structured_outputs) == {"embedding"}
+    users = ["user3", "user17", "nobody-knows-me"]
+    out = serve(user_id=tf.constant(users))["embedding"]
+    assert out.dtype == tf.float32 and out.shape == (3, CONFIG.embedding_dim)
+    np.testing.assert_allclose(out.numpy(), tower(tf.constant(users)).numpy(), rtol=1e-6)
+    assert json.loads((tmp_path / "qt" / SIDECAR).read_text()) == {
+        "candidate_tower_fingerprint": "abc", "embedding_dim": CONFIG.embedding_dim, "training_run": "run-1",
+    }  # fmt: skip
+
+
+def test_ranker_savedmodel_scores_pairs_like_keras(trained, tmp_path):
+    scorer = trained["ranking"].scorer
+    export_ranker(scorer, tmp_path / "rk", training_run="run-2")
+    serve = tf.saved_model.load(str(tmp_path / "rk")).signatures["serving_default"]
+    assert serve.structured_input_signature[1] == {
+        "user_id": tf.TensorSpec([None], tf.string, name="user_id"),
+        "item_id": tf.TensorSpec([None], tf.int64, name="item_id"),
+    }
+    users = tf.constant(["user0", "user1", "user2", "stranger"])
+    items = tf.constant([1000, 1003, 1237, 5], dtype=tf.int64)
+    score = serve(user_id=users, item_id=items)["score"]
+    assert score.dtype == tf.float32 and score.shape == (4,)
+    np.testing.assert_allclose(score.numpy(), scorer([users, items]).numpy()[:, 0], rtol=1e-6)
+    assert len(set(np.round(score.numpy(), 5))) == 4  # pairwise, not one user's scores broadcast
+    assert json.loads((tmp_path / "rk" / SIDECAR).read_text()) == {"training_run": "run-2"}
+
+
+def test_candidate_tower_fingerprint_tracks_the_weights():
+    tower = item_tower(np.arange(10, dtype=np.int64), 4)
+    tower(tf.constant([1], dtype=tf.int64))  # build
+    before = candidate_tower_fingerprint(tower)
+    assert len(before) == 64 and before == candidate_tower_fingerprint(tower)
+    weights = tower.get_weights()
+    weights[0][3, 1] += 1e-6
+    tower.set_weights(weights)
+    assert candidate_tower_fingerprint(tower) != before
+
+
+# ---------------------------------------------------------------------------------------------------- index
+
+
+RUN = {"candidate_fingerprint": "fp", "training_run": "r"}
+
+
+def _load(directory: Path):
+    return scann.scann_ops_pybind.load_searcher(str(directory / "scann"))
+
+
+def test_brute_force_index_is_exact_and_survives_a_rename(trained, tmp_path):
+    retrieval, item_vocab = trained["retrieval"], trained["item_vocab"]
+    items = retrieval.candidate_tower(tf.constant(item_vocab)).numpy()
+    queries = retrieval.query_tower(tf.constant(trained["user_vocab"])).numpy()
+    meta = build_index(tmp_path / "staging", item_vocab, items, queries, **RUN)
+    assert meta == {
+        "candidate_tower_fingerprint": "fp", "num_items": NUM_ITEMS, "embedding_dim": CONFIG.embedding_dim,
+        "distance": "dot_product", "searcher": "brute_force", "recall_at_100": 1.0, "training_run": "r",
+    }  # fmt: skip
+    (tmp_path / "staging").rename(tmp_path / "published")
+    index_dir = tmp_path / "published"
+    assert json.loads((index_dir / "index.json").read_text()) == meta
+    assert not list(index_dir.rglob("*.pkl"))
+    ids = np.load(index_dir / "item_ids.npy", allow_pickle=False)
+    assert ids.dtype == np.int64 and np.array_equal(ids, item_vocab)
+    rows, scores = _load(index_dir).search_batched(queries[:5], final_num_neighbors=10)
+    exact = np.argsort(-(queries[:5] @ items.T), axis=1)[:, :10]
+    assert [set(r) for r in rows] == [set(e) for e in exact]
+    np.testing.assert_allclose(scores[:, 0], (queries[:5] @ items.T).max(axis=1), rtol=1e-5)
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(20, dim))
+    return (centers[rng.integers(0, 20, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def test_tree_ah_index_for_large_catalogs_meets_recall_after_a_rename(tmp_path):
+    items, queries = _clustered(5000, 16, seed=1), _clustered(300, 16, seed=2)
+    item_ids = np.arange(5000, dtype=np.int64) * 2
+    config = IndexConfig(brute_force_max_items=1000)
+    meta = build_index(tmp_path / "a", item_ids, items, queries, **RUN, config=config)
+    assert meta["searcher"] == "tree_ah" and meta["recall_at_100"] >= 0.95
+    (tmp_path / "a").rename(tmp_path / "b")
+    searcher = _load(tmp_path / "b")
+    assert measure_recall(searcher, items, queries, 100) == meta["recall_at_100"]  # the same neighbours
+
+
+def test_recall_gate_refuses_a_poor_index_and_writes_nothing(tmp_path):
+    rng = np.random.default_rng(3)  # unstructured vectors: approximate search misses some neighbours
+    items, queries = rng.normal(size=(3000, 32)).astype(np.float32), rng.normal(size=(200, 32)).astype(np.float32)
+    config = IndexConfig(brute_force_max_items=1000)  # default min_recall 0.95; this index reaches about 0.7
+    with pytest.raises(RecallTooLow, match=r"expected index recall@100 >= 0.95, got 0\.\d+ \(tree_ah searcher\)"):
+        build_index(tmp_path / "idx", np.arange(3000), items, queries, **RUN, config=config)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_exact_top_k_in_chunks_matches_argsort():
+    items, queries = _clustered(700, 8, seed=4), _clustered(50, 8, seed=5)
+    expected = np.argsort(-(queries @ items.T), axis=1)[:, :30]
+    assert [set(r) for r in exact_top_k(items, queries, 30)] == [set(e) for e in expected]
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+
+
+def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, capsys):
+    config = PipelineConfig(artifact_root=tmp_path / "store", train=replace(CONFIG, epochs=1))
+    first = run(config, dataset=synthetic_dataset())
+    store = ArtifactStore(tmp_path / "store")
+    path, manifest = store.verify(first.release_id)
+    assert first.stable and store.get_channel("stable") == first.release_id
+    assert set(manifest.metrics) == {"retrieval_top_k", "ranking_rmse", "index_recall_at_100", "num_train", "num_test"}
+    assert set(manifest.metrics["retrieval_top_k"]) == {"top_1", "top_5", "top_10", "top_50", "top_100"}
+    assert (manifest.metrics["num_train"], manifest.metrics["num_test"]) == (1440, 360)
+    assert manifest.data_fingerprint == synthetic_dataset().fingerprint()
+    tower_meta = json.loads((path / QUERY_TOWER_DIR / SIDECAR).read_text())
+    index_meta = json.loads((path / INDEX_DIR / "index.json").read_text())
+    assert tower_meta["candidate_tower_fingerprint"] == index_meta["candidate_tower_fingerprint"]
+    assert tower_meta["training_run"] == index_meta["training_run"] == manifest.training_runs["retrieval"]
+    assert json.loads((path / RANKER_DIR / SIDECAR).read_text())["training_run"] == manifest.training_runs["ranking"]
+    for name in ("catalog.jsonl", "seen.npz", "popularity.npz"):
+        assert name in manifest.files
+    out = capsys.readouterr().out
+    assert f"ranking RMSE: {first.metrics['ranking_rmse']:.4f}" in out
+
+    second = run(replace(config, release_id="second"), dataset=synthetic_dataset())
+    assert second.release_id == "second" and not second.stable
+    assert store.get_channel("stable") == first.release_id
+    assert store.list_releases() == sorted([first.release_id, "second"])
+    assert not list((tmp_path / "store" / ".staging").iterdir())
+
+
+def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
+    with pytest.raises(SystemExit):
+        parse_args([], environ={})
+    assert "FUNNEL_ARTIFACT_ROOT" in capsys.readouterr().err
+    environ = {"FUNNEL_ARTIFACT_ROOT": "/x", "FUNNEL_CACHE_DIR": "/c"}
+    config = parse_args(["--epochs", "1", "--no-set-stable"], environ=environ)
+    assert (config.artifact_root, config.cache_dir, config.train.epochs) == (Path("/x"), Path("/c"), 1)
+    assert config.set_stable is False
+    assert parse_args(["--artifact-root", "/y"], environ={}).set_stable is None
