@@ -91,9 +91,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(artifact_root: Path, data: str, release_id: str, extra: list[str]) -> None:
+def _train_stable(artifact_root: Path, data: str, release_id: str) -> None:
+    """Train and publish ``release_id`` with the trainer CLI (its own process) and make it the stable release."""
     command = [sys.executable, "-m", "trainer", "--artifact-root", str(artifact_root), "--data", data,
-               "--cache-dir", str(VAR / "cache"), "--release-id", release_id, *extra]
+               "--cache-dir", str(VAR / "cache"), "--release-id", release_id, "--set-stable"]
     subprocess.run(command, cwd=stack.ROOT, check=True, stdin=subprocess.DEVNULL)
 
 
@@ -101,8 +102,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     artifact_root = _artifact_root(args.artifact_root)
     release_id = new_release_id()
     print(f"== training on {args.data} into {artifact_root} (release {release_id})", flush=True)
-    _train(artifact_root, args.data, release_id, [])
-    ArtifactStore(artifact_root).set_channel("stable", release_id)
+    _train_stable(artifact_root, args.data, release_id)
     print("== starting retrieval, ranking and gateway as separate processes", flush=True)
     started = time.monotonic()
     services = stack.start_stack(artifact_root, VAR / "log" / "demo")
@@ -130,8 +130,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if store.get_channel("stable") is None:
         release_id = new_release_id()
         print(f"== no stable release in {artifact_root}: training one on {args.data}", flush=True)
-        _train(artifact_root, args.data, release_id, [])
-        store.set_channel("stable", release_id)
+        _train_stable(artifact_root, args.data, release_id)
     running = [n for n in stack.SERVICES if _pid_file(n).exists()]
     if running:
         print(f"error: already running ({', '.join(running)}); run `make down` first", file=sys.stderr)

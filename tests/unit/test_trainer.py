@@ -179,7 +179,7 @@ def test_candidate_tower_fingerprint_tracks_the_weights():
 RUN = {"candidate_fingerprint": "fp", "training_run": "r"}
 
 
-def _load(directory: Path):
+def _load(directory: Path) -> scann.scann_ops_pybind.ScannSearcher:
     return scann.scann_ops_pybind.load_searcher(str(directory / "scann"))
 
 
