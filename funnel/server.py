@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import signal
@@ -22,18 +23,53 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+class RequestLog:
+    """Counts requests by (method, release, status) and logs the tally periodically: what this process served."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+    def record(self, method: str, release_id: str, code: grpc.StatusCode) -> None:
+        with self._lock:
+            self._counts[(method, release_id or "-", code.name)] += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, collections.Counter()
+        for (method, release_id, code), n in sorted(counts.items()):
+            log.info("served %s release=%s status=%s count=%d", method, release_id, code, n)
+
+    def start(self, interval: float) -> None:
+        def loop() -> None:
+            while True:
+                threading.Event().wait(interval)
+                self.flush()
+
+        threading.Thread(target=loop, name="request-log", daemon=True).start()
+
+
+REQUESTS = RequestLog()
+
+
 def rpc(method: F) -> F:
     """Map domain errors to their status code; anything else becomes INTERNAL, logged with its traceback."""
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        release_id = getattr(request, "release_id", "")
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
         except FunnelError as exc:
+            REQUESTS.record(name, release_id, exc.code)
             context.abort(exc.code, str(exc))
         except Exception:
+            REQUESTS.record(name, release_id, grpc.StatusCode.INTERNAL)
             log.exception("unhandled error in %s", method.__qualname__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        REQUESTS.record(name, getattr(response, "release_id", release_id), grpc.StatusCode.OK)
+        return response
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,6 +130,7 @@ def serve_until_signalled(server: grpc.Server, health_: Health, grace: float, on
     health_.shutdown()
     on_stop()
     server.stop(grace).wait()
+    REQUESTS.flush()
     log.info("stopped")
 
 

@@ -12,10 +12,11 @@ import grpc
 
 from funnel.config import setting
 from funnel.release import ArtifactStore, Manifest
-from funnel.server import Health, build_server, serve_until_signalled
+from funnel.server import REQUESTS, Health, build_server, serve_until_signalled
 from funnel.serving import ReleaseManager
 
 log = logging.getLogger(__name__)
+REQUEST_LOG_INTERVAL = 30.0  # seconds between "served ..." summary lines
 
 
 class Warmable(Protocol):
@@ -77,4 +78,5 @@ def serve_service(
     server.start()
     log.info("%s listening on port %d; artifact root %s", name, port, config.artifact_root)
     releases.start(config.poll_interval)
+    REQUESTS.start(REQUEST_LOG_INTERVAL)
     serve_until_signalled(server, health, config.shutdown_grace, on_stop=releases.stop)
