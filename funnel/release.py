@@ -44,6 +44,21 @@ def new_release_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
+def validate_fraction(value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise InvalidArgument(f"candidate fraction must be between 0 and 1, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Which release serves stable traffic, and which (if any) serves a sticky fraction of users as candidate."""
+
+    stable: str | None = None
+    candidate: str | None = None
+    fraction: float = 0.0
+
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -262,24 +277,46 @@ class ArtifactStore:
                 )
         return path, manifest
 
-    def _channel_path(self, name: str) -> Path:
-        if name not in CHANNELS:
-            raise InvalidArgument(f"channel must be one of {CHANNELS}, got {name!r}")
-        return self.channels_dir / name
+    # --- rollout state: channels/stable holds a release id, channels/candidate its id and traffic fraction ---
+
+    def rollout(self) -> RolloutState:
+        """The rollout state as the channel files say now."""
+        stable = self._read_pointer("stable")
+        candidate = self._read_pointer("candidate")
+        if candidate is None:
+            return RolloutState(stable)
+        try:
+            data = json.loads(candidate)
+            return RolloutState(stable, validate_release_id(data["release_id"]), validate_fraction(data["fraction"]))
+        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+            raise ReleaseError(f"{self.channels_dir / 'candidate'}: malformed candidate pointer: {exc}") from None
 
     def get_channel(self, name: str) -> str | None:
-        """The release id a channel points to, or None when the channel is unset."""
-        with contextlib.suppress(FileNotFoundError):
-            value = self._channel_path(name).read_text(encoding="utf-8").strip()
-            return validate_release_id(value) if value else None
-        return None
+        """The release id the ``stable`` or ``candidate`` channel points to, or None when unset."""
+        if name not in CHANNELS:
+            raise InvalidArgument(f"channel must be one of {CHANNELS}, got {name!r}")
+        return getattr(self.rollout(), name)
 
-    def set_channel(self, name: str, release_id: str) -> None:
-        """Point a channel at a published release (atomic replace)."""
+    def set_stable(self, release_id: str) -> None:
+        """Point ``stable`` at a published release (atomic replace)."""
         self.release_dir(release_id)
-        atomic_write_text(self._channel_path(name), release_id + "\n")
+        atomic_write_text(self.channels_dir / "stable", release_id + "\n")
 
-    def clear_channel(self, name: str) -> None:
+    def set_candidate(self, release_id: str, fraction: float) -> None:
+        """Point ``candidate`` at a published release with its traffic fraction, in one atomic write."""
+        self.release_dir(release_id)
+        pointer = json.dumps({"release_id": release_id, "fraction": validate_fraction(fraction)})
+        atomic_write_text(self.channels_dir / "candidate", pointer + "\n")
+
+    def clear_candidate(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._channel_path(name).unlink()
+            (self.channels_dir / "candidate").unlink()
             _fsync_path(self.channels_dir)
+
+    def _read_pointer(self, name: str) -> str | None:
+        with contextlib.suppress(FileNotFoundError):
+            text = (self.channels_dir / name).read_text(encoding="utf-8").strip()
+            if name == "stable" and text:
+                return validate_release_id(text)
+            return text or None
+        return None

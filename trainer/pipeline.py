@@ -136,7 +136,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
     stable = store.get_channel("stable")
     make_stable = config.set_stable if config.set_stable is not None else stable is None
     if make_stable:
-        store.set_channel("stable", release_id)
+        store.set_stable(release_id)
     print(f"[trainer] published release {release_id} in {store.releases_dir}", flush=True)
     print(
         f"[trainer] channel stable -> {release_id}"

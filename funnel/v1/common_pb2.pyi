@@ -35,3 +35,13 @@ class GetStatusResponse(_message.Message):
     service: str
     releases: _containers.RepeatedCompositeFieldContainer[ReleaseStatus]
     def __init__(self, service: _Optional[str] = ..., releases: _Optional[_Iterable[_Union[ReleaseStatus, _Mapping]]] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("releases",)
+    RELEASES_FIELD_NUMBER: _ClassVar[int]
+    releases: _containers.RepeatedCompositeFieldContainer[ReleaseStatus]
+    def __init__(self, releases: _Optional[_Iterable[_Union[ReleaseStatus, _Mapping]]] = ...) -> None: ...

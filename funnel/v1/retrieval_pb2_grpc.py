@@ -46,6 +46,11 @@ class RetrievalServiceStub:
                 request_serializer=funnel_dot_v1_dot_common__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=funnel_dot_v1_dot_common__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/funnel.v1.RetrievalService/Reload',
+                request_serializer=funnel_dot_v1_dot_common__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=funnel_dot_v1_dot_common__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -64,6 +69,13 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Read channels/ now instead of at the next poll; new releases load in the background.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=funnel_dot_v1_dot_common__pb2.GetStatusRequest.FromString,
                     response_serializer=funnel_dot_v1_dot_common__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=funnel_dot_v1_dot_common__pb2.ReloadRequest.FromString,
+                    response_serializer=funnel_dot_v1_dot_common__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +150,33 @@ class RetrievalService:
             '/funnel.v1.RetrievalService/GetStatus',
             funnel_dot_v1_dot_common__pb2.GetStatusRequest.SerializeToString,
             funnel_dot_v1_dot_common__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/funnel.v1.RetrievalService/Reload',
+            funnel_dot_v1_dot_common__pb2.ReloadRequest.SerializeToString,
+            funnel_dot_v1_dot_common__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

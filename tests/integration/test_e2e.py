@@ -138,7 +138,7 @@ def test_corrupt_or_partial_release_is_refused_while_current_keeps_serving(servi
             recommend(gateway, "1", 10, release_id=bad)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
-        store.set_channel("stable", RELEASE)
+        store.set_stable(RELEASE)
 
 
 def test_cli_prints_a_table(services) -> None:
@@ -159,7 +159,7 @@ def test_a_service_is_not_serving_until_a_release_is_loaded(artifact_root, tmp_p
         assert stack.health_status(service.address) == "NOT_SERVING"
         store = ArtifactStore(empty_root)
         shutil.copytree(ArtifactStore(artifact_root).release_dir(RELEASE), store.releases_dir / RELEASE)
-        store.set_channel("stable", RELEASE)
+        store.set_stable(RELEASE)
         wait_for(lambda: stack.health_status(service.address) == "SERVING", what="retrieval to serve")
     finally:
         assert stack.stop_process(service.process) == 0

@@ -58,7 +58,7 @@ def releases(tmp_path: Path) -> ReleaseManager[GatewayRelease]:
     store = ArtifactStore(tmp_path)
     publish_release(store, "r1")
     publish_release(store, "r2")
-    store.set_channel("stable", "r1")
+    store.set_stable("r1")
     manager = ReleaseManager(store, GatewayRelease, name="gateway")
     manager.sync()
     return manager
@@ -102,7 +102,7 @@ def test_cold_start_skips_ranking(releases) -> None:
 
 
 def test_pinned_release_is_used_on_every_stage(releases) -> None:
-    releases.store.set_channel("candidate", "r2")
+    releases.store.set_candidate("r2", 0.5)
     releases.sync()
     retrieval, ranking = FakeRetrieval(), FakeRanking()
     result = gateway(releases, retrieval, ranking).recommend("u1", 2, release_id="r2")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from funnel.errors import InvalidArgument, NotFound, ReleaseError
-from funnel.release import MANIFEST, ArtifactStore, validate_release_id
+from funnel.release import MANIFEST, ArtifactStore, RolloutState, validate_release_id
 
 
 def publish(store: ArtifactStore, release_id: str = "r1", files: dict[str, bytes] | None = None) -> str:
@@ -103,17 +103,29 @@ def test_unknown_release_is_not_found(tmp_path: Path) -> None:
         ArtifactStore(tmp_path).verify("nope")
 
 
-def test_channels_point_at_published_releases_only(tmp_path: Path) -> None:
+def test_rollout_pointers_name_published_releases_only(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
-    assert store.get_channel("stable") is None
+    assert store.rollout() == RolloutState()
     with pytest.raises(NotFound):
-        store.set_channel("stable", "r1")
-    publish(store)
-    store.set_channel("stable", "r1")
-    assert store.get_channel("stable") == "r1"
-    assert ArtifactStore(tmp_path).get_channel("stable") == "r1"  # a second reader agrees
+        store.set_stable("r1")
+    publish(store, "r1")
+    publish(store, "r2")
+    store.set_stable("r1")
+    store.set_candidate("r2", 0.25)
+    assert store.rollout() == RolloutState("r1", "r2", 0.25)
+    assert ArtifactStore(tmp_path).rollout() == RolloutState("r1", "r2", 0.25)  # a second reader agrees
+    assert store.get_channel("candidate") == "r2"
+    with pytest.raises(InvalidArgument, match="between 0 and 1, got 1.5"):
+        store.set_candidate("r2", 1.5)
     with pytest.raises(InvalidArgument):
-        store.set_channel("beta", "r1")
-    store.clear_channel("stable")
-    assert store.get_channel("stable") is None
-    assert [p.name for p in store.channels_dir.iterdir()] == []  # no temp files left
+        store.get_channel("beta")
+    store.clear_candidate()
+    assert store.rollout() == RolloutState("r1")
+    assert sorted(p.name for p in store.channels_dir.iterdir()) == ["stable"]  # no temp files left
+
+
+def test_malformed_candidate_pointer_is_a_release_error(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    (store.channels_dir / "candidate").write_text("{not json")
+    with pytest.raises(ReleaseError, match="malformed candidate pointer"):
+        store.rollout()

@@ -35,7 +35,7 @@ def test_not_ready_until_stable_is_loaded_and_warm(tmp_path: Path) -> None:
     with pytest.raises(Unavailable):
         manager.get("r1")
     publish(store, "r1")
-    store.set_channel("stable", "r1")
+    store.set_stable("r1")
     manager.sync()
     assert readiness[-1] is True and manager.channel("stable") == "r1"
     assert manager.get("r1").warm
@@ -44,11 +44,11 @@ def test_not_ready_until_stable_is_loaded_and_warm(tmp_path: Path) -> None:
 def test_bad_release_is_refused_and_last_good_keeps_serving(tmp_path: Path) -> None:
     store, manager, _ = make(tmp_path)
     publish(store, "r1")
-    store.set_channel("stable", "r1")
+    store.set_stable("r1")
     manager.sync()
     publish(store, "r2")
     (store.releases_dir / "r2" / "a.bin").write_bytes(b"corrupted")
-    store.set_channel("stable", "r2")
+    store.set_stable("r2")
     manager.sync()
     assert manager.channel("stable") == "r1" and manager.ready()
     assert manager.get("r1").release_id == "r1"
@@ -58,7 +58,7 @@ def test_bad_release_is_refused_and_last_good_keeps_serving(tmp_path: Path) -> N
     assert states["r1"].state == READY and states["r1"].channels == ("stable",)
     assert states["r2"].state == FAILED and "checksum mismatch" in states["r2"].error
     publish(store, "r3")
-    store.set_channel("stable", "r3")
+    store.set_stable("r3")
     manager.sync()
     assert manager.channel("stable") == "r3" and manager.loaded_ids() == ["r3"]  # r1 dropped once unneeded
 
@@ -66,13 +66,13 @@ def test_bad_release_is_refused_and_last_good_keeps_serving(tmp_path: Path) -> N
 def test_loader_and_warmup_failures_refuse_the_release(tmp_path: Path) -> None:
     store, manager, _ = make(tmp_path, warmup=lambda r: (_ for _ in ()).throw(RuntimeError("warm-up query failed")))
     publish(store, "r1")
-    store.set_channel("stable", "r1")
+    store.set_stable("r1")
     manager.sync()
     assert not manager.ready()
     assert "warm-up query failed" in manager.status()[0].error
     store2, manager2, _ = make(tmp_path / "other")
     publish(store2, "r1", {"refuse": b"1"})
-    store2.set_channel("stable", "r1")
+    store2.set_stable("r1")
     manager2.sync()
     assert not manager2.ready() and "fingerprint mismatch" in manager2.status()[0].error
 
@@ -81,7 +81,7 @@ def test_unknown_and_unloaded_releases(tmp_path: Path) -> None:
     store, manager, _ = make(tmp_path)
     publish(store, "r1")
     publish(store, "r2")
-    store.set_channel("stable", "r1")
+    store.set_stable("r1")
     manager.sync()
     with pytest.raises(NotFound):
         manager.get("r9")
@@ -93,10 +93,10 @@ def test_candidate_loads_beside_stable_and_is_dropped_when_cleared(tmp_path: Pat
     store, manager, _ = make(tmp_path)
     publish(store, "r1")
     publish(store, "r2")
-    store.set_channel("stable", "r1")
-    store.set_channel("candidate", "r2")
+    store.set_stable("r1")
+    store.set_candidate("r2", 0.5)
     manager.sync()
     assert sorted(manager.loaded_ids()) == ["r1", "r2"] and manager.channel("candidate") == "r2"
-    store.clear_channel("candidate")
+    store.clear_candidate()
     manager.sync()
     assert manager.loaded_ids() == ["r1"] and manager.channel("candidate") is None
