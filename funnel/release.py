@@ -23,6 +23,7 @@ MANIFEST = "manifest.json"
 QUERY_TOWER_DIR = "query_tower"
 RANKER_DIR = "ranker"
 INDEX_DIR = "index"
+CANDIDATE_TOWER_DIR = "candidate_tower"
 SIDECAR = "assets.extra/funnel.json"  # per-SavedModel metadata, TF Serving's assets.extra convention
 
 RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
