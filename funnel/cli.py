@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 
 from funnel import stack
-from funnel.release import ArtifactStore, new_release_id
+from funnel.admin_client import AdminClient, rollout_state
+from funnel.release import ArtifactStore, RolloutState, new_release_id
 from funnel.v1 import (
     common_pb2,
     gateway_pb2,
@@ -88,6 +89,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 except grpc.RpcError as exc:
                     line += f" (status: {exc.code().name})"
         print(line)
+    return 0
+
+
+def _print_rollout(state: RolloutState) -> None:
+    candidate = f"{state.candidate} at {state.fraction:.0%} of users" if state.candidate else "none"
+    print(f"stable:    {state.stable or 'none'}\ncandidate: {candidate}")
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    try:
+        with AdminClient(args.admin, args.token or None) as admin:
+            if args.action == "status":
+                status = admin.status()
+                _print_rollout(rollout_state(status.rollout))
+                for service in status.services:
+                    print(f"{service.service:<10} {service.target or '':<21} {service.error}".rstrip())
+                    for r in service.releases:
+                        print(f"    {r.release_id} {r.state} {','.join(r.channels)} {r.error}".rstrip())
+                print("published: " + ", ".join(status.published_release_ids))
+                return 0
+            actions = {
+                "start": lambda: admin.start_rollout(args.release_id, args.fraction),
+                "fraction": lambda: admin.set_fraction(args.fraction),
+                "promote": lambda: admin.promote(args.release_id or ""),
+                "rollback": admin.rollback,
+            }
+            _print_rollout(actions[args.action]())
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -191,6 +222,20 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("-k", type=int, default=10)
         p.set_defaults(run=run)
     sub.add_parser("down", help="stop the services started by `up`").set_defaults(run=_cmd_down)
+
+    p = sub.add_parser("rollout", help="blue-green rollout through the gateway's AdminService")
+    p.add_argument("--admin", default=os.environ.get("FUNNEL_ADMIN_TARGET", DEFAULT_ADDRESSES["gateway"]),
+                   help="AdminService target (the gateway) [env FUNNEL_ADMIN_TARGET]")
+    p.add_argument("--token", default=os.environ.get("FUNNEL_ADMIN_TOKEN", ""), help="[env FUNNEL_ADMIN_TOKEN]")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("status", help="rollout state and the releases each service holds")
+    start = actions.add_parser("start", help="make a published release the candidate")
+    start.add_argument("release_id")
+    start.add_argument("--fraction", type=float, default=0.1, help="share of users, 0..1 (default 0.1)")
+    actions.add_parser("fraction", help="change the candidate's share of users").add_argument("fraction", type=float)
+    actions.add_parser("promote", help="the candidate becomes stable").add_argument("release_id", nargs="?")
+    actions.add_parser("rollback", help="drop the candidate")
+    p.set_defaults(run=_cmd_rollout)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -35,10 +35,10 @@ class Unavailable(FunnelError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class PermissionDenied(FunnelError):
-    """The caller may not perform this operation."""
+class Unauthenticated(FunnelError):
+    """The call lacks valid credentials (the admin token)."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class ReleaseError(FunnelError):

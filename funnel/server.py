@@ -138,14 +138,21 @@ def configure_logging(service: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
 
 
-def status_response(service: str, states: Iterable[Any]) -> Any:
-    """A GetStatusResponse from ReleaseManager.status() rows."""
+def release_statuses(states: Iterable[Any]) -> list[Any]:
+    """ReleaseStatus messages from ReleaseManager.status() rows."""
     from funnel.v1 import common_pb2
 
-    return common_pb2.GetStatusResponse(
-        service=service,
-        releases=[
-            common_pb2.ReleaseStatus(release_id=s.release_id, state=s.state, error=s.error, channels=list(s.channels))
-            for s in states
-        ],
-    )
+    return [common_pb2.ReleaseStatus(release_id=s.release_id, state=s.state, error=s.error, channels=list(s.channels))
+            for s in states]
+
+
+def status_response(service: str, states: Iterable[Any]) -> Any:
+    from funnel.v1 import common_pb2
+
+    return common_pb2.GetStatusResponse(service=service, releases=release_statuses(states))
+
+
+def reload_response(states: Iterable[Any]) -> Any:
+    from funnel.v1 import common_pb2
+
+    return common_pb2.ReloadResponse(releases=release_statuses(states))

@@ -32,7 +32,7 @@ class ServiceConfig:
 
     artifact_root: str = setting("FUNNEL_ARTIFACT_ROOT", help="artifact root holding releases/ and channels/")
     address: str = setting("FUNNEL_ADDRESS", "127.0.0.1:0", "host:port to listen on")
-    poll_interval: float = setting("FUNNEL_POLL_INTERVAL", 2.0, "seconds between checks of channels/")
+    poll_interval: float = setting("FUNNEL_POLL_INTERVAL", 0.5, "seconds between reads of channels/")
     shutdown_grace: float = setting("FUNNEL_SHUTDOWN_GRACE", 5.0, "seconds to drain in-flight requests on SIGTERM")
     max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from funnel.errors import FailedPrecondition, FunnelError, NotFound, Unavailable
-from funnel.release import CHANNELS, MANIFEST, ArtifactStore, Manifest, validate_release_id
+from funnel.release import MANIFEST, ArtifactStore, Manifest, RolloutState, validate_release_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
+MAX_LOADED = 2  # stable and candidate; a third is never resident, not even while loading
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,14 @@ class ReleaseState:
 
 
 class ReleaseManager(Generic[T]):
-    """Loads what ``channels/`` names, in the background, and serves only releases that verified and warmed.
+    """Serves the releases ``channels/`` names, loading new ones in the background, verified and warmed.
 
     ``load(path, manifest)`` builds the stage's in-memory release (it may raise to refuse it) and ``warmup``
-    runs real queries through it before it becomes routable. When a channel points at a release that fails,
-    the release the channel pointed at before keeps serving and the failure is reported in ``status()``.
-    Releases no channel needs are dropped; in-flight requests hold their own reference until they finish.
+    runs real queries through it before it becomes routable. Pointer flips between loaded releases (promote,
+    rollback, a fraction change) apply at the next ``refresh`` and never wait for a load. When ``stable`` points
+    at a release that fails, the release that served stable before keeps serving; a candidate serves only once
+    loaded. Failures are reported in ``status()``. Releases no channel needs are dropped; in-flight requests
+    keep their own reference until they finish, so dropping never cuts a request short.
     """
 
     def __init__(
@@ -48,64 +51,129 @@ class ReleaseManager(Generic[T]):
         self.name = name
         self._load, self._warmup = load, warmup
         self._listeners: list[Callable[[bool], None]] = []
-        self._lock = threading.Lock()
-        self._sync_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields below; never held during I/O or loading
+        self._load_lock = threading.Lock()  # one load at a time
+        self._rollout = RolloutState()
         self._loaded: dict[str, T] = {}
-        self._effective: dict[str, str] = {}  # channel -> release id serving it
+        self._effective: dict[str, str] = {}  # channel -> release id serving it here
         self._failed: dict[str, tuple[tuple[int, int] | None, str]] = {}  # id -> (manifest stat, error)
         self._loading: str | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake_loader = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     def subscribe(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(ready)`` now and after every sync (health status follows readiness this way)."""
+        """Call ``listener(ready)`` now and after every refresh (health status follows readiness this way)."""
         self._listeners.append(listener)
         listener(self.ready())
 
-    # --- background sync -------------------------------------------------------------------------------
+    # --- background operation ------------------------------------------------------------------------------
 
     def start(self, poll_interval: float) -> None:
-        """Sync now in a background thread, then every ``poll_interval`` seconds."""
-        self._thread = threading.Thread(target=self._run, args=(poll_interval,), name=f"{self.name}-releases",
-                                        daemon=True)
-        self._thread.start()
+        """Poll the channels every ``poll_interval`` seconds; load what they name on a separate thread."""
+        for target, suffix in ((self._poll, "poll"), (self._load_loop, "load")):
+            thread = threading.Thread(target=target, args=(poll_interval,), name=f"{self.name}-{suffix}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._wake_loader.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
 
-    def _run(self, poll_interval: float) -> None:
+    def reload(self) -> list[ReleaseState]:
+        """Read the channels now and start any load they need; returns the status at this moment."""
+        self.refresh()
+        self._wake_loader.set()
+        return self.status()
+
+    def _poll(self, poll_interval: float) -> None:
         while not self._stop.is_set():
             try:
-                self.sync()
+                if self.refresh():
+                    self._wake_loader.set()
             except Exception:
-                log.exception("%s: release sync failed", self.name)
+                log.exception("%s: reading channels failed", self.name)
             self._stop.wait(poll_interval)
 
-    def sync(self) -> None:
-        """Read the channels once and load, switch or drop releases to match them."""
-        with self._sync_lock:
-            wanted = {name: self.store.get_channel(name) for name in CHANNELS}
-            for channel, release_id in wanted.items():
-                if release_id is not None and self._ensure_loaded(release_id):
-                    self._set_effective(channel, release_id)
-            with self._lock:
-                if wanted["candidate"] is None:
-                    self._effective.pop("candidate", None)
-                needed = set(self._effective.values())
-                for release_id in [r for r in self._loaded if r not in needed]:
-                    del self._loaded[release_id]
-                    log.info("%s: unloaded release %s (no channel needs it)", self.name, release_id)
-            ready = self.ready()
-            for listener in list(self._listeners):
-                listener(ready)
+    def _load_loop(self, poll_interval: float) -> None:
+        while not self._stop.is_set():
+            self._wake_loader.wait(poll_interval)
+            self._wake_loader.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.load_pending()
+                self.refresh()
+            except Exception:
+                log.exception("%s: loading releases failed", self.name)
 
-    def _set_effective(self, channel: str, release_id: str) -> None:
+    def sync(self) -> None:
+        """Read channels and load everything they name, blocking (start-up, tests, reload-and-wait)."""
+        self.refresh()
+        self.load_pending()
+        self.refresh()
+
+    # --- the two halves of a sync ---------------------------------------------------------------------------
+
+    def refresh(self) -> list[str]:
+        """Apply the channel files to what is loaded (no loading); return the release ids still to load."""
+        try:
+            rollout = self.store.rollout()
+        except FunnelError as exc:
+            log.error("%s: keeping the current rollout state: %s", self.name, exc)
+            rollout = self._rollout
         with self._lock:
-            if self._effective.get(channel) != release_id:
-                log.info("%s: channel %s now served by release %s", self.name, channel, release_id)
-                self._effective[channel] = release_id
+            self._rollout = rollout
+            self._apply()
+            pending = [r for r in self._named() if r not in self._loaded and not self._failed_unchanged(r)]
+            ready = "stable" in self._effective
+        for listener in list(self._listeners):
+            listener(ready)
+        return pending
+
+    def load_pending(self) -> None:
+        """Load, verify and warm every release the channels name that is not loaded yet."""
+        with self._load_lock:
+            while True:
+                with self._lock:
+                    todo = next((r for r in self._named()
+                                 if r not in self._loaded and not self._failed_unchanged(r)), None)
+                if todo is None:
+                    return
+                self._load_one(todo)
+
+    def _named(self) -> list[str]:
+        return [r for r in dict.fromkeys([self._rollout.stable, self._rollout.candidate]) if r is not None]
+
+    def _apply(self) -> None:
+        """Point each channel at its release if loaded (stable otherwise keeps its last good one); drop the rest."""
+        for channel in ("stable", "candidate"):
+            wanted = getattr(self._rollout, channel)
+            if wanted is not None and wanted in self._loaded:
+                if self._effective.get(channel) != wanted:
+                    log.info("%s: channel %s now served by release %s", self.name, channel, wanted)
+                self._effective[channel] = wanted
+            elif channel == "candidate" and self._effective.pop("candidate", None):
+                log.info("%s: no candidate served (channel names %s)", self.name, wanted)
+        needed = set(self._effective.values()) | set(self._named())
+        for release_id in [r for r in self._loaded if r not in needed]:
+            del self._loaded[release_id]
+            log.info("%s: unloaded release %s (no channel needs it)", self.name, release_id)
+
+    def _make_room(self) -> None:
+        """Keep resident releases below MAX_LOADED before a load: the candidate goes first if one must."""
+        with self._lock:
+            self._apply()
+            if len(self._loaded) >= MAX_LOADED:
+                stable = self._effective.get("stable")
+                dropped = next((r for r in self._loaded if r != stable and r != self._rollout.stable), None)
+                dropped = dropped or next(r for r in self._loaded if r != stable)
+                self._loaded.pop(dropped)
+                self._effective = {c: r for c, r in self._effective.items() if r != dropped}
+                log.info("%s: unloaded %s to stay within %d releases", self.name, dropped, MAX_LOADED)
 
     def _manifest_stat(self, release_id: str) -> tuple[int, int] | None:
         try:
@@ -114,15 +182,14 @@ class ReleaseManager(Generic[T]):
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def _ensure_loaded(self, release_id: str) -> bool:
-        """Load, verify and warm ``release_id`` unless it is loaded; False when it cannot serve."""
-        with self._lock:
-            if release_id in self._loaded:
-                return True
-        stat = self._manifest_stat(release_id)
+    def _failed_unchanged(self, release_id: str) -> bool:
+        """True when the release failed before and its manifest has not changed since (no point retrying)."""
         failed = self._failed.get(release_id)
-        if failed is not None and failed[0] == stat:
-            return False  # same bytes as the last failed attempt; retried once the release changes
+        return failed is not None and failed[0] == self._manifest_stat(release_id)
+
+    def _load_one(self, release_id: str) -> None:
+        self._make_room()
+        stat = self._manifest_stat(release_id)
         self._loading = release_id
         started = time.monotonic()
         try:
@@ -131,17 +198,18 @@ class ReleaseManager(Generic[T]):
             self._warmup(release)
         except Exception as exc:  # any failure means this release never serves
             message = str(exc) if isinstance(exc, FunnelError) else f"{type(exc).__name__}: {exc}"
-            self._failed[release_id] = (stat, message)
+            with self._lock:
+                self._failed[release_id] = (stat, message)
             log.error("%s: refused release %s: %s", self.name, release_id, message)
-            return False
+            return
         finally:
             self._loading = None
         with self._lock:
             self._loaded[release_id] = release
             self._failed.pop(release_id, None)
+            self._apply()
         log.info("%s: loaded, verified and warmed release %s in %.1fs", self.name, release_id,
                  time.monotonic() - started)
-        return True
 
     # --- request path ------------------------------------------------------------------------------------
 
@@ -151,9 +219,15 @@ class ReleaseManager(Generic[T]):
             return "stable" in self._effective
 
     def channel(self, name: str) -> str | None:
-        """The release currently serving ``name`` here (may lag the channel file while a load is running)."""
+        """The release serving ``name`` here (it lags the channel file while a load is running)."""
         with self._lock:
             return self._effective.get(name)
+
+    def candidate_fraction(self) -> float:
+        """The traffic fraction of the candidate served here (0 when none is)."""
+        with self._lock:
+            served = self._effective.get("candidate")
+            return self._rollout.fraction if served is not None and served == self._rollout.candidate else 0.0
 
     def get(self, release_id: str) -> T:
         """The loaded release, or the status error that says why it cannot serve here."""
@@ -164,7 +238,7 @@ class ReleaseManager(Generic[T]):
                 return release
             if not self._effective:
                 raise Unavailable(f"{self.name} has no release loaded yet")
-        failed = self._failed.get(release_id)
+            failed = self._failed.get(release_id)
         if failed is not None:
             raise FailedPrecondition(f"release {release_id} failed to load on {self.name}: {failed[1]}")
         if not self.store.exists(release_id):
@@ -183,7 +257,7 @@ class ReleaseManager(Generic[T]):
             for channel, release_id in self._effective.items():
                 by_release.setdefault(release_id, []).append(channel)
             states = [ReleaseState(r, READY, "", tuple(sorted(by_release.get(r, [])))) for r in self._loaded]
-        states += [ReleaseState(r, FAILED, err) for r, (_, err) in sorted(self._failed.items())]
-        if self._loading is not None:
-            states.append(ReleaseState(self._loading, LOADING))
+            states += [ReleaseState(r, FAILED, err) for r, (_, err) in sorted(self._failed.items())]
+            if self._loading is not None:
+                states.append(ReleaseState(self._loading, LOADING))
         return states

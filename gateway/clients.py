@@ -11,7 +11,7 @@ import numpy as np
 
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from gateway.core import StageCandidates, StageUnavailable
+from gateway.core import StageCandidates, StageReadiness, StageUnavailable
 
 # Errors that mean "this request cannot be served as asked": passed to the caller, never papered over.
 _PASS_THROUGH: dict[grpc.StatusCode, type[FunnelError]] = {
@@ -40,9 +40,27 @@ def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) 
         raise StageUnavailable(stage, f"{code.name}: {details}") from None
 
 
-class GrpcRetrieval:
-    def __init__(self, channel: grpc.Channel) -> None:
-        self._stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+class StageClient:
+    """What the gateway asks of any stage besides its main RPC: status (for readiness) and reload."""
+
+    stage = ""
+
+    def __init__(self, channel: grpc.Channel, stub_class: Callable[[grpc.Channel], Any], target: str = "") -> None:
+        self.target = target
+        self._stub = stub_class(channel)
+
+    def status(self, timeout: float = 2.0) -> common_pb2.GetStatusResponse:
+        return self._stub.GetStatus(common_pb2.GetStatusRequest(), timeout=timeout)
+
+    def reload(self, timeout: float = 2.0) -> common_pb2.ReloadResponse:
+        return self._stub.Reload(common_pb2.ReloadRequest(), timeout=timeout)
+
+
+class GrpcRetrieval(StageClient):
+    stage = "retrieval"
+
+    def __init__(self, channel: grpc.Channel, target: str = "") -> None:
+        super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target)
 
     def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
                  timeout: float) -> StageCandidates:
@@ -53,9 +71,11 @@ class GrpcRetrieval:
                                np.asarray(response.scores, dtype=np.float32), response.cold_start)
 
 
-class GrpcRanking:
-    def __init__(self, channel: grpc.Channel) -> None:
-        self._stub = ranking_pb2_grpc.RankingServiceStub(channel)
+class GrpcRanking(StageClient):
+    stage = "ranking"
+
+    def __init__(self, channel: grpc.Channel, target: str = "") -> None:
+        super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target)
 
     def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> tuple[str, np.ndarray]:
         request = ranking_pb2.RankRequest(release_id=release_id, user=common_pb2.UserContext(user_id=user_id),
@@ -65,3 +85,13 @@ class GrpcRanking:
         if len(scores) != len(item_ids):
             raise StageUnavailable("ranking", f"expected {len(item_ids)} scores, got {len(scores)}")
         return response.release_id, scores
+
+
+def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> None:
+    """Record which releases each stage reports ready; a stage that does not answer has none."""
+    for client in stages:
+        try:
+            ready = [r.release_id for r in client.status().releases if r.state == "ready"]
+        except grpc.RpcError:
+            ready = []
+        readiness.update(client.stage, ready)

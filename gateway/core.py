@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -11,10 +15,12 @@ import numpy as np
 
 from funnel import validate
 from funnel.artifacts import CatalogItem, Popularity, SeenItems, read_catalog, read_popularity, read_seen
-from funnel.errors import FunnelError, InvalidArgument, Unavailable
+from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, Unavailable
 from funnel.limits import DEFAULT_CANDIDATES, MAX_CANDIDATES, MAX_K
 from funnel.release import Manifest
 from funnel.serving import ReleaseManager
+
+log = logging.getLogger(__name__)
 
 
 class StageUnavailable(Exception):
@@ -78,19 +84,65 @@ class Recommendation:
     cold_start: bool = False
 
 
+def traffic_bucket(user_id: str, salt: str) -> float:
+    """A user's stable position in [0, 1) for one rollout (salted by the candidate id: each rollout samples anew)."""
+    digest = hashlib.sha256(f"{salt}\x00{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class StageReadiness:
+    """Which releases each stage reports ready (from its GetStatus); a candidate gets traffic only when all do."""
+
+    def __init__(self, stages: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[str, frozenset[str]] = {stage: frozenset() for stage in stages}
+
+    def update(self, stage: str, ready_release_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ready[stage] = frozenset(ready_release_ids)
+
+    def missing(self, release_id: str) -> list[str]:
+        """The stages that do not (yet) report ``release_id`` ready."""
+        with self._lock:
+            return [stage for stage, ready in self._ready.items() if release_id not in ready]
+
+
 class Router:
-    """Chooses the release for a request: the pinned one, else the release serving the stable channel."""
+    """Chooses the releases for a request, in order: the pinned one alone, or the rollout policy's choice first.
 
-    def __init__(self, releases: ReleaseManager[GatewayRelease]) -> None:
+    A user whose bucket falls under the candidate fraction gets the candidate, everyone else stable; the other
+    one (when servable) follows as the fallback for a stage that answers FAILED_PRECONDITION mid-flip.
+    """
+
+    def __init__(self, releases: ReleaseManager[GatewayRelease], readiness: StageReadiness | None = None) -> None:
         self.releases = releases
+        self.readiness = readiness
 
-    def choose(self, pinned: str, user_id: str) -> GatewayRelease:
+    def choose(self, pinned: str, user_id: str) -> list[GatewayRelease]:
         if pinned:
-            return self.releases.get(pinned)
+            return [self.releases.get(pinned)]
         stable = self.releases.channel("stable")
         if stable is None:
             raise Unavailable("no stable release is loaded yet")
-        return self.releases.get(stable)
+        order = [stable]
+        candidate = self.releases.channel("candidate")
+        if candidate is not None and candidate != stable and self._stages_ready(candidate):
+            if traffic_bucket(user_id, candidate) < self.releases.candidate_fraction():
+                order.insert(0, candidate)
+            else:
+                order.append(candidate)
+        chosen = []
+        for release_id in order:
+            try:
+                chosen.append(self.releases.get(release_id))
+            except FunnelError:  # dropped by a concurrent refresh
+                continue
+        if not chosen:
+            raise Unavailable("the releases the rollout names are being swapped; retry")
+        return chosen
+
+    def _stages_ready(self, release_id: str) -> bool:
+        return self.readiness is None or not self.readiness.missing(release_id)
 
 
 @dataclass(frozen=True)
@@ -120,7 +172,20 @@ class Gateway:
         validate.count("num_candidates", num_candidates, MAX_CANDIDATES)
         if num_candidates < k:
             raise InvalidArgument(f"num_candidates must be at least k ({k}), got {num_candidates}")
-        release = self.router.choose(release_id, user_id)
+        releases = self.router.choose(release_id, user_id)
+        for attempt, release in enumerate(releases, 1):
+            try:
+                return self._serve(release, user_id, k, exclude_seen, num_candidates, started, time_remaining)
+            except FailedPrecondition as exc:
+                if attempt == len(releases):
+                    raise
+                log.info("release %s not servable (%s); serving the request with %s instead",
+                         release.release_id, exc, releases[attempt].release_id)
+        raise AssertionError("unreachable: the router returns at least one release")
+
+    def _serve(self, release: GatewayRelease, user_id: str, k: int, exclude_seen: bool, num_candidates: int,
+               started: float, time_remaining: float | None) -> Recommendation:
+        """Retrieval then ranking, both under ``release``; a stage that is down degrades instead of failing."""
         result = Recommendation(release.release_id, [])
 
         def remaining() -> float | None:

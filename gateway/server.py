@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -10,11 +11,13 @@ from funnel.config import parse_config, setting
 from funnel.server import Health, configure_logging, rpc, status_response
 from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.serving import ReleaseManager
-from funnel.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.clients import GrpcRanking, GrpcRetrieval, stage_channel
-from gateway.core import Deadlines, Gateway, GatewayRelease, Router
+from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from gateway.admin import Admin, AdminServicer
+from gateway.clients import GrpcRanking, GrpcRetrieval, StageClient, probe_readiness, stage_channel
+from gateway.core import Deadlines, Gateway, GatewayRelease, Router, StageReadiness
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class GatewayConfig(ServiceConfig):
                                   "ranking service target (host:port or dns:///name:port for replicas)")
     retrieval_timeout: float = setting("FUNNEL_RETRIEVAL_TIMEOUT", 1.0, "seconds allowed for retrieval per request")
     ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
+    admin_token: str = setting("FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'")
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -61,21 +65,33 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return status_response("gateway", self.gateway.router.releases.status())
 
 
+def _probe_forever(stages: list[StageClient], readiness: StageReadiness, interval: float) -> None:
+    while True:
+        probe_readiness(stages, readiness)
+        threading.Event().wait(interval)
+
+
 def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease] | None = None,
                   health: Health | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; see funnel.service.create_service_server."""
+    """Build (not start) the gateway with its AdminService; see funnel.service.create_service_server."""
 
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
-        gateway = Gateway(Router(releases), GrpcRetrieval(stage_channel(config.retrieval_target)),
-                          GrpcRanking(stage_channel(config.ranking_target)),
+        retrieval = GrpcRetrieval(stage_channel(config.retrieval_target), config.retrieval_target)
+        ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
+        readiness = StageReadiness([retrieval.stage, ranking.stage])
+        threading.Thread(target=_probe_forever, args=([retrieval, ranking], readiness, config.poll_interval),
+                         name="stage-readiness", daemon=True).start()
+        gateway = Gateway(Router(releases, readiness), retrieval, ranking,
                           Deadlines(config.retrieval_timeout, config.ranking_timeout))
-        servicer = GatewayServicer(gateway)
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
+        admin = Admin(releases.store, releases, readiness, [retrieval, ranking])
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin, config.admin_token), server)
 
-    return create_service_server(config, "gateway", GatewayRelease, register, [SERVICE_NAME], releases, health)
+    return create_service_server(config, "gateway", GatewayRelease, register, [SERVICE_NAME, ADMIN_SERVICE_NAME],
+                                 releases, health)
 
 
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("gateway")
     config = parse_config(GatewayConfig, argv)
-    serve_service(config, "gateway", [SERVICE_NAME], GatewayRelease, create_server)
+    serve_service(config, "gateway", [SERVICE_NAME, ADMIN_SERVICE_NAME], GatewayRelease, create_server)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from funnel.config import parse_config, setting
-from funnel.server import Health, configure_logging, rpc, status_response
+from funnel.server import Health, configure_logging, reload_response, rpc, status_response
 from funnel.serving import ReleaseManager
 from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
@@ -35,6 +35,10 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     @rpc
     def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
         return status_response("ranking", self.ranker.releases.status())
+
+    @rpc
+    def Reload(self, request: object, context: grpc.ServicerContext) -> object:
+        return reload_response(self.ranker.releases.reload())
 
 
 def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None,

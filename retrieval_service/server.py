@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from funnel.config import parse_config, setting
-from funnel.server import Health, configure_logging, rpc, status_response
+from funnel.server import Health, configure_logging, reload_response, rpc, status_response
 from funnel.serving import ReleaseManager
 from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -38,6 +38,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     @rpc
     def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
         return status_response("retrieval", self.retriever.releases.status())
+
+    @rpc
+    def Reload(self, request: object, context: grpc.ServicerContext) -> object:
+        return reload_response(self.retriever.releases.reload())
 
 
 def create_server(config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None,

@@ -1,4 +1,4 @@
-"""Export the query tower and ranker as plain SavedModels with explicit signatures and a funnel.json sidecar."""
+"""Export the towers and ranker as plain SavedModels with explicit signatures and a funnel.json sidecar."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from funnel.release import SIDECAR
 from funnel.tf import tf
 
 
-class _QueryTowerServing(tf.Module):
-    def __init__(self, tower: tf.keras.Model) -> None:
+class _TowerServing(tf.Module):
+    """serving_default(<id>: [None]) -> {"embedding": float32 [None, D]}, the input named and typed by ``spec``."""
+
+    def __init__(self, tower: tf.keras.Model, spec: tf.TensorSpec) -> None:
         super().__init__()
         self.tower = tower
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def serve(self, user_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"embedding": tf.cast(self.tower(user_id), tf.float32)}
+        self.serve = tf.function(
+            lambda ids: {"embedding": tf.cast(self.tower(ids), tf.float32)}, input_signature=[spec]
+        )
 
 
 class _RankerServing(tf.Module):
@@ -63,7 +64,18 @@ def export_query_tower(
         "embedding_dim": embedding_dim,
         "training_run": training_run,
     }
-    _save(_QueryTowerServing(tower), Path(directory), metadata)
+    _save(_TowerServing(tower, tf.TensorSpec([None], tf.string, name="user_id")), Path(directory), metadata)
+
+
+def export_candidate_tower(tower: tf.keras.Model, directory: Path, *, training_run: str) -> str:
+    """SavedModel: serving_default(item_id: int64 [None]) -> {"embedding": float32 [None, D]}; returns its fingerprint.
+
+    The sidecar records the fingerprint that the query tower and the index built from this tower also carry.
+    """
+    fingerprint = candidate_tower_fingerprint(tower)
+    metadata = {"candidate_tower_fingerprint": fingerprint, "training_run": training_run}
+    _save(_TowerServing(tower, tf.TensorSpec([None], tf.int64, name="item_id")), Path(directory), metadata)
+    return fingerprint
 
 
 def export_ranker(scorer: tf.keras.Model, directory: Path, *, training_run: str) -> None:

@@ -9,10 +9,11 @@ import pytest
 
 from funnel.artifacts import write_catalog, write_popularity, write_seen
 from funnel.data import Items
-from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound, Unavailable
-from funnel.release import ArtifactStore
+from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound, ReleaseError, Unavailable
+from funnel.release import ArtifactStore, RolloutState
 from funnel.serving import ReleaseManager
-from gateway.core import Gateway, GatewayRelease, Router, StageCandidates, StageUnavailable
+from gateway.admin import Admin
+from gateway.core import Gateway, GatewayRelease, Router, StageCandidates, StageReadiness, StageUnavailable
 
 ITEMS = Items(item_ids=np.arange(1, 7, dtype=np.int64), titles=tuple(f"Film {i}" for i in range(1, 7)),
               years=np.full(6, 1999, dtype=np.int32), genres=tuple(("Drama",) for _ in range(6)))
@@ -28,12 +29,15 @@ def publish_release(store: ArtifactStore, release_id: str) -> None:
 
 
 class FakeRetrieval:
-    def __init__(self, fail: bool = False, release_override: str = "", cold: bool = False) -> None:
-        self.fail, self.release_override, self.cold = fail, release_override, cold
+    def __init__(self, fail: bool = False, release_override: str = "", cold: bool = False,
+                 not_held: tuple[str, ...] = ()) -> None:
+        self.fail, self.release_override, self.cold, self.not_held = fail, release_override, cold, not_held
         self.calls: list[tuple] = []
 
     def retrieve(self, release_id, user_id, num_candidates, exclude_seen, timeout) -> StageCandidates:
         self.calls.append((release_id, user_id, num_candidates, exclude_seen, timeout))
+        if release_id in self.not_held:
+            raise FailedPrecondition(f"retrieval: release {release_id} is not loaded")
         if self.fail:
             raise StageUnavailable("retrieval", "DEADLINE_EXCEEDED")
         ids = np.array([2, 3, 4, 5], dtype=np.int64)
@@ -150,3 +154,102 @@ def test_no_stable_release_is_unavailable(tmp_path: Path) -> None:
     manager.sync()
     with pytest.raises(Unavailable):
         gateway(manager).recommend("u1", 2)
+
+
+@pytest.fixture()
+def rollout(releases):
+    """Stable r1 and candidate r2 loaded; both stages report both ready."""
+    releases.store.set_candidate("r2", 0.3)
+    releases.sync()
+    readiness = StageReadiness(["retrieval", "ranking"])
+    for stage in ("retrieval", "ranking"):
+        readiness.update(stage, ["r1", "r2"])
+    return releases, readiness
+
+
+def served_by(router: Router, users) -> dict[str, str]:
+    return {u: router.choose("", u)[0].release_id for u in users}
+
+
+def test_candidate_gets_a_sticky_fraction_of_users(rollout) -> None:
+    releases, readiness = rollout
+    router = Router(releases, readiness)
+    users = [f"user-{i}" for i in range(4000)]
+    first = served_by(router, users)
+    share = sum(r == "r2" for r in first.values()) / len(users)
+    assert abs(share - 0.3) < 0.03
+    assert served_by(router, users) == first  # sticky
+    releases.store.set_candidate("r2", 0.6)
+    releases.refresh()
+    widened = served_by(router, users)
+    assert all(widened[u] == "r2" for u, r in first.items() if r == "r2")  # nobody flips back while widening
+    assert abs(sum(r == "r2" for r in widened.values()) / len(users) - 0.6) < 0.03
+    assert all(len(router.choose("", u)) == 2 for u in users[:50])  # the other release follows as fallback
+
+
+def test_candidate_gets_no_traffic_until_every_stage_has_it(rollout) -> None:
+    releases, readiness = rollout
+    readiness.update("ranking", ["r1"])
+    assert set(served_by(Router(releases, readiness), [f"u{i}" for i in range(500)]).values()) == {"r1"}
+    assert readiness.missing("r2") == ["ranking"]
+
+
+def test_a_stage_missing_the_chosen_release_reruns_the_whole_request_on_the_other(rollout) -> None:
+    releases, readiness = rollout
+    releases.store.set_candidate("r2", 1.0)
+    releases.refresh()
+    retrieval, ranking = FakeRetrieval(not_held=("r2",)), FakeRanking()
+    result = Gateway(Router(releases, readiness), retrieval, ranking).recommend("u1", 2)
+    assert result.release_id == result.retrieval_release_id == result.ranking_release_id == "r1"
+    assert [c[0] for c in retrieval.calls] == ["r2", "r1"] and [c[0] for c in ranking.calls] == ["r1"]
+    with pytest.raises(FailedPrecondition):  # a pinned release never falls back
+        Gateway(Router(releases, readiness), retrieval, ranking).recommend("u1", 2, release_id="r2")
+
+
+class FakeStage:
+    def __init__(self, stage: str) -> None:
+        self.stage, self.target, self.reloads = stage, "", 0
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+
+def test_admin_rollout_lifecycle(rollout) -> None:
+    releases, readiness = rollout
+    store = releases.store
+    store.clear_candidate()
+    stages = [FakeStage("retrieval"), FakeStage("ranking")]
+    admin = Admin(store, releases, readiness, stages)
+    with pytest.raises(FailedPrecondition, match="already stable"):
+        admin.start_rollout("r1", 0.5)
+    with pytest.raises(NotFound):
+        admin.start_rollout("r9", 0.5)
+    with pytest.raises(InvalidArgument, match="between 0 and 1"):
+        admin.start_rollout("r2", 2.0)
+    with pytest.raises(FailedPrecondition, match="no rollout"):
+        admin.promote()
+    assert admin.start_rollout("r2", 0.5) == RolloutState("r1", "r2", 0.5)
+    assert [s.reloads for s in stages] == [1, 1] and releases.channel("candidate") == "r2"
+    assert admin.set_fraction(0.25) == RolloutState("r1", "r2", 0.25)
+    readiness.update("ranking", ["r1"])
+    with pytest.raises(FailedPrecondition, match="not ready on ranking"):
+        admin.promote()
+    readiness.update("ranking", ["r1", "r2"])
+    with pytest.raises(FailedPrecondition, match="the candidate is r2, not r1"):
+        admin.promote("r1")
+    assert admin.promote("r2") == RolloutState("r2", None, 0.0)
+    assert releases.channel("stable") == "r2" and releases.loaded_ids() == ["r2"]
+    assert admin.start_rollout("r1", 0.1).candidate == "r1"
+    assert admin.rollback() == RolloutState("r2", None, 0.0)
+    with pytest.raises(FailedPrecondition, match="no rollout"):
+        admin.rollback()
+
+
+def test_admin_refuses_a_corrupt_release(rollout) -> None:
+    releases, readiness = rollout
+    publish_release(releases.store, "r3")
+    (releases.store.releases_dir / "r3" / "catalog.jsonl").write_text("tampered\n")
+    admin = Admin(releases.store, releases, readiness, [])
+    with pytest.raises(ReleaseError, match="checksum mismatch"):
+        admin.start_rollout("r3", 0.5)
+    assert releases.store.rollout().candidate == "r2"  # unchanged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ def make(tmp_path: Path, warmup=lambda r: setattr(r, "warm", True)) -> tuple[Art
 def test_not_ready_until_stable_is_loaded_and_warm(tmp_path: Path) -> None:
     store, manager, readiness = make(tmp_path)
     manager.sync()
-    assert readiness == [False, False] and not manager.ready()
+    assert readiness and not any(readiness) and not manager.ready()
     with pytest.raises(Unavailable):
         manager.get("r1")
     publish(store, "r1")
@@ -100,3 +102,70 @@ def test_candidate_loads_beside_stable_and_is_dropped_when_cleared(tmp_path: Pat
     store.clear_candidate()
     manager.sync()
     assert manager.loaded_ids() == ["r1"] and manager.channel("candidate") is None
+
+
+def test_channel_changes_apply_while_a_slow_load_runs(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    gate = threading.Event()
+
+    def load(path: Path, manifest: Manifest) -> FakeRelease:
+        if manifest.release_id == "r3":
+            assert gate.wait(10), "test did not release the slow load"
+        return FakeRelease(path, manifest)
+
+    manager = ReleaseManager(store, load, name="test")
+    for r in ("r1", "r2", "r3"):
+        publish(store, r)
+    store.set_stable("r1")
+    store.set_candidate("r2", 0.5)
+    manager.sync()
+    assert manager.candidate_fraction() == 0.5
+    store.set_candidate("r3", 0.5)  # a new candidate, slow to load
+    loader = threading.Thread(target=manager.sync)
+    loader.start()
+    try:
+        time.sleep(0.2)
+        assert any(s.release_id == "r3" and s.state == "loading" for s in manager.status())
+        store.clear_candidate()  # the operator rolls back meanwhile
+        started = time.monotonic()
+        assert manager.refresh() == []
+        assert time.monotonic() - started < 1.0, "refresh waited for the load"
+        assert manager.channel("stable") == "r1" and manager.candidate_fraction() == 0.0
+    finally:
+        gate.set()
+        loader.join(10)
+    assert manager.loaded_ids() == ["r1"]  # r3 finished loading but nothing needs it
+
+
+def test_never_more_than_two_releases_resident(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    peaks: list[int] = []
+    manager: ReleaseManager
+
+    def load(path: Path, manifest: Manifest) -> FakeRelease:
+        peaks.append(len(manager.loaded_ids()) + 1)  # resident ones plus the one being loaded
+        return FakeRelease(path, manifest)
+
+    manager = ReleaseManager(store, load, name="test")
+    for r in ("r1", "r2", "r3", "r4"):
+        publish(store, r)
+    store.set_stable("r1")
+    store.set_candidate("r2", 0.1)
+    manager.sync()
+    store.set_candidate("r3", 0.1)  # a new candidate replaces the old one
+    manager.sync()
+    store.set_stable("r4")  # stable moves to an unloaded release while a candidate is resident
+    manager.sync()
+    assert max(peaks) == 2 and len(peaks) >= 5
+    assert manager.channel("stable") == "r4" and manager.channel("candidate") == "r3"
+
+
+def test_candidate_fraction_only_for_a_served_candidate(tmp_path: Path) -> None:
+    store, manager, _ = make(tmp_path)
+    publish(store, "r1")
+    publish(store, "r2")
+    (store.releases_dir / "r2" / "a.bin").write_bytes(b"corrupted")
+    store.set_stable("r1")
+    store.set_candidate("r2", 0.5)
+    manager.sync()
+    assert manager.channel("candidate") is None and manager.candidate_fraction() == 0.0

@@ -1,0 +1,147 @@
+"""Rollout control: the Admin core (start a rollout, change its fraction, promote, roll back) and its servicer."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Sequence
+
+import grpc
+
+from funnel.errors import FailedPrecondition, Unauthenticated
+from funnel.release import ArtifactStore, RolloutState, validate_fraction, validate_release_id
+from funnel.server import release_statuses, rpc
+from funnel.serving import ReleaseManager
+from funnel.v1 import admin_pb2, admin_pb2_grpc
+from gateway.clients import StageClient
+from gateway.core import GatewayRelease, StageReadiness
+
+log = logging.getLogger(__name__)
+
+
+class Admin:
+    """Changes rollout state in ``channels/`` after checking it is safe, then tells every stage to re-read it."""
+
+    def __init__(self, store: ArtifactStore, releases: ReleaseManager[GatewayRelease], readiness: StageReadiness,
+                 stages: Sequence[StageClient]) -> None:
+        self.store, self.releases, self.readiness, self.stages = store, releases, readiness, stages
+        self._lock = threading.Lock()  # one change at a time from this process
+
+    def start_rollout(self, release_id: str, fraction: float) -> RolloutState:
+        validate_release_id(release_id)
+        validate_fraction(fraction)
+        with self._lock:
+            self.store.verify(release_id)  # NotFound, or ReleaseError for a partial or corrupt release
+            if self.store.rollout().stable == release_id:
+                raise FailedPrecondition(f"release {release_id} is already stable")
+            self.store.set_candidate(release_id, fraction)
+            log.info("rollout started: candidate %s at %.1f%% of users", release_id, fraction * 100)
+            return self._propagate()
+
+    def set_fraction(self, fraction: float) -> RolloutState:
+        validate_fraction(fraction)
+        with self._lock:
+            candidate = self._candidate()
+            self.store.set_candidate(candidate, fraction)
+            log.info("candidate %s now at %.1f%% of users", candidate, fraction * 100)
+            return self._propagate()
+
+    def promote(self, expected: str = "") -> RolloutState:
+        with self._lock:
+            candidate = self._candidate()
+            if expected and expected != candidate:
+                raise FailedPrecondition(f"the candidate is {candidate}, not {expected}")
+            missing = self.readiness.missing(candidate)
+            if self.releases.channel("candidate") != candidate:
+                missing.insert(0, "gateway")
+            if missing:
+                raise FailedPrecondition(
+                    f"candidate {candidate} is not ready on {', '.join(missing)}; wait for it or roll back")
+            self.store.set_stable(candidate)  # stable and candidate name the same release for a moment
+            self.store.clear_candidate()
+            log.info("promoted %s to stable", candidate)
+            return self._propagate()
+
+    def rollback(self) -> RolloutState:
+        with self._lock:
+            candidate = self._candidate()
+            self.store.clear_candidate()
+            log.info("rolled back candidate %s", candidate)
+            return self._propagate()
+
+    def _candidate(self) -> str:
+        candidate = self.store.rollout().candidate
+        if candidate is None:
+            raise FailedPrecondition("no rollout is in progress (there is no candidate)")
+        return candidate
+
+    def _propagate(self) -> RolloutState:
+        """Apply the change here at once and ask each stage to re-read channels now (they also poll)."""
+        self.releases.reload()
+        for stage in self.stages:
+            try:
+                stage.reload()
+            except grpc.RpcError as exc:
+                log.warning("%s did not take the reload (%s); it will see the change when it polls",
+                            stage.stage, exc.code().name)
+        return self.store.rollout()
+
+
+def _state(rollout: RolloutState) -> admin_pb2.RolloutState:
+    return admin_pb2.RolloutState(stable_release_id=rollout.stable or "", candidate_release_id=rollout.candidate or "",
+                                  candidate_fraction=rollout.fraction)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Thin gRPC layer over Admin; with a token configured every call must carry ``authorization: Bearer``."""
+
+    def __init__(self, admin: Admin, token: str = "") -> None:
+        self.admin = admin
+        self._expected = f"Bearer {token}" if token else ""
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        if not self._expected:
+            return
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(given.encode(), self._expected.encode()):
+            raise Unauthenticated("admin calls need the metadata 'authorization: Bearer <FUNNEL_ADMIN_TOKEN>'")
+
+    @rpc
+    def GetRolloutStatus(self, request: admin_pb2.GetRolloutStatusRequest, context: grpc.ServicerContext
+                         ) -> admin_pb2.GetRolloutStatusResponse:
+        self._authorize(context)
+        services = [admin_pb2.ServiceReleases(service="gateway", releases=release_statuses(self.admin.releases.status()))]
+        for stage in self.admin.stages:
+            try:
+                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target,
+                                                          releases=stage.status().releases))
+            except grpc.RpcError as exc:
+                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target,
+                                                          error=f"{exc.code().name}: {exc.details()}"))
+        return admin_pb2.GetRolloutStatusResponse(rollout=_state(self.admin.store.rollout()), services=services,
+                                                  published_release_ids=self.admin.store.list_releases())
+
+    @rpc
+    def StartRollout(self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext
+                     ) -> admin_pb2.StartRolloutResponse:
+        self._authorize(context)
+        return admin_pb2.StartRolloutResponse(rollout=_state(self.admin.start_rollout(request.release_id,
+                                                                                       request.fraction)))
+
+    @rpc
+    def SetCandidateFraction(self, request: admin_pb2.SetCandidateFractionRequest, context: grpc.ServicerContext
+                             ) -> admin_pb2.SetCandidateFractionResponse:
+        self._authorize(context)
+        return admin_pb2.SetCandidateFractionResponse(rollout=_state(self.admin.set_fraction(request.fraction)))
+
+    @rpc
+    def Promote(self, request: admin_pb2.PromoteRequest, context: grpc.ServicerContext) -> admin_pb2.PromoteResponse:
+        self._authorize(context)
+        return admin_pb2.PromoteResponse(rollout=_state(self.admin.promote(request.release_id)))
+
+    @rpc
+    def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext
+                 ) -> admin_pb2.RollbackResponse:
+        self._authorize(context)
+        return admin_pb2.RollbackResponse(rollout=_state(self.admin.rollback()))
