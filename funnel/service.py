@@ -50,8 +50,10 @@ def create_service_server(
     service_names: list[str],
     releases: ReleaseManager[R] | None = None,
     health: Health | None = None,
+    warm: Callable[[], bool] = lambda: True,
 ) -> tuple[grpc.Server, int]:
-    """Build (not start) a service's server; health reports SERVING once ``releases`` has a stable release.
+    """Build (not start) a service's server; health reports SERVING once ``releases`` has a stable release
+    (and ``warm()`` says the rest of the service is ready too).
 
     Without ``releases`` a manager is created and starts polling the artifact root.
     """
@@ -60,7 +62,7 @@ def create_service_server(
         releases.start(config.poll_interval)
     server, port, health = build_server(config.address, lambda s: register(s, releases), service_names,
                                         max_workers=config.max_workers, health=health)
-    releases.subscribe(health.set_serving)
+    releases.subscribe(lambda ready: health.set_serving(ready and warm()))
     return server, port
 
 

@@ -22,10 +22,19 @@ _PASS_THROUGH: dict[grpc.StatusCode, type[FunnelError]] = {
 
 
 def stage_channel(target: str) -> grpc.Channel:
-    """A channel that balances round-robin over every address the target resolves to (one per replica)."""
+    """A channel that balances round-robin over every address the target resolves to (one per replica).
+
+    Reconnect backoff is capped at one second, so a stage that (re)starts is used again within about a second;
+    gRPC's default grows to minutes, and calls fail fast (degrading the answer) for all of that time.
+    """
     config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-    return grpc.insecure_channel(target, options=[("grpc.service_config", config),
-                                                  ("grpc.enable_retries", 1)])
+    return grpc.insecure_channel(target, options=[
+        ("grpc.service_config", config),
+        ("grpc.enable_retries", 1),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ])
 
 
 def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
@@ -93,5 +102,6 @@ def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> Non
         try:
             ready = [r.release_id for r in client.status().releases if r.state == "ready"]
         except grpc.RpcError:
-            ready = []
-        readiness.update(client.stage, ready)
+            readiness.update(client.stage, [], answered=False)
+        else:
+            readiness.update(client.stage, ready)

@@ -96,10 +96,18 @@ class StageReadiness:
     def __init__(self, stages: Iterable[str]) -> None:
         self._lock = threading.Lock()
         self._ready: dict[str, frozenset[str]] = {stage: frozenset() for stage in stages}
+        self._answered: set[str] = set()
 
-    def update(self, stage: str, ready_release_ids: Iterable[str]) -> None:
+    def update(self, stage: str, ready_release_ids: Iterable[str], answered: bool = True) -> None:
         with self._lock:
             self._ready[stage] = frozenset(ready_release_ids)
+            if answered:
+                self._answered.add(stage)
+
+    def all_answered_once(self) -> bool:
+        """True once every stage has answered a probe: the gateway's connections are up (part of its warm-up)."""
+        with self._lock:
+            return self._answered >= set(self._ready)
 
     def missing(self, release_id: str) -> list[str]:
         """The stages that do not (yet) report ``release_id`` ready."""

@@ -65,9 +65,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return status_response("gateway", self.gateway.router.releases.status())
 
 
-def _probe_forever(stages: list[StageClient], readiness: StageReadiness, interval: float) -> None:
+def _probe_forever(stages: list[StageClient], readiness: StageReadiness, releases: ReleaseManager[GatewayRelease],
+                   interval: float) -> None:
     while True:
+        warm_before = readiness.all_answered_once()
         probe_readiness(stages, readiness)
+        if readiness.all_answered_once() and not warm_before:
+            releases.refresh()  # re-evaluates health now that the stages are reachable
         threading.Event().wait(interval)
 
 
@@ -75,11 +79,12 @@ def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease
                   health: Health | None = None) -> tuple[grpc.Server, int]:
     """Build (not start) the gateway with its AdminService; see funnel.service.create_service_server."""
 
+    retrieval = GrpcRetrieval(stage_channel(config.retrieval_target), config.retrieval_target)
+    ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
+    readiness = StageReadiness([retrieval.stage, ranking.stage])
+
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
-        retrieval = GrpcRetrieval(stage_channel(config.retrieval_target), config.retrieval_target)
-        ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
-        readiness = StageReadiness([retrieval.stage, ranking.stage])
-        threading.Thread(target=_probe_forever, args=([retrieval, ranking], readiness, config.poll_interval),
+        threading.Thread(target=_probe_forever, args=([retrieval, ranking], readiness, releases, config.poll_interval),
                          name="stage-readiness", daemon=True).start()
         gateway = Gateway(Router(releases, readiness), retrieval, ranking,
                           Deadlines(config.retrieval_timeout, config.ranking_timeout))
@@ -88,7 +93,7 @@ def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin, config.admin_token), server)
 
     return create_service_server(config, "gateway", GatewayRelease, register, [SERVICE_NAME, ADMIN_SERVICE_NAME],
-                                 releases, health)
+                                 releases, health, warm=readiness.all_answered_once)
 
 
 def serve(argv: list[str] | None = None) -> None:

@@ -1,66 +1,182 @@
-"""Command line: python -m trainer --artifact-root DIR [--data SPEC] [--epochs N] ... (see --help)."""
+"""Command line: python -m trainer --artifact-root DIR [--only {index,ranker}] [--every SECONDS] ... (see --help)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from funnel.data import DATASET_SPECS
 from funnel.errors import DataError, FunnelError
+from funnel.release import validate_fraction
+from funnel.tf import tf
+from trainer.gate import GateConfig, GateRefused
 from trainer.index import RecallTooLow
 from trainer.models import TrainConfig
-from trainer.pipeline import PipelineConfig, run
+from trainer.pipeline import ONLY_CHOICES, PipelineConfig, RolloutRefused, run
 
 ROOT_ENV, CACHE_ENV = "FUNNEL_ARTIFACT_ROOT", "FUNNEL_CACHE_DIR"
+ADMIN_TARGET_ENV, ADMIN_TOKEN_ENV = "FUNNEL_ADMIN_TARGET", "FUNNEL_ADMIN_TOKEN"
+EXIT_OK, EXIT_ERROR, EXIT_GATE_REFUSED, EXIT_ROLLOUT_REFUSED = 0, 1, 3, 4  # argparse exits 2 on a usage error
+
+DESCRIPTION = """\
+The trainer job: train -> evaluate the exported models on held-out data -> gate against the stable release ->
+publish -> start the rollout as candidate. Runs once, or every --every seconds until SIGTERM/SIGINT."""
+EPILOG = f"""\
+gate: the new and the stable release are both evaluated through their exported models on the same held-out split;
+the new one is refused, and nothing is published, when
+  top-100 accuracy < stable top-100 accuracy - --max-top100-drop   (default {GateConfig.max_top100_drop}, absolute)
+  ranking RMSE     > stable ranking RMSE     + --max-rmse-increase (default {GateConfig.max_rmse_increase}, absolute)
+
+after publishing: with no stable release yet (or --set-stable) the release becomes stable; else with an admin target
+the admin service starts its rollout at --rollout-fraction; else the job prints the `funnel rollout start` command.
+
+exit status: {EXIT_OK} published (and rollout started if asked), {EXIT_ERROR} error, 2 usage error, \
+{EXIT_GATE_REFUSED} refused by the gate,
+{EXIT_ROLLOUT_REFUSED} published but the admin service refused the rollout. With --every: {EXIT_OK} once stopped."""
 
 
-def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> PipelineConfig:
-    """Flags first, then FUNNEL_ARTIFACT_ROOT / FUNNEL_CACHE_DIR, then defaults."""
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split(":")[0])
+def _fraction(text: str) -> float:
+    try:
+        return validate_fraction(float(text))
+    except (ValueError, FunnelError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from exc
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+) -> tuple[PipelineConfig, float | None]:
+    """(job config, --every seconds or None); flags first, then the FUNNEL_* environment, then defaults."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("--artifact-root", default=environ.get(ROOT_ENV), help=f"artifact store root [env {ROOT_ENV}]")
     parser.add_argument("--data", default="movielens-100k", help=f"dataset spec: {DATASET_SPECS}")
     parser.add_argument(
         "--cache-dir", default=environ.get(CACHE_ENV, "var/cache"), help=f"dataset download cache [env {CACHE_ENV}]"
     )
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs for both models")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs for each model")
     parser.add_argument("--max-users", type=int, help="train on the interactions of this many users only")
     parser.add_argument("--release-id", help="release id (default: UTC timestamp and random suffix)")
     parser.add_argument(
-        "--set-stable",
-        action=argparse.BooleanOptionalAction,
-        help="point channel stable at the new release (default: only if no stable release exists yet)",
+        "--only", choices=ONLY_CHOICES,
+        help="rebuild only this part of the stable release into a new one: 'ranker' retrains the ranking model, "
+        "'index' re-indexes the catalog with the stable candidate tower; the other parts are copied "
+        "(default: train both models)",
+    )  # fmt: skip
+    parser.add_argument("--no-gate", action="store_true", help="publish without comparing to the stable release")
+    parser.add_argument(
+        "--max-top100-drop", type=float, default=GateConfig.max_top100_drop, metavar="X",
+        help="gate: largest allowed fall in retrieval top-100 accuracy vs stable (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-rmse-increase", type=float, default=GateConfig.max_rmse_increase, metavar="X",
+        help="gate: largest allowed rise in ranking RMSE vs stable (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set-stable", action=argparse.BooleanOptionalAction,
+        help="point channel stable at the new release instead of starting a rollout "
+        "(default: only if no stable release exists yet)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--admin-target", default=environ.get(ADMIN_TARGET_ENV),
+        help=f"gateway AdminService host:port that starts the rollout [env {ADMIN_TARGET_ENV}]",
+    )  # fmt: skip
+    parser.add_argument("--admin-token", default=environ.get(ADMIN_TOKEN_ENV), help=f"[env {ADMIN_TOKEN_ENV}]")
+    parser.add_argument(
+        "--rollout-fraction", type=_fraction, default=0.1, help="candidate traffic share to start at (default 0.1)"
     )
+    parser.add_argument("--every", type=float, metavar="SECONDS", help="run again SECONDS after each run ends")
     args = parser.parse_args(argv)
     if not args.artifact_root:
         parser.error(f"missing artifact root: pass --artifact-root or set {ROOT_ENV}")
-    if args.max_users is not None and args.max_users < 1:
-        parser.error(f"expected --max-users >= 1, got {args.max_users}")
+    for name in ("max_users", "every"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"expected --{name.replace('_', '-')} > 0, got {value}")
     try:
         train = TrainConfig(epochs=args.epochs)
+        gate = None if args.no_gate else GateConfig(args.max_top100_drop, args.max_rmse_increase)
     except ValueError as exc:
         parser.error(str(exc))
-    return PipelineConfig(
+    config = PipelineConfig(
         artifact_root=Path(args.artifact_root),
         data=args.data,
         cache_dir=Path(args.cache_dir),
         max_users=args.max_users,
         release_id=args.release_id,
         set_stable=args.set_stable,
+        only=args.only,
+        gate=gate,
+        admin_target=args.admin_target,
+        admin_token=args.admin_token,
+        rollout_fraction=args.rollout_fraction,
         train=train,
     )
+    return config, args.every
+
+
+def run_once(config: PipelineConfig) -> int:
+    """One job run; the exit status, with the reason on stderr when it is not EXIT_OK."""
+    try:
+        run(config)
+    except GateRefused as exc:
+        print(f"trainer: {exc}", file=sys.stderr, flush=True)
+        return EXIT_GATE_REFUSED
+    except RolloutRefused as exc:
+        print(f"trainer: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ROLLOUT_REFUSED
+    except (DataError, FunnelError, RecallTooLow, OSError) as exc:
+        print(f"trainer: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def run_every(job: Callable[[], int], interval: float, stop: threading.Event) -> int:
+    """Run ``job``, then wait ``interval`` seconds, until ``stop`` is set; returns the number of runs.
+
+    A run that fails (non-zero status or an exception) is logged and the loop goes on; ``stop`` is checked
+    between runs, so a run in progress always finishes.
+    """
+    runs = 0
+    while not stop.is_set():
+        runs += 1
+        try:
+            status = job()
+        except Exception:  # noqa: BLE001  (a scheduled job outlives a bad run; the traceback is logged)
+            traceback.print_exc()
+            status = EXIT_ERROR
+        print(f"[trainer] run {runs} ended with status {status}; next in {interval:g} s unless stopped", flush=True)
+        stop.wait(interval)
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (DataError, FunnelError, RecallTooLow) as exc:
-        print(f"trainer: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    config, every = parse_args(argv)
+    if every is None:
+        return run_once(config)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        print(f"[trainer] {signal.Signals(signum).name}: stopping after the current run", flush=True)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+
+    def job() -> int:
+        tf.keras.backend.clear_session()  # models of earlier runs must not accumulate in a long-lived process
+        return run_once(config)
+
+    runs = run_every(job, every, stop)
+    print(f"[trainer] stopped after {runs} runs", flush=True)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from trainer.index import ITEM_IDS_FILE
 from trainer.models import TOP_KS
 
 SCORE_BLOCK = 1 << 24  # query × catalog scores held at once (64 MiB of float32)
+Signature = Callable[..., dict[str, tf.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Evaluation:
         return {"retrieval_top_k": dict(self.top_k), "ranking_rmse": self.rmse}
 
 
-def load_signature(release_dir: Path, part: str) -> Callable[..., dict[str, tf.Tensor]]:
+def load_signature(release_dir: Path, part: str) -> Signature:
     """The serving_default signature of the release's ``part`` SavedModel; ReleaseError when there is none."""
     path = Path(release_dir) / part
     if not path.is_dir():
@@ -38,12 +39,11 @@ def load_signature(release_dir: Path, part: str) -> Callable[..., dict[str, tf.T
     return tf.saved_model.load(str(path)).signatures["serving_default"]
 
 
-def run_batched(serve: Callable[..., dict[str, tf.Tensor]], output: str, batch: int, **inputs: np.ndarray) -> np.ndarray:
+def run_batched(serve: Signature, output: str, batch: int, **inputs: np.ndarray) -> np.ndarray:
     """``serve(**inputs)[output]`` over slices of ``batch`` rows, concatenated."""
     n = len(next(iter(inputs.values())))
-    return np.concatenate(
-        [serve(**{k: tf.constant(v[s : s + batch]) for k, v in inputs.items()})[output].numpy() for s in range(0, n, batch)]
-    )
+    slices = ({k: tf.constant(v[s : s + batch]) for k, v in inputs.items()} for s in range(0, n, batch))
+    return np.concatenate([serve(**tensors)[output].numpy() for tensors in slices])
 
 
 def factorized_top_k(queries: np.ndarray, positives: np.ndarray, catalog: np.ndarray) -> dict[str, float]:

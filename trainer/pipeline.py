@@ -1,4 +1,4 @@
-"""The trainer job: load → split → train → export, index → evaluate → gate → publish → start the rollout."""
+"""The trainer job: load → split → train, export, index → evaluate → gate → publish → start the rollout."""
 
 from __future__ import annotations
 
@@ -83,8 +83,11 @@ def _sidecar(part_dir: Path) -> dict[str, Any]:
     return json.loads((part_dir / SIDECAR).read_text(encoding="utf-8"))
 
 
-def _stable_base(store: ArtifactStore, stable_id: str | None, only: str) -> tuple[Path, dict[str, str]]:
-    """The verified stable release to rebuild from and its training runs; ReleaseError when it cannot serve as one."""
+def _stable_base(store: ArtifactStore, stable_id: str | None, only: str | None) -> tuple[Path, dict[str, str]]:
+    """The verified stable release that --only rebuilds from and the gate compares with, and its training runs.
+
+    Checked before training, so a run that could not finish fails at once.
+    """
     if stable_id is None:
         raise ReleaseError(
             f"--only {only} rebuilds part of the stable release, but channel stable in {store.channels_dir} is unset; "
@@ -93,9 +96,13 @@ def _stable_base(store: ArtifactStore, stable_id: str | None, only: str) -> tupl
     path, manifest = store.verify(stable_id)
     missing = [part for part in (*RETRIEVAL_PARTS, RANKER_DIR) if not (path / part).is_dir()]
     if missing:
+        user, remedy = (
+            (f"--only {only}", "run without --only to train both models") if only
+            else ("the gate", "pass --no-gate to publish without comparing")
+        )  # fmt: skip
         raise ReleaseError(
-            f"--only {only}: expected stable release {stable_id} to hold {', '.join(missing)}/, found none "
-            "(published before the trainer exported them); run without --only to train both models"
+            f"{user}: expected stable release {stable_id} to hold {', '.join(missing)}/, found none "
+            f"(published before the trainer exported them); {remedy}"
         )
     return path, manifest.training_runs
 
@@ -156,7 +163,8 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
 
     store = ArtifactStore(config.artifact_root)
     stable_id = store.get_channel("stable")
-    base_dir, base_runs = _stable_base(store, stable_id, config.only) if config.only else (None, {})
+    gated = config.gate is not None and stable_id is not None
+    base_dir, base_runs = _stable_base(store, stable_id, config.only) if config.only or gated else (None, {})
     with store.new_release(config.release_id) as writer:  # fails now, not after training, on a duplicate id
         with phase("load data"):
             if dataset is None:
@@ -173,7 +181,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
             item_vocab = dataset.items.item_ids  # the whole catalog is retrievable
             print(f"[trainer] {len(train)} train / {len(test)} test interactions, {len(user_vocab)} users", flush=True)
 
-        runs = dict(base_runs)  # a part copied from stable keeps the run it came from
+        runs = dict(base_runs) if config.only else {}  # a part copied from stable keeps the run it came from
         if config.only == "ranker":
             print(f"[trainer] copying {', '.join(RETRIEVAL_PARTS)} from stable release {stable_id}", flush=True)
             _copy_parts(base_dir, writer.dir, RETRIEVAL_PARTS)
@@ -205,12 +213,12 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
         with phase("evaluate"):
             evaluation = evaluate_release(writer.dir, test, config.train.eval_batch_size)
         gate = None
-        if config.gate is None or stable_id is None:
-            print(f"[trainer] gate skipped: {'--no-gate' if stable_id else 'no stable release yet'}", flush=True)
-        else:
+        if gated:
             with phase(f"evaluate stable release {stable_id}"):
-                stable_evaluation = evaluate_release(store.release_dir(stable_id), test, config.train.eval_batch_size)
+                stable_evaluation = evaluate_release(base_dir, test, config.train.eval_batch_size)
             gate = check_gate(evaluation, stable_evaluation, stable_id, config.gate)  # raises GateRefused
+        else:
+            print(f"[trainer] gate skipped: {'--no-gate' if stable_id else 'no stable release yet'}", flush=True)
 
         index_meta = json.loads((writer.dir / INDEX_DIR / INDEX_JSON).read_text(encoding="utf-8"))
         metrics = {

@@ -253,3 +253,13 @@ def test_admin_refuses_a_corrupt_release(rollout) -> None:
     with pytest.raises(ReleaseError, match="checksum mismatch"):
         admin.start_rollout("r3", 0.5)
     assert releases.store.rollout().candidate == "r2"  # unchanged
+
+
+def test_gateway_is_warm_once_every_stage_answered() -> None:
+    readiness = StageReadiness(["retrieval", "ranking"])
+    readiness.update("retrieval", [])
+    readiness.update("ranking", [], answered=False)
+    assert not readiness.all_answered_once()
+    readiness.update("ranking", ["r1"])
+    readiness.update("ranking", [], answered=False)  # a later outage does not undo the start-up gate
+    assert readiness.all_answered_once() and readiness.missing("r1") == ["retrieval", "ranking"]

@@ -1,4 +1,4 @@
-"""Trainer unit tests: reference split, TFRS models, SavedModel export, ScaNN index and a full pipeline run."""
+"""Trainer unit tests: reference split, TFRS models, SavedModel export, ScaNN index, evaluation, a pipeline run."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from funnel.data import Dataset, Interactions, Items
-from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
+from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
 from funnel.tf import tf
+from trainer import evaluate
 from trainer.__main__ import parse_args
-from trainer.export import candidate_tower_fingerprint, export_query_tower, export_ranker
-from trainer.index import IndexConfig, RecallTooLow, build_index, exact_top_k, measure_recall
+from trainer.evaluate import evaluate_release, factorized_top_k
+from trainer.export import candidate_tower_fingerprint, export_candidate_tower, export_query_tower, export_ranker
+from trainer.gate import GateConfig
+from trainer.index import ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, exact_top_k, measure_recall
 from trainer.models import (
     TrainConfig,
     evaluate_ranking,
@@ -70,7 +73,7 @@ def trained():
     retrieval = train_retrieval(as_features(train), user_vocab, item_vocab, CONFIG, verbose=False)
     ranking = train_ranking(as_features(train), user_vocab, item_vocab, RANKING_CONFIG, verbose=False)
     return {
-        "data": data, "user_vocab": user_vocab, "item_vocab": item_vocab,
+        "data": data, "test": test, "user_vocab": user_vocab, "item_vocab": item_vocab,
         "retrieval": retrieval, "ranking": ranking,
         "top_k": evaluate_retrieval(retrieval, as_features(test), CONFIG),
         "rmse": evaluate_ranking(ranking, as_features(test), CONFIG),
@@ -162,6 +165,22 @@ def test_ranker_savedmodel_scores_pairs_like_keras(trained, tmp_path):
     assert json.loads((tmp_path / "rk" / SIDECAR).read_text()) == {"training_run": "run-2"}
 
 
+def test_candidate_tower_savedmodel_embeds_items_like_keras_and_records_its_fingerprint(trained, tmp_path):
+    tower = trained["retrieval"].candidate_tower
+    fingerprint = export_candidate_tower(tower, tmp_path / "ct", training_run="run-3")
+    serve = tf.saved_model.load(str(tmp_path / "ct")).signatures["serving_default"]
+    assert serve.structured_input_signature[1] == {"item_id": tf.TensorSpec([None], tf.int64, name="item_id")}
+    assert set(serve.structured_outputs) == {"embedding"}
+    items = tf.constant([1000, 1237, 5], dtype=tf.int64)  # the last one is not in the catalog
+    out = serve(item_id=items)["embedding"]
+    assert out.dtype == tf.float32 and out.shape == (3, CONFIG.embedding_dim)
+    np.testing.assert_allclose(out.numpy(), tower(items).numpy(), rtol=1e-6)
+    assert fingerprint == candidate_tower_fingerprint(tower)
+    assert json.loads((tmp_path / "ct" / SIDECAR).read_text()) == {
+        "candidate_tower_fingerprint": fingerprint, "training_run": "run-3",
+    }  # fmt: skip
+
+
 def test_candidate_tower_fingerprint_tracks_the_weights():
     tower = item_tower(np.arange(10, dtype=np.int64), 4)
     tower(tf.constant([1], dtype=tf.int64))  # build
@@ -236,6 +255,37 @@ def test_exact_top_k_in_chunks_matches_argsort():
     assert [set(r) for r in exact_top_k(items, queries, 30)] == [set(e) for e in expected]
 
 
+# ---------------------------------------------------------------------------------------------------- evaluate
+
+
+def test_release_evaluation_through_savedmodels_matches_the_in_memory_metrics(trained, tmp_path):
+    retrieval = trained["retrieval"]
+    fingerprint = export_candidate_tower(retrieval.candidate_tower, tmp_path / CANDIDATE_TOWER_DIR, training_run="r")
+    export_query_tower(
+        retrieval.query_tower, tmp_path / QUERY_TOWER_DIR, candidate_fingerprint=fingerprint, training_run="r"
+    )
+    export_ranker(trained["ranking"].scorer, tmp_path / RANKER_DIR, training_run="k")
+    (tmp_path / INDEX_DIR).mkdir()
+    np.save(tmp_path / INDEX_DIR / ITEM_IDS_FILE, trained["item_vocab"])
+    result = evaluate_release(tmp_path, trained["test"], batch_size=100)
+    assert result.top_k.keys() == trained["top_k"].keys()
+    for k, in_memory in trained["top_k"].items():  # top_100 is trivially 1 with 80 items; the others are not
+        assert result.top_k[k] == pytest.approx(in_memory, abs=0.005), k
+    assert 0 < result.top_k["top_5"] < result.top_k["top_50"] < 1
+    assert result.rmse == pytest.approx(trained["rmse"], rel=1e-4)
+
+
+def test_factorized_top_k_counts_ties_in_and_is_independent_of_the_score_batch(monkeypatch):
+    catalog = np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32)
+    queries = np.ones((4, 1), dtype=np.float32)
+    positives = np.array([[4.0], [2.0], [2.5], [0.0]], dtype=np.float32)  # 0, 2, 2 and 4 items score higher
+    # The first positive ties with its own catalog row, which must not push it out of the top 1.
+    expected = {"top_1": 0.25, "top_5": 1.0, "top_10": 1.0, "top_50": 1.0, "top_100": 1.0}
+    assert factorized_top_k(queries, positives, catalog) == expected
+    monkeypatch.setattr(evaluate, "SCORE_BLOCK", 4)  # one query row per score block
+    assert factorized_top_k(queries, positives, catalog) == expected
+
+
 # ---------------------------------------------------------------------------------------------------- pipeline
 
 
@@ -245,14 +295,19 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
     store = ArtifactStore(tmp_path / "store")
     path, manifest = store.verify(first.release_id)
     assert first.stable and store.get_channel("stable") == first.release_id
-    assert set(manifest.metrics) == {"retrieval_top_k", "ranking_rmse", "index_recall_at_100", "num_train", "num_test"}
+    assert set(manifest.metrics) == {
+        "retrieval_top_k", "ranking_rmse", "index_recall_at_100", "num_train", "num_test", "gate",
+    }  # fmt: skip
+    assert manifest.metrics["gate"] is None  # nothing to compare with yet
     assert set(manifest.metrics["retrieval_top_k"]) == {"top_1", "top_5", "top_10", "top_50", "top_100"}
     assert (manifest.metrics["num_train"], manifest.metrics["num_test"]) == (1440, 360)
     assert manifest.data_fingerprint == synthetic_dataset().fingerprint()
     tower_meta = json.loads((path / QUERY_TOWER_DIR / SIDECAR).read_text())
+    candidate_meta = json.loads((path / CANDIDATE_TOWER_DIR / SIDECAR).read_text())
     index_meta = json.loads((path / INDEX_DIR / "index.json").read_text())
-    assert tower_meta["candidate_tower_fingerprint"] == index_meta["candidate_tower_fingerprint"]
-    assert tower_meta["training_run"] == index_meta["training_run"] == manifest.training_runs["retrieval"]
+    fingerprints = {m["candidate_tower_fingerprint"] for m in (tower_meta, candidate_meta, index_meta)}
+    runs = {m["training_run"] for m in (tower_meta, candidate_meta, index_meta)}
+    assert len(fingerprints) == 1 and runs == {manifest.training_runs["retrieval"]}
     assert json.loads((path / RANKER_DIR / SIDECAR).read_text())["training_run"] == manifest.training_runs["ranking"]
     for name in ("catalog.jsonl", "seen.npz", "popularity.npz"):
         assert name in manifest.files
@@ -261,6 +316,7 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
 
     second = run(replace(config, release_id="second"), dataset=synthetic_dataset())
     assert second.release_id == "second" and not second.stable
+    assert second.metrics["gate"]["passed"] and second.metrics["gate"]["stable_release_id"] == first.release_id
     assert store.get_channel("stable") == first.release_id
     assert store.list_releases() == sorted([first.release_id, "second"])
     assert not list((tmp_path / "store" / ".staging").iterdir())
@@ -270,8 +326,28 @@ def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
     with pytest.raises(SystemExit):
         parse_args([], environ={})
     assert "FUNNEL_ARTIFACT_ROOT" in capsys.readouterr().err
-    environ = {"FUNNEL_ARTIFACT_ROOT": "/x", "FUNNEL_CACHE_DIR": "/c"}
-    config = parse_args(["--epochs", "1", "--no-set-stable"], environ=environ)
+    environ = {
+        "FUNNEL_ARTIFACT_ROOT": "/x", "FUNNEL_CACHE_DIR": "/c",
+        "FUNNEL_ADMIN_TARGET": "gw:1", "FUNNEL_ADMIN_TOKEN": "t",
+    }  # fmt: skip
+    config, every = parse_args(["--epochs", "1", "--no-set-stable", "--only", "ranker", "--every", "60"], environ)
     assert (config.artifact_root, config.cache_dir, config.train.epochs) == (Path("/x"), Path("/c"), 1)
+    assert (config.admin_target, config.admin_token, config.only, every) == ("gw:1", "t", "ranker", 60.0)
     assert config.set_stable is False
-    assert parse_args(["--artifact-root", "/y"], environ={}).set_stable is None
+    defaults, every = parse_args(["--artifact-root", "/y"], environ={})
+    assert (defaults.set_stable, defaults.only, defaults.admin_target, every) == (None, None, None, None)
+    assert (defaults.gate, defaults.rollout_fraction) == (GateConfig(max_top100_drop=0.01, max_rmse_increase=0.02), 0.1)
+    assert parse_args(["--artifact-root", "/y", "--no-gate"], environ={})[0].gate is None
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["--rollout-fraction", "1.5"], "--rollout-fraction: expected a fraction between 0 and 1, got '1.5'"),
+     (["--every", "0"], "expected --every > 0, got 0.0"),
+     (["--only", "towers"], "invalid choice: 'towers'"),
+     (["--max-rmse-increase", "-1"], "expected max_rmse_increase >= 0, got -1.0")],
+)  # fmt: skip
+def test_cli_rejects_bad_job_flags(flags, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--artifact-root", "/x", *flags], environ={})
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err

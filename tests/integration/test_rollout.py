@@ -1,0 +1,183 @@
+"""Blue-green under live load: publish → candidate 50% → promote → bad release refused → roll back, zero failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from funnel import stack
+from funnel.admin_client import AdminClient
+from funnel.release import INDEX_DIR, ArtifactStore
+from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import RELEASE, clone_release
+
+pytestmark = pytest.mark.integration
+CLIENTS = 12
+USERS = [str(u) for u in range(1, 201)]  # the users of the test release
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    user: str
+    code: str
+    release: str
+    stages: tuple[str, str]
+    degraded: tuple[str, ...]
+    latency_ms: float
+
+
+class Load:
+    """Closed-loop clients calling Recommend for random known users until stopped; every answer is kept."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(seed,)) for seed in range(CLIENTS)]
+
+    def _client(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not self._stop.is_set():
+            user = USERS[rng.integers(len(USERS))]
+            request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user), k=10)
+            started = time.perf_counter()
+            try:
+                r = self.stub.Recommend(request, timeout=10)
+                sample = Sample(time.monotonic(), user, "OK", r.release_id,
+                                (r.retrieval_release_id, r.ranking_release_id), tuple(r.degraded_reasons),
+                                (time.perf_counter() - started) * 1000)
+            except grpc.RpcError as exc:
+                sample = Sample(time.monotonic(), user, exc.code().name, "", ("", ""), (),
+                                (time.perf_counter() - started) * 1000)
+            self.samples.append(sample)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        self.channel.close()
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        return [s for s in self.samples if start <= s.at < end]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MiB, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def p99(samples: list[Sample]) -> float:
+    return float(np.percentile([s.latency_ms for s in samples], 99)) if samples else float("nan")
+
+
+def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    store = ArtifactStore(root)
+    shutil.copytree(ArtifactStore(artifact_root).release_dir(RELEASE), store.releases_dir / RELEASE)
+    store.set_stable(RELEASE)
+    services = stack.start_stack(root, tmp_path / "logs")
+    marks: dict[str, float] = {}
+    try:
+        rss_one_release = {name: peak_rss_mb(s.process.pid)[0] for name, s in services.items()}
+        admin = AdminClient(services["gateway"].address)
+        with Load(services["gateway"].address) as load:
+            time.sleep(3)
+            marks["publish"] = time.monotonic()
+            r2 = clone_release(store, RELEASE, "test-r2", lambda d: None)
+            assert admin.start_rollout(r2, 0.5).candidate == r2
+            wait_until(lambda: any(s.release == r2 for s in load.samples[-50:]), 60, "the candidate to get traffic")
+            marks["split"] = time.monotonic()
+            time.sleep(5)
+            marks["promote"] = time.monotonic()
+            assert admin.promote(r2).stable == r2
+            time.sleep(3)
+
+            def mismatched_index(directory: Path) -> None:
+                meta_path = directory / INDEX_DIR / "index.json"
+                meta = json.loads(meta_path.read_text())
+                meta["candidate_tower_fingerprint"] = "f" * 64
+                meta_path.write_text(json.dumps(meta))
+
+            r3 = clone_release(store, r2, "test-r3-bad", mismatched_index)  # checksums valid, towers mismatched
+            marks["bad"] = time.monotonic()
+            admin.start_rollout(r3, 0.5)
+            wait_until(lambda: any(r.release_id == r3 and r.state == "failed"
+                                   for svc in admin.status().services for r in svc.releases), 60,
+                       "retrieval to refuse the bad release")
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.promote(r3)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "retrieval" in refused.value.details()
+            r4 = clone_release(store, r2, "test-r4-corrupt", lambda d: None)
+            (store.releases_dir / r4 / "catalog.jsonl").write_text("tampered\n")
+            with pytest.raises(grpc.RpcError) as corrupt:
+                admin.start_rollout(r4, 0.5)
+            assert corrupt.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "checksum mismatch" in corrupt.value.details()
+            time.sleep(2)
+            marks["rollback"] = time.monotonic()
+            assert admin.rollback().candidate is None
+            time.sleep(3)
+            marks["end"] = time.monotonic()
+        admin.close()
+        memory = {name: peak_rss_mb(s.process.pid) for name, s in services.items()}
+    finally:
+        codes = stack.stop_stack(services)
+    assert codes == {"gateway": 0, "ranking": 0, "retrieval": 0}
+
+    samples = load.samples
+    failures = [s for s in samples if s.code != "OK"]
+    assert not failures, f"{len(failures)} failed requests, first: {failures[:3]}"
+    degraded = [(round(s.at - marks["publish"], 2), s.degraded) for s in samples if s.degraded]
+    assert not degraded, f"{len(degraded)} degraded (seconds after publish, reasons): {degraded[:5]}"
+    mixed = [s for s in samples if s.stages != (s.release, s.release)]
+    assert not mixed, f"stages disagreed with the release: {mixed[:3]}"
+    assert not [s for s in samples if s.release in (r3, r4)], "a bad release served"
+
+    split = load.between(marks["split"], marks["promote"] - 0.5)
+    by_user: dict[str, set[str]] = defaultdict(set)
+    for s in split:
+        by_user[s.user].add(s.release)
+    assert all(len(releases) == 1 for releases in by_user.values()), "a user flipped between releases"
+    user_share = sum(releases == {r2} for releases in by_user.values()) / len(by_user)
+    request_share = sum(s.release == r2 for s in split) / len(split)
+    assert len(by_user) > 100 and abs(user_share - 0.5) < 0.15, (len(by_user), user_share)
+    after_promote = load.between(marks["promote"] + 1.0, marks["end"])
+    assert after_promote and all(s.release == r2 for s in after_promote), "promotion not in effect within a second"
+
+    steady = load.between(0, marks["publish"])
+    swaps = load.between(marks["publish"], marks["end"])
+    duration = samples[-1].at - samples[0].at
+    print(json.dumps({
+        "requests": len(samples), "rps": round(len(samples) / duration, 1), "clients": CLIENTS,
+        "failed": len(failures), "split_users": len(by_user), "candidate_user_share": round(user_share, 3),
+        "candidate_request_share": round(request_share, 3),
+        "p50_ms_steady": round(float(np.percentile([s.latency_ms for s in steady], 50)), 1),
+        "p99_ms_steady": round(p99(steady), 1), "p99_ms_during_swaps": round(p99(swaps), 1),
+        "rss_mb_one_release": {k: round(v) for k, v in rss_one_release.items()},
+        "peak_rss_mb": {k: round(v[1]) for k, v in memory.items()},
+    }))

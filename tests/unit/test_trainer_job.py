@@ -1,0 +1,249 @@
+"""Trainer job tests: the publish gate, --only rebuilds, bootstrap, rollout via a real AdminService, the scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from funnel.errors import ReleaseError
+from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, ArtifactStore, RolloutState
+from funnel.v1 import admin_pb2, admin_pb2_grpc
+from tests.conftest import clone_release
+from tests.unit.test_trainer import CONFIG, synthetic_dataset
+from trainer import __main__ as cli
+from trainer.evaluate import Evaluation
+from trainer.gate import GateConfig, GateRefused, check_gate
+from trainer.pipeline import PipelineConfig, run
+
+STABLE = "stable-1"
+
+
+@pytest.fixture(scope="module")
+def stable_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store bootstrapped by one job run: release stable-1, trained well enough to gate against, is stable."""
+    root = tmp_path_factory.mktemp("job") / "store"
+    result = run(PipelineConfig(root, release_id=STABLE, train=CONFIG), dataset=synthetic_dataset())
+    assert result.stable and result.rollout is None and result.metrics["gate"] is None
+    assert ArtifactStore(root).rollout() == RolloutState(STABLE)
+    return root
+
+
+@pytest.fixture
+def store(stable_store: Path, tmp_path: Path) -> ArtifactStore:
+    """A private copy of the bootstrapped store."""
+    return ArtifactStore(shutil.copytree(stable_store, tmp_path / "store"))
+
+
+def _channels(store: ArtifactStore) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in store.channels_dir.iterdir()}
+
+
+def _same_files(store: ArtifactStore, release_id: str, parts: tuple[str, ...]) -> None:
+    """The parts of ``release_id`` are byte-identical to the stable release's (by the manifests' sha256)."""
+    stable, new = store.read_manifest(STABLE).files, store.read_manifest(release_id).files
+    for part in parts:
+        expected = {rel: sha for rel, sha in stable.items() if rel.startswith(part + "/")}
+        assert expected and {rel: sha for rel, sha in new.items() if rel.startswith(part + "/")} == expected, part
+
+
+def _csv_spec(directory: Path) -> str:
+    """The synthetic dataset as a csv: data spec, so the CLI can load it."""
+    data = synthetic_dataset()
+    interactions, items = directory / "interactions.csv", directory / "items.csv"
+    with open(interactions, "w", newline="") as f:
+        rows = zip(data.interactions.user_ids, data.interactions.item_ids, data.interactions.ratings)
+        csv.writer(f).writerows([("user_id", "item_id", "rating"), *rows])
+    with open(items, "w", newline="") as f:
+        csv.writer(f).writerows([("item_id", "title"), *zip(data.items.item_ids, data.items.titles)])
+    return f"csv:{interactions},{items}"
+
+
+# ---------------------------------------------------------------------------------------------------- gate
+
+
+def _evaluation(top_100: float, rmse: float) -> Evaluation:
+    return Evaluation({"top_1": 0.01, "top_5": 0.05, "top_10": 0.1, "top_50": 0.3, "top_100": top_100}, rmse)
+
+
+def test_gate_passes_within_tolerance_and_records_both_sides():
+    new, stable = _evaluation(0.4950, 1.1300), _evaluation(0.5000, 1.1125)
+    record = check_gate(new, stable, "r0", GateConfig())
+    assert record == {
+        "stable_release_id": "r0", "stable": stable.as_metrics(), "new": new.as_metrics(),
+        "tolerance": {"max_top100_drop": 0.01, "max_rmse_increase": 0.02}, "passed": True,
+    }  # fmt: skip
+
+
+def test_gate_refuses_naming_each_metric_its_values_difference_and_tolerance():
+    with pytest.raises(GateRefused) as refused:
+        check_gate(_evaluation(0.5, 1.1402), _evaluation(0.5, 1.1125), "r0", GateConfig())
+    assert str(refused.value) == "refused: ranking RMSE 1.1402 is 0.0277 worse than stable 1.1125 (tolerance 0.0200)"
+    assert refused.value.record["passed"] is False
+    with pytest.raises(GateRefused) as refused:
+        check_gate(_evaluation(0.4700, 1.2), _evaluation(0.5000, 1.1), "r0", GateConfig(0.02, 0.05))
+    assert str(refused.value) == (
+        "refused: retrieval top-100 accuracy 0.4700 is 0.0300 worse than stable 0.5000 (tolerance 0.0200); "
+        "ranking RMSE 1.2000 is 0.1000 worse than stable 1.1000 (tolerance 0.0500)"
+    )
+
+
+def test_cli_gate_refusal_exits_3_and_publishes_nothing(store, tmp_path, capsys):
+    before = store.list_releases()
+    argv = ["--artifact-root", str(store.root), "--data", _csv_spec(tmp_path), "--only", "ranker", "--epochs", "1"]
+    assert cli.main(argv) == cli.EXIT_GATE_REFUSED  # one full-batch step of the ranker is far worse than stable
+    err = capsys.readouterr().err
+    assert err.startswith("trainer: refused: ranking RMSE ") and "worse than stable" in err
+    assert err.endswith("(tolerance 0.0200)\n") and "top-100" not in err  # the retrieval parts are stable's
+    assert store.list_releases() == before and not list(store.staging_dir.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------- --only
+
+
+def test_only_ranker_without_gate_copies_retrieval_and_leaves_channels_alone(store, capsys):
+    channels = _channels(store)
+    train = replace(CONFIG, epochs=1)
+    config = PipelineConfig(store.root, only="ranker", gate=None, release_id="r-ranker", train=train)
+    result = run(config, dataset=synthetic_dataset())
+    assert not result.stable and result.rollout is None and result.metrics["gate"] is None
+    store.verify("r-ranker")
+    _same_files(store, "r-ranker", (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, INDEX_DIR))
+    stable_runs, manifest = store.read_manifest(STABLE).training_runs, store.read_manifest("r-ranker")
+    assert manifest.training_runs["retrieval"] == stable_runs["retrieval"]
+    assert manifest.training_runs["ranking"] not in ("", stable_runs["ranking"])
+    assert (manifest.config["only"], manifest.config["base_release"]) == ("ranker", STABLE)
+    assert manifest.config["gate"] is None
+    assert _channels(store) == channels  # no admin target: publish only
+    assert "funnel rollout start r-ranker --fraction 0.1" in capsys.readouterr().out
+
+
+def test_only_index_reindexes_with_the_stable_towers_and_passes_the_gate(store):
+    result = run(PipelineConfig(store.root, only="index", release_id="r-index"), dataset=synthetic_dataset())
+    store.verify("r-index")
+    _same_files(store, "r-index", (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, RANKER_DIR))
+    manifest = store.read_manifest("r-index")
+    assert manifest.training_runs == store.read_manifest(STABLE).training_runs
+    assert (manifest.config["only"], manifest.config["base_release"]) == ("index", STABLE)
+    gate = result.metrics["gate"]
+    assert gate["passed"] and gate["stable_release_id"] == STABLE and gate["new"] == gate["stable"]  # same models
+
+
+def test_only_and_the_gate_need_a_stable_release_with_a_candidate_tower(store, tmp_path):
+    with pytest.raises(ReleaseError, match=r"--only index rebuilds part of the stable release, but channel stable"):
+        run(PipelineConfig(tmp_path / "empty", only="index"), dataset=synthetic_dataset())
+    clone_release(store, STABLE, "old", lambda d: shutil.rmtree(d / CANDIDATE_TOWER_DIR))
+    store.set_stable("old")
+    with pytest.raises(ReleaseError, match=r"--only index: expected stable release old to hold candidate_tower/"):
+        run(PipelineConfig(store.root, only="index"), dataset=synthetic_dataset())
+    with pytest.raises(ReleaseError, match=r"the gate: expected .* candidate_tower/, .*; pass --no-gate"):
+        run(PipelineConfig(store.root), dataset=synthetic_dataset())  # fails before training
+    assert not list(store.staging_dir.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------- rollout
+
+
+class RecordingAdmin(admin_pb2_grpc.AdminServiceServicer):
+    """Records StartRollout calls; answers like the gateway would, or refuses with ``refusal``."""
+
+    def __init__(self, refusal: str = "") -> None:
+        self.calls: list[tuple[admin_pb2.StartRolloutRequest, dict[str, str]]] = []
+        self.refusal = refusal
+
+    def StartRollout(self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext):
+        self.calls.append((request, dict(context.invocation_metadata())))
+        if self.refusal:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.refusal)
+        state = admin_pb2.RolloutState(
+            stable_release_id=STABLE, candidate_release_id=request.release_id, candidate_fraction=request.fraction
+        )
+        return admin_pb2.StartRolloutResponse(rollout=state)
+
+
+@contextlib.contextmanager
+def admin_server(servicer: RecordingAdmin) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def test_rollout_is_started_through_the_admin_service(store):
+    admin, channels = RecordingAdmin(), _channels(store)
+    with admin_server(admin) as target:
+        config = PipelineConfig(
+            store.root, only="index", release_id="r-new",
+            admin_target=target, admin_token="s3cret", rollout_fraction=0.25,
+        )
+        result = run(config, dataset=synthetic_dataset())
+    assert result.rollout == RolloutState(STABLE, "r-new", 0.25) and not result.stable
+    [(request, metadata)] = admin.calls
+    assert (request.release_id, request.fraction, metadata["authorization"]) == ("r-new", 0.25, "Bearer s3cret")
+    assert _channels(store) == channels  # the admin service, not the trainer, writes channels/
+
+
+def test_cli_rollout_refusal_exits_4_and_names_the_published_release(store, tmp_path, capsys):
+    admin = RecordingAdmin(refusal="release r-new is not ready on ranking")
+    with admin_server(admin) as target:
+        argv = ["--artifact-root", str(store.root), "--data", _csv_spec(tmp_path), "--only", "index",
+                "--release-id", "r-new", "--admin-target", target]  # fmt: skip
+        assert cli.main(argv) == cli.EXIT_ROLLOUT_REFUSED
+    assert capsys.readouterr().err == (
+        f"trainer: error: release r-new is published, but the admin service at {target} refused to start its rollout: "
+        "FAILED_PRECONDITION: release r-new is not ready on ranking\n"
+    )
+    assert "r-new" in store.list_releases() and store.get_channel("stable") == STABLE
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+
+
+def test_scheduler_keeps_running_after_failed_runs_until_stopped(capsys):
+    stop, calls = threading.Event(), []
+
+    def job() -> int:
+        calls.append(len(calls) + 1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        if len(calls) == 4:
+            stop.set()
+        return {1: 0, 3: cli.EXIT_GATE_REFUSED, 4: 0}[len(calls)]
+
+    assert cli.run_every(job, 0.01, stop) == 4 and len(calls) == 4
+    captured = capsys.readouterr()
+    assert "RuntimeError: disk full" in captured.err
+    assert [line.split(" ended with status ")[1][0] for line in captured.out.splitlines()] == ["0", "1", "3", "0"]
+
+
+def test_every_stops_cleanly_after_the_run_in_progress_on_sigterm(monkeypatch, tmp_path):
+    runs: list[PipelineConfig] = []
+
+    def fake_run_once(config: PipelineConfig) -> int:
+        runs.append(config)
+        if len(runs) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-run; the run still completes
+        return 0
+
+    monkeypatch.setattr(cli, "run_once", fake_run_once)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli.main(["--artifact-root", str(tmp_path), "--every", "0.01"]) == cli.EXIT_OK
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert len(runs) == 2
