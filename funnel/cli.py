@@ -123,9 +123,9 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _train_stable(artifact_root: Path, data: str, release_id: str) -> None:
-    """Train and publish ``release_id`` with the trainer CLI (its own process) and make it the stable release."""
+    """Train and publish ``release_id`` with the trainer CLI (its own process) as the stable release, ungated."""
     command = [sys.executable, "-m", "trainer", "--artifact-root", str(artifact_root), "--data", data,
-               "--cache-dir", str(VAR / "cache"), "--release-id", release_id, "--set-stable"]
+               "--cache-dir", str(VAR / "cache"), "--release-id", release_id, "--set-stable", "--no-gate"]
     subprocess.run(command, cwd=stack.ROOT, check=True, stdin=subprocess.DEVNULL)
 
 

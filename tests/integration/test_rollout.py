@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -18,7 +20,7 @@ from funnel import stack
 from funnel.admin_client import AdminClient
 from funnel.release import INDEX_DIR, ArtifactStore
 from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import RELEASE, clone_release
+from tests.conftest import CACHE_DIR, RELEASE, ROOT, TEST_USERS, clone_release
 
 pytestmark = pytest.mark.integration
 CLIENTS = 12
@@ -107,8 +109,14 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
         with Load(services["gateway"].address) as load:
             time.sleep(3)
             marks["publish"] = time.monotonic()
-            r2 = clone_release(store, RELEASE, "test-r2", lambda d: None)
-            assert admin.start_rollout(r2, 0.5).candidate == r2
+            r2 = "test-r2"
+            job = subprocess.run(  # the trainer job: retrain the ranker, evaluate, gate, publish, start the rollout
+                [sys.executable, "-m", "trainer", "--artifact-root", str(root), "--data", "movielens-100k",
+                 "--cache-dir", str(CACHE_DIR), "--max-users", str(TEST_USERS), "--epochs", "2", "--only", "ranker",
+                 "--release-id", r2, "--admin-target", services["gateway"].address, "--rollout-fraction", "0.5"],
+                cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+            assert "gate passed" in job.stdout and store.rollout().candidate == r2
             wait_until(lambda: any(s.release == r2 for s in load.samples[-50:]), 60, "the candidate to get traffic")
             marks["split"] = time.monotonic()
             time.sleep(5)
