@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from funnel.errors import InvalidArgument
-from funnel.limits import MAX_USER_ID_CHARS
+from funnel.limits import MAX_HISTORY, MAX_USER_ID_CHARS
 from funnel.release import validate_release_id
 
 
@@ -41,3 +41,10 @@ def stage_release_id(value: str) -> str:
     if not value:
         raise InvalidArgument("release_id is required: the gateway names the release on every stage call")
     return validate_release_id(value)
+
+
+def history(values: Sequence[int]) -> np.ndarray:
+    """Request-supplied history: at most MAX_HISTORY item ids (unknown ids are ignored by the model)."""
+    if len(values) > MAX_HISTORY:
+        raise InvalidArgument(f"user.history_item_ids holds at most {MAX_HISTORY} items, got {len(values)}")
+    return np.asarray(values, dtype=np.int64)

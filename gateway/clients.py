@@ -72,9 +72,10 @@ class GrpcRetrieval(StageClient):
         super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target)
 
     def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
-                 timeout: float) -> StageCandidates:
-        request = retrieval_pb2.RetrieveRequest(release_id=release_id, user=common_pb2.UserContext(user_id=user_id),
-                                                num_candidates=num_candidates, exclude_seen=exclude_seen)
+                 timeout: float, history: np.ndarray) -> StageCandidates:
+        user = common_pb2.UserContext(user_id=user_id, history_item_ids=history.tolist())
+        request = retrieval_pb2.RetrieveRequest(release_id=release_id, user=user, num_candidates=num_candidates,
+                                                exclude_seen=exclude_seen)
         response = _call("retrieval", self._stub.Retrieve, request, timeout)
         return StageCandidates(response.release_id, np.asarray(response.item_ids, dtype=np.int64),
                                np.asarray(response.scores, dtype=np.float32), response.cold_start)

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,7 +41,7 @@ class StageCandidates:
 
 class RetrievalStage(Protocol):
     def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
-                 timeout: float) -> StageCandidates: ...
+                 timeout: float, history: np.ndarray) -> StageCandidates: ...
 
 
 class RankingStage(Protocol):
@@ -172,9 +172,11 @@ class Gateway:
         self.router, self.retrieval, self.ranking, self.deadlines = router, retrieval, ranking, deadlines
 
     def recommend(self, user_id: str, k: int, *, release_id: str = "", exclude_seen: bool = True,
-                  num_candidates: int = 0, time_remaining: float | None = None) -> Recommendation:
+                  num_candidates: int = 0, time_remaining: float | None = None,
+                  history: Sequence[int] = ()) -> Recommendation:
         started = time.perf_counter()
         validate.user_id(user_id)
+        history_ids = validate.history(history)
         validate.count("k", k, MAX_K)
         num_candidates = num_candidates or max(DEFAULT_CANDIDATES, k)
         validate.count("num_candidates", num_candidates, MAX_CANDIDATES)
@@ -183,7 +185,8 @@ class Gateway:
         releases = self.router.choose(release_id, user_id)
         for attempt, release in enumerate(releases, 1):
             try:
-                return self._serve(release, user_id, k, exclude_seen, num_candidates, started, time_remaining)
+                return self._serve(release, user_id, history_ids, k, exclude_seen, num_candidates, started,
+                                   time_remaining)
             except FailedPrecondition as exc:
                 if attempt == len(releases):
                     raise
@@ -191,8 +194,8 @@ class Gateway:
                          release.release_id, exc, releases[attempt].release_id)
         raise AssertionError("unreachable: the router returns at least one release")
 
-    def _serve(self, release: GatewayRelease, user_id: str, k: int, exclude_seen: bool, num_candidates: int,
-               started: float, time_remaining: float | None) -> Recommendation:
+    def _serve(self, release: GatewayRelease, user_id: str, history: np.ndarray, k: int, exclude_seen: bool,
+               num_candidates: int, started: float, time_remaining: float | None) -> Recommendation:
         """Retrieval then ranking, both under ``release``; a stage that is down degrades instead of failing."""
         result = Recommendation(release.release_id, [])
 
@@ -202,15 +205,15 @@ class Gateway:
         t0 = time.perf_counter()
         try:
             found = self.retrieval.retrieve(release.release_id, user_id, num_candidates, exclude_seen,
-                                            self.deadlines.cap(self.deadlines.retrieval, remaining()))
+                                            self.deadlines.cap(self.deadlines.retrieval, remaining()), history)
             self._check_release("retrieval", release.release_id, found.release_id)
             result.retrieval_release_id, result.cold_start = found.release_id, found.cold_start
             ids, retrieval_scores = found.item_ids, found.scores
         except StageUnavailable as exc:
             result.degraded_reasons.append(str(exc))
-            result.cold_start = user_id not in release.seen
-            ids, retrieval_scores = release.popularity.top(
-                num_candidates, release.seen.get(user_id) if exclude_seen else None)
+            result.cold_start = user_id not in release.seen and not len(history)
+            seen = history if len(history) else release.seen.get(user_id)
+            ids, retrieval_scores = release.popularity.top(num_candidates, seen if exclude_seen else None)
         result.retrieval_ms = (time.perf_counter() - t0) * 1000
 
         scores = retrieval_scores

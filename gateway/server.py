@@ -45,6 +45,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             request.user.user_id, request.k, release_id=request.release_id,
             exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
             num_candidates=request.num_candidates, time_remaining=context.time_remaining(),
+            history=request.user.history_item_ids,
         )
         return gateway_pb2.RecommendResponse(
             release_id=found.release_id,

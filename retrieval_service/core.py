@@ -59,22 +59,32 @@ class RetrievalRelease:
                 f"item_ids.npy holds {len(self.item_ids)}"
             )
         self.query_tower = tf.saved_model.load(str(path / QUERY_TOWER_DIR)).signatures["serving_default"]
+        # v2 towers read the user's history (user_id, history); v1 towers read only the user id.
+        self.reads_history = "history" in self.query_tower.structured_input_signature[1]
         self.seen: SeenItems = read_seen(path)
         self.popularity: Popularity = read_popularity(path)
 
-    def embed(self, user_ids: list[str]) -> np.ndarray:
-        return self.query_tower(user_id=tf.constant(user_ids, dtype=tf.string))["embedding"].numpy()
+    def embed(self, user_ids: list[str], histories: list[np.ndarray]) -> np.ndarray:
+        inputs = {"user_id": tf.constant(user_ids, dtype=tf.string)}
+        if self.reads_history:
+            padded = np.full((len(histories), max(1, max(map(len, histories)))), -1, dtype=np.int64)
+            for row, items in enumerate(histories):
+                padded[row, : len(items)] = items
+            inputs["history"] = tf.constant(padded)
+        return self.query_tower(**inputs)["embedding"].numpy()
 
-    def retrieve(self, user_id: str, num_candidates: int, exclude_seen: bool) -> Candidates:
-        seen = self.seen.get(user_id) if exclude_seen else None
-        if user_id not in self.seen:
-            ids, scores = self.popularity.top(num_candidates)
+    def retrieve(self, user_id: str, num_candidates: int, exclude_seen: bool,
+                 history: np.ndarray | None = None) -> Candidates:
+        """Top candidates for a user; ``history`` (from the request) replaces the release's stored history."""
+        history = self.seen.get(user_id) if history is None or not len(history) else history
+        seen = history if exclude_seen else history[:0]
+        if user_id not in self.seen and not (self.reads_history and len(history)):
+            ids, scores = self.popularity.top(num_candidates, seen)
             return Candidates(self.release_id, ids, scores, cold_start=True)
-        extra = len(seen) if seen is not None else 0
-        k = min(num_candidates + extra, len(self.item_ids))
-        rows, scores = self.searcher.search(self.embed([user_id])[0], final_num_neighbors=k)
+        k = min(num_candidates + len(seen), len(self.item_ids))
+        rows, scores = self.searcher.search(self.embed([user_id], [history])[0], final_num_neighbors=k)
         ids = self.item_ids[rows]
-        if extra:
+        if len(seen):
             keep = ~np.isin(ids, seen)
             ids, scores = ids[keep], scores[keep]
         return Candidates(self.release_id, ids[:num_candidates], scores[:num_candidates].astype(np.float32), False)
@@ -85,6 +95,8 @@ class RetrievalRelease:
         for user_id in users:
             self.retrieve(user_id, 10, exclude_seen=True)
         self.retrieve("__funnel_warmup_unknown_user__", 10, exclude_seen=True)
+        if users:
+            self.retrieve("__funnel_warmup_unknown_user__", 10, exclude_seen=True, history=self.seen.get(users[0]))
 
 
 class Retriever:
@@ -94,7 +106,9 @@ class Retriever:
         self.releases = releases
         self.max_candidates = max_candidates
 
-    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool) -> Candidates:
+    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
+                 history: list[int] | None = None) -> Candidates:
         validate.user_id(user_id)
         validate.count("num_candidates", num_candidates, self.max_candidates)
-        return self.releases.get(validate.stage_release_id(release_id)).retrieve(user_id, num_candidates, exclude_seen)
+        return self.releases.get(validate.stage_release_id(release_id)).retrieve(
+            user_id, num_candidates, exclude_seen, validate.history(history or []))

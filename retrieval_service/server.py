@@ -31,7 +31,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.ServicerContext
                  ) -> retrieval_pb2.RetrieveResponse:
         found = self.retriever.retrieve(request.release_id, request.user.user_id, request.num_candidates,
-                                        request.exclude_seen)
+                                        request.exclude_seen, request.user.history_item_ids)
         return retrieval_pb2.RetrieveResponse(release_id=found.release_id, item_ids=found.item_ids.tolist(),
                                               scores=found.scores.tolist(), cold_start=found.cold_start)
 

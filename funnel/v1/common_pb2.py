@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66unnel/v1/common.proto\x12\tfunnel.v1\"\x1e\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"S\n\rReleaseStatus\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\"\x12\n\x10GetStatusRequest\"P\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x08releases\x18\x02 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatus\"\x0f\n\rReloadRequest\"<\n\x0eReloadResponse\x12*\n\x08releases\x18\x01 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66unnel/v1/common.proto\x12\tfunnel.v1\"8\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\x03\"S\n\rReleaseStatus\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\"\x12\n\x10GetStatusRequest\"P\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x08releases\x18\x02 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatus\"\x0f\n\rReloadRequest\"<\n\x0eReloadResponse\x12*\n\x08releases\x18\x01 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'funnel.v1.common_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USERCONTEXT']._serialized_start=37
-  _globals['_USERCONTEXT']._serialized_end=67
-  _globals['_RELEASESTATUS']._serialized_start=69
-  _globals['_RELEASESTATUS']._serialized_end=152
-  _globals['_GETSTATUSREQUEST']._serialized_start=154
-  _globals['_GETSTATUSREQUEST']._serialized_end=172
-  _globals['_GETSTATUSRESPONSE']._serialized_start=174
-  _globals['_GETSTATUSRESPONSE']._serialized_end=254
-  _globals['_RELOADREQUEST']._serialized_start=256
-  _globals['_RELOADREQUEST']._serialized_end=271
-  _globals['_RELOADRESPONSE']._serialized_start=273
-  _globals['_RELOADRESPONSE']._serialized_end=333
+  _globals['_USERCONTEXT']._serialized_end=93
+  _globals['_RELEASESTATUS']._serialized_start=95
+  _globals['_RELEASESTATUS']._serialized_end=178
+  _globals['_GETSTATUSREQUEST']._serialized_start=180
+  _globals['_GETSTATUSREQUEST']._serialized_end=198
+  _globals['_GETSTATUSRESPONSE']._serialized_start=200
+  _globals['_GETSTATUSRESPONSE']._serialized_end=280
+  _globals['_RELOADREQUEST']._serialized_start=282
+  _globals['_RELOADREQUEST']._serialized_end=297
+  _globals['_RELOADRESPONSE']._serialized_start=299
+  _globals['_RELOADRESPONSE']._serialized_end=359
 # @@protoc_insertion_point(module_scope)

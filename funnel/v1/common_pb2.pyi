@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UserContext(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "history_item_ids")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    history_item_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, user_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseStatus(_message.Message):
     __slots__ = ("release_id", "state", "error", "channels")

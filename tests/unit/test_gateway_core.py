@@ -34,8 +34,8 @@ class FakeRetrieval:
         self.fail, self.release_override, self.cold, self.not_held = fail, release_override, cold, not_held
         self.calls: list[tuple] = []
 
-    def retrieve(self, release_id, user_id, num_candidates, exclude_seen, timeout) -> StageCandidates:
-        self.calls.append((release_id, user_id, num_candidates, exclude_seen, timeout))
+    def retrieve(self, release_id, user_id, num_candidates, exclude_seen, timeout, history) -> StageCandidates:
+        self.calls.append((release_id, user_id, num_candidates, exclude_seen, timeout, tuple(history)))
         if release_id in self.not_held:
             raise FailedPrecondition(f"retrieval: release {release_id} is not loaded")
         if self.fail:
@@ -96,6 +96,16 @@ def test_retrieval_down_serves_popularity_without_seen_items(releases) -> None:
     assert [i.item_id for i in result.items] == [2, 3, 4]  # item 1 is most popular but u1 has seen it
     assert result.degraded_reasons and ranking.calls == []
     assert gateway(releases, FakeRetrieval(fail=True)).recommend("u1", 1, exclude_seen=False).items[0].item_id == 1
+
+
+def test_request_history_reaches_retrieval_and_the_popularity_fallback(releases) -> None:
+    retrieval = FakeRetrieval()
+    gateway(releases, retrieval).recommend("stranger", 2, history=[2, 3])
+    assert retrieval.calls[0][5] == (2, 3)
+    fallback = gateway(releases, FakeRetrieval(fail=True)).recommend("stranger", 2, history=[1, 2])
+    assert [i.item_id for i in fallback.items] == [3, 4] and not fallback.cold_start
+    with pytest.raises(InvalidArgument, match="at most 1000 items, got 1001"):
+        gateway(releases).recommend("u1", 2, history=list(range(1001)))
 
 
 def test_cold_start_skips_ranking(releases) -> None:
