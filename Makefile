@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test up down status stubs data clean
+.PHONY: demo test eval up down status stubs data clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -26,6 +26,9 @@ demo: data  ## train on MovieLens 100K, publish, serve, recommend for user 42, s
 
 test: data  ## unit, servicer and end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider
+
+eval: data  ## train on the seeds and temporal splits; print metrics against baselines; write var/eval/report.md
+	$(PY) -m trainer.eval --out var/eval
 
 up: data  ## start the three services on 50051-50053 (trains a release first if there is none)
 	$(PY) -m funnel.cli up
