@@ -156,3 +156,18 @@ def reload_response(states: Iterable[Any]) -> Any:
     from funnel.v1 import common_pb2
 
     return common_pb2.ReloadResponse(releases=release_statuses(states))
+
+
+class ReleaseStatusRPCs:
+    """GetStatus and Reload for a servicer with a ReleaseManager in ``releases`` and its name in ``service``."""
+
+    service: str
+    releases: Any
+
+    @rpc
+    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return status_response(self.service, self.releases.status())
+
+    @rpc
+    def Reload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return reload_response(self.releases.reload())

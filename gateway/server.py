@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from funnel.config import parse_config, setting
-from funnel.server import Health, configure_logging, rpc, status_response
+from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
 from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.serving import ReleaseManager
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -34,9 +34,10 @@ class GatewayConfig(ServiceConfig):
     admin_token: str = setting("FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'")
 
 
-class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.service, self.releases = "gateway", gateway.router.releases
 
     @rpc
     def Recommend(self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
@@ -60,10 +61,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             degraded_reasons=found.degraded_reasons,
             cold_start=found.cold_start,
         )
-
-    @rpc
-    def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
-        return status_response("gateway", self.gateway.router.releases.status())
 
 
 def _probe_forever(stages: list[StageClient], readiness: StageReadiness, releases: ReleaseManager[GatewayRelease],

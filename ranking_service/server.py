@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from funnel.config import parse_config, setting
-from funnel.server import Health, configure_logging, reload_response, rpc, status_response
+from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
 from funnel.serving import ReleaseManager
 from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
@@ -23,22 +23,15 @@ class RankingConfig(ServiceConfig):
     address: str = setting("FUNNEL_RANKING_ADDRESS", "127.0.0.1:50053", "host:port to listen on")
 
 
-class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer):
     def __init__(self, ranker: Ranker) -> None:
         self.ranker = ranker
+        self.service, self.releases = "ranking", ranker.releases
 
     @rpc
     def Rank(self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext) -> ranking_pb2.RankResponse:
         ranked = self.ranker.rank(request.release_id, request.user.user_id, request.item_ids)
         return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist())
-
-    @rpc
-    def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
-        return status_response("ranking", self.ranker.releases.status())
-
-    @rpc
-    def Reload(self, request: object, context: grpc.ServicerContext) -> object:
-        return reload_response(self.ranker.releases.reload())
 
 
 def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None,

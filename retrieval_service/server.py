@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from funnel.config import parse_config, setting
-from funnel.server import Health, configure_logging, reload_response, rpc, status_response
+from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
 from funnel.serving import ReleaseManager
 from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -23,9 +23,10 @@ class RetrievalConfig(ServiceConfig):
     address: str = setting("FUNNEL_RETRIEVAL_ADDRESS", "127.0.0.1:50052", "host:port to listen on")
 
 
-class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, retriever: Retriever) -> None:
         self.retriever = retriever
+        self.service, self.releases = "retrieval", retriever.releases
 
     @rpc
     def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.ServicerContext
@@ -34,14 +35,6 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                                         request.exclude_seen, request.user.history_item_ids)
         return retrieval_pb2.RetrieveResponse(release_id=found.release_id, item_ids=found.item_ids.tolist(),
                                               scores=found.scores.tolist(), cold_start=found.cold_start)
-
-    @rpc
-    def GetStatus(self, request: object, context: grpc.ServicerContext) -> object:
-        return status_response("retrieval", self.retriever.releases.status())
-
-    @rpc
-    def Reload(self, request: object, context: grpc.ServicerContext) -> object:
-        return reload_response(self.retriever.releases.reload())
 
 
 def create_server(config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None,
