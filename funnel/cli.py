@@ -49,11 +49,13 @@ def format_recommendations(user_id: str, response: gateway_pb2.RecommendResponse
     """A readable table of a RecommendResponse."""
     width = max([len(i.title) for i in response.items] + [5])
     lines = [f"Top {len(response.items)} for user {user_id} — release {response.release_id}",
-             f"{'rank':>4}  {'item':>6}  {'title':<{width}}  {'year':>4}  {'score':>7}  {'retrieval':>9}"]
+             f"{'rank':>4}  {'item':>6}  {'title':<{width}}  {'year':>4}  {'score':>7}  {'rating':>6}  "
+             f"{'retrieval':>9}"]
     for rank, item in enumerate(response.items, 1):
         year = str(item.year) if item.year else ""
+        rating = f"{item.predicted_rating:.2f}" if item.predicted_rating else "-"
         lines.append(f"{rank:>4}  {item.item_id:>6}  {item.title:<{width}}  {year:>4}  {item.score:>7.3f}  "
-                     f"{item.retrieval_score:>9.3f}")
+                     f"{rating:>6}  {item.retrieval_score:>9.3f}")
     t = response.timings
     lines.append(f"stages: retrieval {response.retrieval_release_id or '-'} ({t.retrieval_ms:.1f} ms), "
                  f"ranking {response.ranking_release_id or '-'} ({t.ranking_ms:.1f} ms), total {t.total_ms:.1f} ms")

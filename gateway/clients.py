@@ -11,7 +11,7 @@ import numpy as np
 
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from gateway.core import StageCandidates, StageReadiness, StageUnavailable
+from gateway.core import StageCandidates, StageReadiness, StageScores, StageUnavailable
 
 # Errors that mean "this request cannot be served as asked": passed to the caller, never papered over.
 _PASS_THROUGH: dict[grpc.StatusCode, type[FunnelError]] = {
@@ -87,14 +87,16 @@ class GrpcRanking(StageClient):
     def __init__(self, channel: grpc.Channel, target: str = "") -> None:
         super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target)
 
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> tuple[str, np.ndarray]:
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores:
         request = ranking_pb2.RankRequest(release_id=release_id, user=common_pb2.UserContext(user_id=user_id),
                                           item_ids=item_ids.tolist())
         response = _call("ranking", self._stub.Rank, request, timeout)
         scores = np.asarray(response.scores, dtype=np.float32)
-        if len(scores) != len(item_ids):
-            raise StageUnavailable("ranking", f"expected {len(item_ids)} scores, got {len(scores)}")
-        return response.release_id, scores
+        ratings = np.asarray(response.ratings, dtype=np.float32) if len(response.ratings) else None
+        if len(scores) != len(item_ids) or (ratings is not None and len(ratings) != len(item_ids)):
+            raise StageUnavailable("ranking", f"expected {len(item_ids)} scores and ratings, got "
+                                              f"{len(scores)} and {len(response.ratings)}")
+        return StageScores(response.release_id, scores, ratings)
 
 
 def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> None:

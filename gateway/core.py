@@ -39,13 +39,20 @@ class StageCandidates:
     cold_start: bool
 
 
+@dataclass(frozen=True)
+class StageScores:
+    release_id: str
+    scores: np.ndarray
+    ratings: np.ndarray | None  # predicted ratings, when the ranker gives them
+
+
 class RetrievalStage(Protocol):
     def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
                  timeout: float, history: np.ndarray) -> StageCandidates: ...
 
 
 class RankingStage(Protocol):
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> tuple[str, np.ndarray]: ...
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores: ...
 
 
 class GatewayRelease:
@@ -69,6 +76,7 @@ class RecommendedItem:
     retrieval_score: float
     year: int
     genres: tuple[str, ...]
+    predicted_rating: float = 0.0
 
 
 @dataclass
@@ -216,21 +224,22 @@ class Gateway:
             ids, retrieval_scores = release.popularity.top(num_candidates, seen if exclude_seen else None)
         result.retrieval_ms = (time.perf_counter() - t0) * 1000
 
-        scores = retrieval_scores
+        scores, ratings = retrieval_scores, None
         if len(ids) and not result.degraded_reasons and not result.cold_start:
             t1 = time.perf_counter()
             try:
-                ranked_by, scores = self.ranking.rank(release.release_id, user_id, ids,
-                                                      self.deadlines.cap(self.deadlines.ranking, remaining()))
-                self._check_release("ranking", release.release_id, ranked_by)
-                result.ranking_release_id = ranked_by
+                ranked = self.ranking.rank(release.release_id, user_id, ids,
+                                           self.deadlines.cap(self.deadlines.ranking, remaining()))
+                self._check_release("ranking", release.release_id, ranked.release_id)
+                result.ranking_release_id, scores, ratings = ranked.release_id, ranked.scores, ranked.ratings
             except StageUnavailable as exc:
                 result.degraded_reasons.append(str(exc))
                 scores = retrieval_scores
             result.ranking_ms = (time.perf_counter() - t1) * 1000
 
         order = np.argsort(-np.asarray(scores), kind="stable")[:k]
-        result.items = [self._item(release, int(ids[i]), float(scores[i]), float(retrieval_scores[i])) for i in order]
+        result.items = [self._item(release, int(ids[i]), float(scores[i]), float(retrieval_scores[i]),
+                                   float(ratings[i]) if ratings is not None else 0.0) for i in order]
         result.total_ms = (time.perf_counter() - started) * 1000
         return result
 
@@ -240,8 +249,9 @@ class Gateway:
             raise FunnelError(f"{stage} answered for release {served!r} but was asked for {wanted!r}")
 
     @staticmethod
-    def _item(release: GatewayRelease, item_id: int, score: float, retrieval_score: float) -> RecommendedItem:
+    def _item(release: GatewayRelease, item_id: int, score: float, retrieval_score: float,
+              rating: float) -> RecommendedItem:
         meta = release.catalog.get(item_id)
         if meta is None:
-            return RecommendedItem(item_id, "", score, retrieval_score, 0, ())
-        return RecommendedItem(item_id, meta.title, score, retrieval_score, meta.year, meta.genres)
+            return RecommendedItem(item_id, "", score, retrieval_score, 0, (), rating)
+        return RecommendedItem(item_id, meta.title, score, retrieval_score, meta.year, meta.genres, rating)

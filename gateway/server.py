@@ -51,7 +51,8 @@ class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer
         return gateway_pb2.RecommendResponse(
             release_id=found.release_id,
             items=[gateway_pb2.RecommendedItem(item_id=i.item_id, title=i.title, score=i.score,
-                                               retrieval_score=i.retrieval_score, year=i.year, genres=i.genres)
+                                               retrieval_score=i.retrieval_score, year=i.year, genres=i.genres,
+                                               predicted_rating=i.predicted_rating)
                    for i in found.items],
             retrieval_release_id=found.retrieval_release_id,
             ranking_release_id=found.ranking_release_id,

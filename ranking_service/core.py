@@ -21,6 +21,7 @@ WARMUP_USERS = 4
 class Scores:
     release_id: str
     scores: np.ndarray
+    ratings: np.ndarray | None  # None when the ranker has no separate rating output
 
 
 class RankingRelease:
@@ -29,6 +30,7 @@ class RankingRelease:
     def __init__(self, path: Path, manifest: Manifest) -> None:
         self.release_id = manifest.release_id
         self.scorer = tf.saved_model.load(str(path / RANKER_DIR)).signatures["serving_default"]
+        self.predicts_rating = "rating" in self.scorer.structured_outputs
         self.known_items = np.sort(np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64))
         self._warmup_users = read_seen(path).users()[:WARMUP_USERS]
         self._warmup_items = read_popularity(path).item_ids[:MAX_CANDIDATES]
@@ -37,8 +39,9 @@ class RankingRelease:
         out = self.scorer(
             user_id=tf.fill([len(item_ids)], tf.constant(user_id, dtype=tf.string)),
             item_id=tf.constant(item_ids, dtype=tf.int64),
-        )["score"]
-        return Scores(self.release_id, out.numpy().reshape(-1))
+        )
+        ratings = out["rating"].numpy().reshape(-1) if self.predicts_rating else None
+        return Scores(self.release_id, out["score"].numpy().reshape(-1), ratings)
 
     def warmup(self) -> None:
         """Score real users against popular items at a few batch sizes before the release is routable."""

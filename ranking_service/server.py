@@ -31,7 +31,8 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
     @rpc
     def Rank(self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext) -> ranking_pb2.RankResponse:
         ranked = self.ranker.rank(request.release_id, request.user.user_id, request.item_ids)
-        return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist())
+        ratings = ranked.ratings.tolist() if ranked.ratings is not None else []
+        return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist(), ratings=ratings)
 
 
 def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None,

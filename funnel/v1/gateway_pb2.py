@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from funnel.v1 import common_pb2 as funnel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66unnel/v1/gateway.proto\x12\tfunnel.v1\x1a\x16\x66unnel/v1/common.proto\"\x9b\x01\n\x10RecommendRequest\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrelease_id\x18\x03 \x01(\t\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0enum_candidates\x18\x05 \x01(\x05\x42\x0f\n\r_exclude_seen\"w\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x17\n\x0fretrieval_score\x18\x04 \x01(\x02\x12\x0c\n\x04year\x18\x05 \x01(\x05\x12\x0e\n\x06genres\x18\x06 \x03(\t\"J\n\x0cStageTimings\x12\x14\n\x0cretrieval_ms\x18\x01 \x01(\x01\x12\x12\n\nranking_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xf6\x01\n\x11RecommendResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.funnel.v1.RecommendedItem\x12\x1c\n\x14retrieval_release_id\x18\x03 \x01(\t\x12\x1a\n\x12ranking_release_id\x18\x04 \x01(\t\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.funnel.v1.StageTimings\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12\x12\n\ncold_start\x18\x08 \x01(\x08\x32\xa0\x01\n\x0eGatewayService\x12\x46\n\tRecommend\x12\x1b.funnel.v1.RecommendRequest\x1a\x1c.funnel.v1.RecommendResponse\x12\x46\n\tGetStatus\x12\x1b.funnel.v1.GetStatusRequest\x1a\x1c.funnel.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66unnel/v1/gateway.proto\x12\tfunnel.v1\x1a\x16\x66unnel/v1/common.proto\"\x9b\x01\n\x10RecommendRequest\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrelease_id\x18\x03 \x01(\t\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0enum_candidates\x18\x05 \x01(\x05\x42\x0f\n\r_exclude_seen\"\x91\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x17\n\x0fretrieval_score\x18\x04 \x01(\x02\x12\x0c\n\x04year\x18\x05 \x01(\x05\x12\x0e\n\x06genres\x18\x06 \x03(\t\x12\x18\n\x10predicted_rating\x18\x07 \x01(\x02\"J\n\x0cStageTimings\x12\x14\n\x0cretrieval_ms\x18\x01 \x01(\x01\x12\x12\n\nranking_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xf6\x01\n\x11RecommendResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.funnel.v1.RecommendedItem\x12\x1c\n\x14retrieval_release_id\x18\x03 \x01(\t\x12\x1a\n\x12ranking_release_id\x18\x04 \x01(\t\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.funnel.v1.StageTimings\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12\x12\n\ncold_start\x18\x08 \x01(\x08\x32\xa0\x01\n\x0eGatewayService\x12\x46\n\tRecommend\x12\x1b.funnel.v1.RecommendRequest\x1a\x1c.funnel.v1.RecommendResponse\x12\x46\n\tGetStatus\x12\x1b.funnel.v1.GetStatusRequest\x1a\x1c.funnel.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=63
   _globals['_RECOMMENDREQUEST']._serialized_end=218
-  _globals['_RECOMMENDEDITEM']._serialized_start=220
-  _globals['_RECOMMENDEDITEM']._serialized_end=339
-  _globals['_STAGETIMINGS']._serialized_start=341
-  _globals['_STAGETIMINGS']._serialized_end=415
-  _globals['_RECOMMENDRESPONSE']._serialized_start=418
-  _globals['_RECOMMENDRESPONSE']._serialized_end=664
-  _globals['_GATEWAYSERVICE']._serialized_start=667
-  _globals['_GATEWAYSERVICE']._serialized_end=827
+  _globals['_RECOMMENDEDITEM']._serialized_start=221
+  _globals['_RECOMMENDEDITEM']._serialized_end=366
+  _globals['_STAGETIMINGS']._serialized_start=368
+  _globals['_STAGETIMINGS']._serialized_end=442
+  _globals['_RECOMMENDRESPONSE']._serialized_start=445
+  _globals['_RECOMMENDRESPONSE']._serialized_end=691
+  _globals['_GATEWAYSERVICE']._serialized_start=694
+  _globals['_GATEWAYSERVICE']._serialized_end=854
 # @@protoc_insertion_point(module_scope)

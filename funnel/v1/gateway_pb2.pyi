@@ -22,20 +22,22 @@ class RecommendRequest(_message.Message):
     def __init__(self, user: _Optional[_Union[_common_pb2.UserContext, _Mapping]] = ..., k: _Optional[int] = ..., release_id: _Optional[str] = ..., exclude_seen: _Optional[bool] = ..., num_candidates: _Optional[int] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "title", "score", "retrieval_score", "year", "genres")
+    __slots__ = ("item_id", "title", "score", "retrieval_score", "year", "genres", "predicted_rating")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     YEAR_FIELD_NUMBER: _ClassVar[int]
     GENRES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_RATING_FIELD_NUMBER: _ClassVar[int]
     item_id: int
     title: str
     score: float
     retrieval_score: float
     year: int
     genres: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., year: _Optional[int] = ..., genres: _Optional[_Iterable[str]] = ...) -> None: ...
+    predicted_rating: float
+    def __init__(self, item_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., retrieval_score: _Optional[float] = ..., year: _Optional[int] = ..., genres: _Optional[_Iterable[str]] = ..., predicted_rating: _Optional[float] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("retrieval_ms", "ranking_ms", "total_ms")

@@ -18,9 +18,11 @@ class RankRequest(_message.Message):
     def __init__(self, release_id: _Optional[str] = ..., user: _Optional[_Union[_common_pb2.UserContext, _Mapping]] = ..., item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("release_id", "scores")
+    __slots__ = ("release_id", "scores", "ratings")
     RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    RATINGS_FIELD_NUMBER: _ClassVar[int]
     release_id: str
     scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, release_id: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    ratings: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, release_id: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., ratings: _Optional[_Iterable[float]] = ...) -> None: ...

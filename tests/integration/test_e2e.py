@@ -147,7 +147,7 @@ def test_cli_prints_a_table(services) -> None:
                          cwd=ROOT, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
     lines = out.splitlines()
     assert lines[0] == f"Top 3 for user 1 — release {RELEASE}"
-    assert lines[1].split() == ["rank", "item", "title", "year", "score", "retrieval"]
+    assert lines[1].split() == ["rank", "item", "title", "year", "score", "rating", "retrieval"]
     assert [line.split()[0] for line in lines[2:5]] == ["1", "2", "3"]
 
 

@@ -13,7 +13,15 @@ from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotF
 from funnel.release import ArtifactStore, RolloutState
 from funnel.serving import ReleaseManager
 from gateway.admin import Admin
-from gateway.core import Gateway, GatewayRelease, Router, StageCandidates, StageReadiness, StageUnavailable
+from gateway.core import (
+    Gateway,
+    GatewayRelease,
+    Router,
+    StageCandidates,
+    StageReadiness,
+    StageScores,
+    StageUnavailable,
+)
 
 ITEMS = Items(item_ids=np.arange(1, 7, dtype=np.int64), titles=tuple(f"Film {i}" for i in range(1, 7)),
               years=np.full(6, 1999, dtype=np.int32), genres=tuple(("Drama",) for _ in range(6)))
@@ -54,7 +62,8 @@ class FakeRanking:
         self.calls.append((release_id, user_id, tuple(item_ids), timeout))
         if self.fail:
             raise StageUnavailable("ranking", "UNAVAILABLE")
-        return release_id, item_ids.astype(np.float32)  # score = item id: reverses retrieval order
+        # score = item id (reverses retrieval order); predicted rating = item id / 2
+        return StageScores(release_id, item_ids.astype(np.float32), item_ids.astype(np.float32) / 2)
 
 
 @pytest.fixture()
@@ -78,6 +87,7 @@ def test_ranks_retrieved_items_and_attaches_titles(releases) -> None:
     assert [i.item_id for i in result.items] == [5, 4, 3]
     assert [i.title for i in result.items] == ["Film 5", "Film 4", "Film 3"]
     assert [i.retrieval_score for i in result.items] == pytest.approx([0.6, 0.7, 0.8])
+    assert [i.predicted_rating for i in result.items] == [2.5, 2.0, 1.5]
     assert result.release_id == result.retrieval_release_id == result.ranking_release_id == "r1"
     assert not result.degraded_reasons and not result.cold_start
     assert retrieval.calls[0][:4] == ("r1", "u1", 100, True)
