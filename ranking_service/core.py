@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from funnel import validate
 from funnel.artifacts import read_popularity, read_seen
-from funnel.limits import MAX_CANDIDATES
+from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, RANKER_DIR, Manifest
 from funnel.serving import ReleaseManager
 from funnel.tf import tf
@@ -36,12 +37,19 @@ class RankingRelease:
         self._warmup_items = read_popularity(path).item_ids[:MAX_CANDIDATES]
 
     def score(self, user_id: str, item_ids: np.ndarray) -> Scores:
+        return self.score_batch([(user_id, item_ids)])[0]
+
+    def score_batch(self, queries: Sequence[tuple[str, np.ndarray]]) -> list[Scores]:
+        """Scores for many users' candidates with one call of the (pairwise) scorer."""
+        counts = [len(items) for _, items in queries]
         out = self.scorer(
-            user_id=tf.fill([len(item_ids)], tf.constant(user_id, dtype=tf.string)),
-            item_id=tf.constant(item_ids, dtype=tf.int64),
+            user_id=tf.constant(np.repeat([user_id for user_id, _ in queries], counts), dtype=tf.string),
+            item_id=tf.constant(np.concatenate([items for _, items in queries]), dtype=tf.int64),
         )
-        ratings = out["rating"].numpy().reshape(-1) if self.predicts_rating else None
-        return Scores(self.release_id, out["score"].numpy().reshape(-1), ratings)
+        bounds = np.cumsum(counts)[:-1]
+        scores = np.split(out["score"].numpy().reshape(-1), bounds)
+        ratings = np.split(out["rating"].numpy().reshape(-1), bounds) if self.predicts_rating else [None] * len(counts)
+        return [Scores(self.release_id, s, r) for s, r in zip(scores, ratings)]
 
     def warmup(self) -> None:
         """Score real users against popular items at a few batch sizes before the release is routable."""
@@ -57,7 +65,14 @@ class Ranker:
         self.releases = releases
         self.max_items = max_items
 
-    def rank(self, release_id: str, user_id: str, item_ids: list[int]) -> Scores:
-        validate.user_id(user_id)
+    def rank(self, release_id: str, user_id: str, item_ids: Sequence[int]) -> Scores:
+        return self.rank_batch(release_id, [(user_id, item_ids)])[0]
+
+    def rank_batch(self, release_id: str, queries: Sequence[tuple[str, Sequence[int]]]) -> list[Scores]:
+        """Validate every query (user id, item ids), then score them all in one call."""
+        validate.count("queries length", len(queries), MAX_BATCH)
+        for user_id, _ in queries:
+            validate.user_id(user_id)
         release = self.releases.get(validate.stage_release_id(release_id))
-        return release.score(user_id, validate.item_ids(item_ids, self.max_items, release.known_items))
+        return release.score_batch([(user_id, validate.item_ids(items, self.max_items, release.known_items))
+                                    for user_id, items in queries])

@@ -34,6 +34,14 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
         ratings = ranked.ratings.tolist() if ranked.ratings is not None else []
         return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist(), ratings=ratings)
 
+    @rpc
+    def RankBatch(self, request: ranking_pb2.RankBatchRequest, context: grpc.ServicerContext
+                  ) -> ranking_pb2.RankBatchResponse:
+        ranked = self.ranker.rank_batch(request.release_id, [(q.user.user_id, q.item_ids) for q in request.queries])
+        return ranking_pb2.RankBatchResponse(release_id=request.release_id, results=[
+            ranking_pb2.RankResult(scores=r.scores.tolist(), ratings=r.ratings.tolist() if r.ratings is not None else [])
+            for r in ranked])
+
 
 def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None,
                   health: Health | None = None) -> tuple[grpc.Server, int]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,25 @@ import scann
 from funnel import validate
 from funnel.artifacts import Popularity, SeenItems, read_popularity, read_seen
 from funnel.errors import ReleaseError
-from funnel.limits import MAX_CANDIDATES
+from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, SIDECAR, Manifest
 from funnel.serving import ReleaseManager
 from funnel.tf import tf
 
 WARMUP_USERS = 8
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user's retrieval query; an empty ``history`` means the release's stored history."""
+
+    user_id: str
+    num_candidates: int
+    exclude_seen: bool = True
+    history: np.ndarray = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True)
@@ -75,19 +89,38 @@ class RetrievalRelease:
 
     def retrieve(self, user_id: str, num_candidates: int, exclude_seen: bool,
                  history: np.ndarray | None = None) -> Candidates:
-        """Top candidates for a user; ``history`` (from the request) replaces the release's stored history."""
-        history = self.seen.get(user_id) if history is None or not len(history) else history
-        seen = history if exclude_seen else history[:0]
-        if user_id not in self.seen and not (self.reads_history and len(history)):
-            ids, scores = self.popularity.top(num_candidates, seen)
-            return Candidates(self.release_id, ids, scores, cold_start=True)
-        k = min(num_candidates + len(seen), len(self.item_ids))
-        rows, scores = self.searcher.search(self.embed([user_id], [history])[0], final_num_neighbors=k)
-        ids = self.item_ids[rows]
-        if len(seen):
-            keep = ~np.isin(ids, seen)
-            ids, scores = ids[keep], scores[keep]
-        return Candidates(self.release_id, ids[:num_candidates], scores[:num_candidates].astype(np.float32), False)
+        """Top candidates for one user; ``history`` (from the request) replaces the release's stored history."""
+        query = Query(user_id, num_candidates, exclude_seen, _EMPTY if history is None else history)
+        return self.retrieve_batch([query])[0]
+
+    def retrieve_batch(self, queries: Sequence[Query]) -> list[Candidates]:
+        """Candidates for many users with one query-tower call and one ScaNN ``search_batched``."""
+        results: list[Candidates | None] = [None] * len(queries)
+        warm: list[int] = []
+        histories: list[np.ndarray] = []
+        seen: list[np.ndarray] = []
+        for i, query in enumerate(queries):
+            history = query.history if len(query.history) else self.seen.get(query.user_id)
+            excluded = history if query.exclude_seen else history[:0]
+            if query.user_id not in self.seen and not (self.reads_history and len(history)):
+                ids, scores = self.popularity.top(query.num_candidates, excluded)
+                results[i] = Candidates(self.release_id, ids, scores, cold_start=True)
+            else:
+                warm.append(i)
+                histories.append(history)
+                seen.append(excluded)
+        if warm:
+            k = min(max(queries[i].num_candidates + len(s) for i, s in zip(warm, seen)), len(self.item_ids))
+            rows, scores = self.searcher.search_batched(
+                self.embed([queries[i].user_id for i in warm], histories), final_num_neighbors=k)
+            for row, i in enumerate(warm):
+                ids, found = self.item_ids[rows[row]], scores[row]
+                if len(seen[row]):
+                    keep = ~np.isin(ids, seen[row])
+                    ids, found = ids[keep], found[keep]
+                n = queries[i].num_candidates
+                results[i] = Candidates(self.release_id, ids[:n], found[:n].astype(np.float32), False)
+        return results  # type: ignore[return-value]
 
     def warmup(self) -> None:
         """Run real queries (known users, an unknown user) so the first request pays no tracing cost."""
@@ -107,8 +140,14 @@ class Retriever:
         self.max_candidates = max_candidates
 
     def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
-                 history: list[int] | None = None) -> Candidates:
-        validate.user_id(user_id)
-        validate.count("num_candidates", num_candidates, self.max_candidates)
-        return self.releases.get(validate.stage_release_id(release_id)).retrieve(
-            user_id, num_candidates, exclude_seen, validate.history(history or []))
+                 history: Sequence[int] = ()) -> Candidates:
+        return self.retrieve_batch(release_id, [(user_id, num_candidates, exclude_seen, history)])[0]
+
+    def retrieve_batch(self, release_id: str, queries: Sequence[tuple[str, int, bool, Sequence[int]]]
+                       ) -> list[Candidates]:
+        """Validate every query (user id, num_candidates, exclude_seen, history), then run them as one batch."""
+        validate.count("queries length", len(queries), MAX_BATCH)
+        checked = [Query(validate.user_id(user_id), validate.count("num_candidates", n, self.max_candidates),
+                         exclude_seen, validate.history(history))
+                   for user_id, n, exclude_seen, history in queries]
+        return self.releases.get(validate.stage_release_id(release_id)).retrieve_batch(checked)

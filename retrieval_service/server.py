@@ -36,6 +36,16 @@ class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceSe
         return retrieval_pb2.RetrieveResponse(release_id=found.release_id, item_ids=found.item_ids.tolist(),
                                               scores=found.scores.tolist(), cold_start=found.cold_start)
 
+    @rpc
+    def RetrieveBatch(self, request: retrieval_pb2.RetrieveBatchRequest, context: grpc.ServicerContext
+                      ) -> retrieval_pb2.RetrieveBatchResponse:
+        found = self.retriever.retrieve_batch(
+            request.release_id,
+            [(q.user.user_id, q.num_candidates, q.exclude_seen, q.user.history_item_ids) for q in request.queries])
+        return retrieval_pb2.RetrieveBatchResponse(release_id=request.release_id, results=[
+            retrieval_pb2.RetrieveResult(item_ids=c.item_ids.tolist(), scores=c.scores.tolist(), cold_start=c.cold_start)
+            for c in found])
+
 
 def create_server(config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None,
                   health: Health | None = None) -> tuple[grpc.Server, int]:

@@ -21,8 +21,16 @@ TEST_USERS = 200  # the 200 lowest user ids of MovieLens 100K: ~20k ratings, tra
 
 @pytest.fixture(scope="session")
 def artifact_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An artifact root whose stable channel points at release ``test-r1``, trained by the real trainer CLI."""
+    """An artifact root whose stable channel points at release ``test-r1``, trained by the real trainer CLI.
+
+    Set FUNNEL_TEST_ARTIFACTS to an artifact root holding ``test-r1`` to reuse it instead of training.
+    """
     root = tmp_path_factory.mktemp("artifacts")
+    reuse = os.environ.get("FUNNEL_TEST_ARTIFACTS")
+    if reuse:
+        shutil.copytree(Path(reuse) / "releases" / RELEASE, ArtifactStore(root).releases_dir / RELEASE)
+        ArtifactStore(root).set_stable(RELEASE)
+        return root
     subprocess.run(
         [sys.executable, "-m", "trainer", "--artifact-root", str(root), "--data", "movielens-100k",
          "--cache-dir", str(CACHE_DIR), "--max-users", str(TEST_USERS), "--epochs", "2", "--release-id", RELEASE],

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from funnel.v1 import common_pb2 as funnel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66unnel/v1/ranking.proto\x12\tfunnel.v1\x1a\x16\x66unnel/v1/common.proto\"Y\n\x0bRankRequest\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\x10\n\x08item_ids\x18\x03 \x03(\x03\"C\n\x0cRankResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07ratings\x18\x03 \x03(\x02\x32\xd0\x01\n\x0eRankingService\x12\x37\n\x04Rank\x12\x16.funnel.v1.RankRequest\x1a\x17.funnel.v1.RankResponse\x12\x46\n\tGetStatus\x12\x1b.funnel.v1.GetStatusRequest\x1a\x1c.funnel.v1.GetStatusResponse\x12=\n\x06Reload\x12\x18.funnel.v1.ReloadRequest\x1a\x19.funnel.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66unnel/v1/ranking.proto\x12\tfunnel.v1\x1a\x16\x66unnel/v1/common.proto\"Y\n\x0bRankRequest\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\x10\n\x08item_ids\x18\x03 \x03(\x03\"C\n\x0cRankResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07ratings\x18\x03 \x03(\x02\"C\n\tRankQuery\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\"M\n\x10RankBatchRequest\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12%\n\x07queries\x18\x02 \x03(\x0b\x32\x14.funnel.v1.RankQuery\"-\n\nRankResult\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x0f\n\x07ratings\x18\x02 \x03(\x02\"O\n\x11RankBatchResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12&\n\x07results\x18\x02 \x03(\x0b\x32\x15.funnel.v1.RankResult2\x98\x02\n\x0eRankingService\x12\x37\n\x04Rank\x12\x16.funnel.v1.RankRequest\x1a\x17.funnel.v1.RankResponse\x12\x46\n\tRankBatch\x12\x1b.funnel.v1.RankBatchRequest\x1a\x1c.funnel.v1.RankBatchResponse\x12\x46\n\tGetStatus\x12\x1b.funnel.v1.GetStatusRequest\x1a\x1c.funnel.v1.GetStatusResponse\x12=\n\x06Reload\x12\x18.funnel.v1.ReloadRequest\x1a\x19.funnel.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKREQUEST']._serialized_end=151
   _globals['_RANKRESPONSE']._serialized_start=153
   _globals['_RANKRESPONSE']._serialized_end=220
-  _globals['_RANKINGSERVICE']._serialized_start=223
-  _globals['_RANKINGSERVICE']._serialized_end=431
+  _globals['_RANKQUERY']._serialized_start=222
+  _globals['_RANKQUERY']._serialized_end=289
+  _globals['_RANKBATCHREQUEST']._serialized_start=291
+  _globals['_RANKBATCHREQUEST']._serialized_end=368
+  _globals['_RANKRESULT']._serialized_start=370
+  _globals['_RANKRESULT']._serialized_end=415
+  _globals['_RANKBATCHRESPONSE']._serialized_start=417
+  _globals['_RANKBATCHRESPONSE']._serialized_end=496
+  _globals['_RANKINGSERVICE']._serialized_start=499
+  _globals['_RANKINGSERVICE']._serialized_end=779
 # @@protoc_insertion_point(module_scope)

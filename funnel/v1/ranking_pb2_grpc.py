@@ -41,6 +41,11 @@ class RankingServiceStub:
                 request_serializer=funnel_dot_v1_dot_ranking__pb2.RankRequest.SerializeToString,
                 response_deserializer=funnel_dot_v1_dot_ranking__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.RankBatch = channel.unary_unary(
+                '/funnel.v1.RankingService/RankBatch',
+                request_serializer=funnel_dot_v1_dot_ranking__pb2.RankBatchRequest.SerializeToString,
+                response_deserializer=funnel_dot_v1_dot_ranking__pb2.RankBatchResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/funnel.v1.RankingService/GetStatus',
                 request_serializer=funnel_dot_v1_dot_common__pb2.GetStatusRequest.SerializeToString,
@@ -59,6 +64,13 @@ class RankingServiceServicer:
 
     def Rank(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RankBatch(self, request, context):
+        """Many users' candidates in one call (one TF call); the gateway batches with it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -83,6 +95,11 @@ def add_RankingServiceServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=funnel_dot_v1_dot_ranking__pb2.RankRequest.FromString,
                     response_serializer=funnel_dot_v1_dot_ranking__pb2.RankResponse.SerializeToString,
+            ),
+            'RankBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RankBatch,
+                    request_deserializer=funnel_dot_v1_dot_ranking__pb2.RankBatchRequest.FromString,
+                    response_serializer=funnel_dot_v1_dot_ranking__pb2.RankBatchResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -123,6 +140,33 @@ class RankingService:
             '/funnel.v1.RankingService/Rank',
             funnel_dot_v1_dot_ranking__pb2.RankRequest.SerializeToString,
             funnel_dot_v1_dot_ranking__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RankBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/funnel.v1.RankingService/RankBatch',
+            funnel_dot_v1_dot_ranking__pb2.RankBatchRequest.SerializeToString,
+            funnel_dot_v1_dot_ranking__pb2.RankBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

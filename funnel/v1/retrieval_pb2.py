@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from funnel.v1 import common_pb2 as funnel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66unnel/v1/retrieval.proto\x12\tfunnel.v1\x1a\x16\x66unnel/v1/common.proto\"y\n\x0fRetrieveRequest\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x04 \x01(\x08\"\\\n\x10RetrieveResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x12\n\ncold_start\x18\x04 \x01(\x08\x32\xde\x01\n\x10RetrievalService\x12\x43\n\x08Retrieve\x12\x1a.funnel.v1.RetrieveRequest\x1a\x1b.funnel.v1.RetrieveResponse\x12\x46\n\tGetStatus\x12\x1b.funnel.v1.GetStatusRequest\x1a\x1c.funnel.v1.GetStatusResponse\x12=\n\x06Reload\x12\x18.funnel.v1.ReloadRequest\x1a\x19.funnel.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66unnel/v1/retrieval.proto\x12\tfunnel.v1\x1a\x16\x66unnel/v1/common.proto\"y\n\x0fRetrieveRequest\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12$\n\x04user\x18\x02 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\x16\n\x0enum_candidates\x18\x03 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x04 \x01(\x08\"\\\n\x10RetrieveResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\x03\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x12\n\ncold_start\x18\x04 \x01(\x08\"c\n\rRetrieveQuery\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.funnel.v1.UserContext\x12\x16\n\x0enum_candidates\x18\x02 \x01(\x05\x12\x14\n\x0c\x65xclude_seen\x18\x03 \x01(\x08\"U\n\x14RetrieveBatchRequest\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12)\n\x07queries\x18\x02 \x03(\x0b\x32\x18.funnel.v1.RetrieveQuery\"F\n\x0eRetrieveResult\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"W\n\x15RetrieveBatchResponse\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12*\n\x07results\x18\x02 \x03(\x0b\x32\x19.funnel.v1.RetrieveResult2\xb2\x02\n\x10RetrievalService\x12\x43\n\x08Retrieve\x12\x1a.funnel.v1.RetrieveRequest\x1a\x1b.funnel.v1.RetrieveResponse\x12R\n\rRetrieveBatch\x12\x1f.funnel.v1.RetrieveBatchRequest\x1a .funnel.v1.RetrieveBatchResponse\x12\x46\n\tGetStatus\x12\x1b.funnel.v1.GetStatusRequest\x1a\x1c.funnel.v1.GetStatusResponse\x12=\n\x06Reload\x12\x18.funnel.v1.ReloadRequest\x1a\x19.funnel.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVEREQUEST']._serialized_end=185
   _globals['_RETRIEVERESPONSE']._serialized_start=187
   _globals['_RETRIEVERESPONSE']._serialized_end=279
-  _globals['_RETRIEVALSERVICE']._serialized_start=282
-  _globals['_RETRIEVALSERVICE']._serialized_end=504
+  _globals['_RETRIEVEQUERY']._serialized_start=281
+  _globals['_RETRIEVEQUERY']._serialized_end=380
+  _globals['_RETRIEVEBATCHREQUEST']._serialized_start=382
+  _globals['_RETRIEVEBATCHREQUEST']._serialized_end=467
+  _globals['_RETRIEVERESULT']._serialized_start=469
+  _globals['_RETRIEVERESULT']._serialized_end=539
+  _globals['_RETRIEVEBATCHRESPONSE']._serialized_start=541
+  _globals['_RETRIEVEBATCHRESPONSE']._serialized_end=628
+  _globals['_RETRIEVALSERVICE']._serialized_start=631
+  _globals['_RETRIEVALSERVICE']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

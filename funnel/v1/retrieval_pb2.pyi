@@ -30,3 +30,39 @@ class RetrieveResponse(_message.Message):
     scores: _containers.RepeatedScalarFieldContainer[float]
     cold_start: bool
     def __init__(self, release_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+
+class RetrieveQuery(_message.Message):
+    __slots__ = ("user", "num_candidates", "exclude_seen")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    user: _common_pb2.UserContext
+    num_candidates: int
+    exclude_seen: bool
+    def __init__(self, user: _Optional[_Union[_common_pb2.UserContext, _Mapping]] = ..., num_candidates: _Optional[int] = ..., exclude_seen: _Optional[bool] = ...) -> None: ...
+
+class RetrieveBatchRequest(_message.Message):
+    __slots__ = ("release_id", "queries")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    queries: _containers.RepeatedCompositeFieldContainer[RetrieveQuery]
+    def __init__(self, release_id: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[RetrieveQuery, _Mapping]]] = ...) -> None: ...
+
+class RetrieveResult(_message.Message):
+    __slots__ = ("item_ids", "scores", "cold_start")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    cold_start: bool
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+
+class RetrieveBatchResponse(_message.Message):
+    __slots__ = ("release_id", "results")
+    RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    release_id: str
+    results: _containers.RepeatedCompositeFieldContainer[RetrieveResult]
+    def __init__(self, release_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[RetrieveResult, _Mapping]]] = ...) -> None: ...

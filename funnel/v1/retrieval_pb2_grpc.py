@@ -41,6 +41,11 @@ class RetrievalServiceStub:
                 request_serializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.RetrieveBatch = channel.unary_unary(
+                '/funnel.v1.RetrievalService/RetrieveBatch',
+                request_serializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveBatchRequest.SerializeToString,
+                response_deserializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveBatchResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/funnel.v1.RetrievalService/GetStatus',
                 request_serializer=funnel_dot_v1_dot_common__pb2.GetStatusRequest.SerializeToString,
@@ -59,6 +64,13 @@ class RetrievalServiceServicer:
 
     def Retrieve(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetrieveBatch(self, request, context):
+        """Many users in one call (one query-tower call and one ScaNN search_batched); the gateway batches with it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -83,6 +95,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveRequest.FromString,
                     response_serializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'RetrieveBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetrieveBatch,
+                    request_deserializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveBatchRequest.FromString,
+                    response_serializer=funnel_dot_v1_dot_retrieval__pb2.RetrieveBatchResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -123,6 +140,33 @@ class RetrievalService:
             '/funnel.v1.RetrievalService/Retrieve',
             funnel_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
             funnel_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrieveBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/funnel.v1.RetrievalService/RetrieveBatch',
+            funnel_dot_v1_dot_retrieval__pb2.RetrieveBatchRequest.SerializeToString,
+            funnel_dot_v1_dot_retrieval__pb2.RetrieveBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -149,3 +149,34 @@ def test_health_reflection_and_status(retrieval) -> None:
     assert {"funnel.v1.RetrievalService", "grpc.health.v1.Health"} <= names
     status = retrieval_pb2_grpc.RetrievalServiceStub(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
     assert [(r.release_id, r.state, list(r.channels)) for r in status.releases] == [(RELEASE, "ready", ["stable"])]
+
+
+def test_batches_answer_like_single_calls(retrieval, ranking) -> None:
+    users = ["1", "2", "no-such-user", "3"]
+    batch = retrieval[0].RetrieveBatch(retrieval_pb2.RetrieveBatchRequest(release_id=RELEASE, queries=[
+        retrieval_pb2.RetrieveQuery(user=common_pb2.UserContext(user_id=u), num_candidates=20 + i,
+                                    exclude_seen=i % 2 == 0)
+        for i, u in enumerate(users)]), timeout=10)
+    assert batch.release_id == RELEASE and len(batch.results) == len(users)
+    for i, (user, result) in enumerate(zip(users, batch.results)):
+        single = retrieve(retrieval[0], user_id=user, n=20 + i, exclude_seen=i % 2 == 0)
+        assert list(result.item_ids) == list(single.item_ids) and result.cold_start == single.cold_start
+        np.testing.assert_allclose(result.scores, single.scores, rtol=1e-5)
+    ranked = ranking[0].RankBatch(ranking_pb2.RankBatchRequest(release_id=RELEASE, queries=[
+        ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=u), item_ids=list(r.item_ids)[:10])
+        for u, r in zip(users, batch.results)]), timeout=10)
+    for user, r, result in zip(users, batch.results, ranked.results):
+        single = ranking[0].Rank(ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id=user),
+                                                         item_ids=list(r.item_ids)[:10]), timeout=10)
+        np.testing.assert_allclose(result.scores, single.scores, rtol=1e-5)
+
+
+def test_batch_limits(retrieval, ranking) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        retrieval[0].RetrieveBatch(retrieval_pb2.RetrieveBatchRequest(release_id=RELEASE), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "queries length must be between 1 and 128" \
+        in info.value.details()
+    query = ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id="1"), item_ids=[1])
+    with pytest.raises(grpc.RpcError) as info:
+        ranking[0].RankBatch(ranking_pb2.RankBatchRequest(release_id=RELEASE, queries=[query] * 129), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "got 129" in info.value.details()
