@@ -71,14 +71,17 @@ class GrpcRetrieval(StageClient):
     def __init__(self, channel: grpc.Channel, target: str = "") -> None:
         super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target)
 
-    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
-                 timeout: float, history: np.ndarray) -> StageCandidates:
-        user = common_pb2.UserContext(user_id=user_id, history_item_ids=history.tolist())
-        request = retrieval_pb2.RetrieveRequest(release_id=release_id, user=user, num_candidates=num_candidates,
-                                                exclude_seen=exclude_seen)
-        response = _call("retrieval", self._stub.Retrieve, request, timeout)
-        return StageCandidates(response.release_id, np.asarray(response.item_ids, dtype=np.int64),
-                               np.asarray(response.scores, dtype=np.float32), response.cold_start)
+    def retrieve_batch(self, release_id: str, queries: list[Any], timeout: float) -> list[StageCandidates]:
+        """One RetrieveBatch for queries with user_id, num_candidates, exclude_seen and history attributes."""
+        request = retrieval_pb2.RetrieveBatchRequest(release_id=release_id, queries=[
+            retrieval_pb2.RetrieveQuery(user=common_pb2.UserContext(user_id=q.user_id, history_item_ids=q.history.tolist()),
+                                        num_candidates=q.num_candidates, exclude_seen=q.exclude_seen)
+            for q in queries])
+        response = _call("retrieval", self._stub.RetrieveBatch, request, timeout)
+        if len(response.results) != len(queries):
+            raise StageUnavailable("retrieval", f"expected {len(queries)} results, got {len(response.results)}")
+        return [StageCandidates(response.release_id, np.asarray(r.item_ids, dtype=np.int64),
+                                np.asarray(r.scores, dtype=np.float32), r.cold_start) for r in response.results]
 
 
 class GrpcRanking(StageClient):
@@ -87,16 +90,18 @@ class GrpcRanking(StageClient):
     def __init__(self, channel: grpc.Channel, target: str = "") -> None:
         super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target)
 
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores:
-        request = ranking_pb2.RankRequest(release_id=release_id, user=common_pb2.UserContext(user_id=user_id),
-                                          item_ids=item_ids.tolist())
-        response = _call("ranking", self._stub.Rank, request, timeout)
-        scores = np.asarray(response.scores, dtype=np.float32)
-        ratings = np.asarray(response.ratings, dtype=np.float32) if len(response.ratings) else None
-        if len(scores) != len(item_ids) or (ratings is not None and len(ratings) != len(item_ids)):
-            raise StageUnavailable("ranking", f"expected {len(item_ids)} scores and ratings, got "
-                                              f"{len(scores)} and {len(response.ratings)}")
-        return StageScores(response.release_id, scores, ratings)
+    def rank_batch(self, release_id: str, queries: list[tuple[str, np.ndarray]], timeout: float
+                   ) -> list[StageScores]:
+        """One RankBatch for (user_id, item_ids) queries."""
+        request = ranking_pb2.RankBatchRequest(release_id=release_id, queries=[
+            ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=user_id), item_ids=items.tolist())
+            for user_id, items in queries])
+        response = _call("ranking", self._stub.RankBatch, request, timeout)
+        if [len(r.scores) for r in response.results] != [len(items) for _, items in queries]:
+            raise StageUnavailable("ranking", "the batch's scores do not match its queries")
+        return [StageScores(response.release_id, np.asarray(r.scores, dtype=np.float32),
+                            np.asarray(r.ratings, dtype=np.float32) if len(r.ratings) else None)
+                for r in response.results]
 
 
 def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> None:

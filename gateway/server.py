@@ -13,6 +13,7 @@ from funnel.service import ServiceConfig, create_service_server, serve_service
 from funnel.serving import ReleaseManager
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.admin import Admin, AdminServicer
+from gateway.batching import BatchedRanking, BatchedRetrieval
 from gateway.clients import GrpcRanking, GrpcRetrieval, StageClient, probe_readiness, stage_channel
 from gateway.core import Deadlines, Gateway, GatewayRelease, Router, StageReadiness
 
@@ -31,6 +32,8 @@ class GatewayConfig(ServiceConfig):
                                   "ranking service target (host:port or dns:///name:port for replicas)")
     retrieval_timeout: float = setting("FUNNEL_RETRIEVAL_TIMEOUT", 1.0, "seconds allowed for retrieval per request")
     ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
+    max_batch: int = setting("FUNNEL_MAX_BATCH", 32, "requests coalesced into one stage call at most (1: no batching)")
+    max_in_flight: int = setting("FUNNEL_MAX_IN_FLIGHT", 2, "stage batches running at once per release")
     admin_token: str = setting("FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'")
 
 
@@ -85,7 +88,9 @@ def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
         threading.Thread(target=_probe_forever, args=([retrieval, ranking], readiness, releases, config.poll_interval),
                          name="stage-readiness", daemon=True).start()
-        gateway = Gateway(Router(releases, readiness), retrieval, ranking,
+        gateway = Gateway(Router(releases, readiness),
+                          BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight),
+                          BatchedRanking(ranking, config.max_batch, config.max_in_flight),
                           Deadlines(config.retrieval_timeout, config.ranking_timeout))
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
         admin = Admin(releases.store, releases, readiness, [retrieval, ranking])

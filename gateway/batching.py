@@ -1,0 +1,126 @@
+"""Cross-request batching: concurrent gateway requests for one release share one RetrieveBatch and one RankBatch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from gateway.core import StageCandidates, StageScores, StageUnavailable
+
+Q = TypeVar("Q")
+R = TypeVar("R")
+
+
+@dataclass
+class _Slot(Generic[Q, R]):
+    query: Q
+    timeout: float
+    wake: threading.Event = field(default_factory=threading.Event)  # answered, or asked to lead
+    lead: bool = False
+    finished: bool = False
+    result: R | None = None
+    error: BaseException | None = None
+
+
+class Coalescer(Generic[Q, R]):
+    """Runs ``call(key, queries, timeout)`` for batches of queries submitted concurrently under the same key.
+
+    No timer: a request that finds fewer than ``max_in_flight`` batches running for its key leads a batch at
+    once (so a lone request waits for nothing); requests arriving meanwhile queue up and go out together as the
+    next batch, led by one of them, as soon as a running batch finishes. Batches hold at most ``max_batch``.
+    """
+
+    def __init__(self, call: Callable[[str, list[Q], float], Sequence[R]], max_batch: int = 32,
+                 max_in_flight: int = 2) -> None:
+        self._call, self.max_batch, self.max_in_flight = call, max_batch, max_in_flight
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[_Slot[Q, R]]] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def submit(self, key: str, query: Q, timeout: float) -> R:
+        slot: _Slot[Q, R] = _Slot(query, timeout)
+        with self._lock:
+            self._pending.setdefault(key, []).append(slot)
+            if self._in_flight.get(key, 0) < self.max_in_flight:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+                slot.lead = True
+        if not slot.lead and not slot.wake.wait(timeout):
+            with self._lock:
+                if not slot.lead and not slot.finished:
+                    if slot in self._pending[key]:
+                        self._pending[key].remove(slot)
+                    raise StageUnavailable("batch", f"no answer within {timeout:.3f}s")
+        if slot.lead:
+            while not slot.finished:
+                self._run_batch(key)
+            self._hand_off(key)
+        if slot.error is not None:
+            raise slot.error
+        return slot.result  # type: ignore[return-value]
+
+    def _run_batch(self, key: str) -> None:
+        with self._lock:
+            batch = self._pending[key][: self.max_batch]
+            del self._pending[key][: len(batch)]
+        try:
+            results = self._call(key, [s.query for s in batch], max(s.timeout for s in batch))
+            for slot, result in zip(batch, results, strict=True):
+                slot.result = result
+        except BaseException as exc:  # every request of the batch gets the batch's error
+            for slot in batch:
+                slot.error = exc
+        for slot in batch:
+            slot.finished = True
+            slot.wake.set()
+
+    def _hand_off(self, key: str) -> None:
+        """Ask the oldest waiting request to lead the next batch, or give the in-flight place back."""
+        with self._lock:
+            waiting = self._pending[key]
+            if waiting:
+                waiting[0].lead = True
+                waiting[0].wake.set()
+            else:
+                self._in_flight[key] -= 1
+
+
+@dataclass(frozen=True)
+class _RetrieveQuery:
+    user_id: str
+    num_candidates: int
+    exclude_seen: bool
+    history: np.ndarray
+
+
+class BatchedRetrieval:
+    """The gateway's RetrievalStage, coalescing concurrent calls into RetrieveBatch RPCs."""
+
+    def __init__(self, client: Any, max_batch: int = 32, max_in_flight: int = 2) -> None:
+        self.client = client
+        self._coalescer: Coalescer[_RetrieveQuery, StageCandidates] = Coalescer(
+            client.retrieve_batch, max_batch, max_in_flight)
+
+    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool, timeout: float,
+                 history: np.ndarray) -> StageCandidates:
+        if timeout <= 0:
+            raise StageUnavailable("retrieval", "the request's deadline left no time for this stage")
+        return self._coalescer.submit(release_id, _RetrieveQuery(user_id, num_candidates, exclude_seen, history),
+                                      timeout)
+
+
+class BatchedRanking:
+    """The gateway's RankingStage, coalescing concurrent calls into RankBatch RPCs."""
+
+    def __init__(self, client: Any, max_batch: int = 32, max_in_flight: int = 2) -> None:
+        self.client = client
+        self._coalescer: Coalescer[tuple[str, np.ndarray], StageScores] = Coalescer(
+            client.rank_batch, max_batch, max_in_flight)
+
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores:
+        if timeout <= 0:
+            raise StageUnavailable("ranking", "the request's deadline left no time for this stage")
+        return self._coalescer.submit(release_id, (user_id, item_ids), timeout)
