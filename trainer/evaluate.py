@@ -13,22 +13,25 @@ from funnel.errors import ReleaseError
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
 from trainer.index import ITEM_IDS_FILE
-from trainer.models import TOP_KS
+from trainer.models import TOP_KS, Histories
 
 SCORE_BLOCK = 1 << 24  # query × catalog scores held at once (64 MiB of float32)
+MISS = np.iinfo(np.int64).max  # the rank of a positive that cannot be retrieved
 Signature = Callable[..., dict[str, tf.Tensor]]
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """FactorizedTopK accuracies {"top_1": .., ..., "top_100": ..} and the ranker's RMSE on the same test data."""
+    """Retrieval top-K accuracies over the catalog {"top_1": .., ..., "top_100": ..}, the user's training items
+    counted (FactorizedTopK) and excluded (recall, as served), and the ranker's RMSE, all on the same test data."""
 
     top_k: dict[str, float]
+    recall: dict[str, float]
     rmse: float
 
     def as_metrics(self) -> dict[str, object]:
         """The manifest's metric names."""
-        return {"retrieval_top_k": dict(self.top_k), "ranking_rmse": self.rmse}
+        return {"retrieval_top_k": dict(self.top_k), "retrieval_recall": dict(self.recall), "ranking_rmse": self.rmse}
 
 
 def load_signature(release_dir: Path, part: str) -> Signature:
@@ -46,6 +49,26 @@ def run_batched(serve: Signature, output: str, batch: int, **inputs: np.ndarray)
     return np.concatenate([serve(**tensors)[output].numpy() for tensors in slices])
 
 
+def embed_users(query_tower: Signature, user_ids: np.ndarray, histories: Histories, batch: int) -> np.ndarray:
+    """The query tower's embedding of each user; a tower whose signature reads ``history`` (v2) gets the user's
+    training items, padded per batch; a v1 tower gets the user id alone."""
+    reads_history = "history" in query_tower.structured_input_signature[1]
+    parts = []
+    for start in range(0, len(user_ids), batch):
+        users = np.asarray(user_ids[start : start + batch]).astype(str)
+        inputs = {"user_id": tf.constant(users)}
+        if reads_history:
+            inputs["history"] = tf.constant(histories.padded(users))
+        parts.append(query_tower(**inputs)["embedding"].numpy())
+    if not parts:
+        raise ValueError("expected at least one user to embed, got none")
+    return np.concatenate(parts)
+
+
+def _shares(better: np.ndarray) -> dict[str, float]:
+    return {f"top_{k}": float(np.mean(better < k)) for k in TOP_KS}
+
+
 def factorized_top_k(queries: np.ndarray, positives: np.ndarray, catalog: np.ndarray) -> dict[str, float]:
     """Share of rows whose positive scores within the top K of the catalog (ties count in, as tf.math.in_top_k)."""
     better = np.empty(len(queries), dtype=np.int64)  # catalog items scoring strictly above the positive
@@ -54,21 +77,57 @@ def factorized_top_k(queries: np.ndarray, positives: np.ndarray, catalog: np.nda
         q = queries[s : s + chunk]
         positive = np.sum(q * positives[s : s + chunk], axis=1, keepdims=True)
         better[s : s + chunk] = np.sum(q @ catalog.T > positive, axis=1)
-    return {f"top_{k}": float(np.mean(better < k)) for k in TOP_KS}
+    return _shares(better)
 
 
-def evaluate_release(release_dir: Path, test: Interactions, batch_size: int = 4096) -> Evaluation:
-    """Top-K accuracy of query tower vs candidate tower over the index's items, and ranker RMSE, on ``test``."""
+def _catalog_rows(catalog_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The row of each id in ``catalog_ids``, -1 for ids outside the catalog."""
+    order = np.argsort(catalog_ids, kind="stable")
+    pos = np.searchsorted(catalog_ids, ids, sorter=order).clip(max=len(catalog_ids) - 1)
+    return np.where(catalog_ids[order[pos]] == ids, order[pos], -1)
+
+
+def recall_unseen(
+    queries: np.ndarray, catalog: np.ndarray, catalog_ids: np.ndarray, histories: Histories,
+    user_ids: np.ndarray, item_ids: np.ndarray,
+) -> dict[str, float]:  # fmt: skip
+    """Share of test pairs (user_ids[i], item_ids[i]) whose item is among the K best-scoring catalog items once the
+    user's training items are removed (ties count in), as served; ``queries[i]`` is the user's query embedding.
+
+    A pair whose item is outside the catalog or among the user's training items counts as a miss.
+    """
+    seen_rows, user_rows = _catalog_rows(catalog_ids, histories.items), histories.rows(user_ids)
+    targets = _catalog_rows(catalog_ids, np.asarray(item_ids, dtype=np.int64))
+    better = np.empty(len(queries), dtype=np.int64)  # unseen catalog items scoring strictly above the positive
+    chunk = max(1, SCORE_BLOCK // max(len(catalog), 1))
+    for s in range(0, len(queries), chunk):
+        scores = queries[s : s + chunk] @ catalog.T
+        rows = user_rows[s : s + chunk]
+        starts, ends = histories.indptr[rows], histories.indptr[rows + 1]
+        lengths = np.where(rows >= 0, ends - starts, 0)
+        pair = np.repeat(np.arange(len(rows)), lengths)
+        seen = seen_rows[np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(len(pair))]
+        scores[pair[seen >= 0], seen[seen >= 0]] = -np.inf
+        target = targets[s : s + chunk]
+        positive = np.where(target >= 0, scores[np.arange(len(rows)), target], -np.inf)[:, None]
+        better[s : s + chunk] = np.where(np.isfinite(positive[:, 0]), np.sum(scores > positive, axis=1), MISS)
+    return _shares(better)
+
+
+def evaluate_release(release_dir: Path, test: Interactions, histories: Histories, batch_size: int = 4096) -> Evaluation:
+    """Retrieval top-K through the query and candidate towers over the index's items, with the users' training
+    items (``histories``, also the v2 query tower's input) counted and excluded; ranker RMSE; all on ``test``."""
     release_dir = Path(release_dir)
     query_tower = load_signature(release_dir, QUERY_TOWER_DIR)
     candidate_tower = load_signature(release_dir, CANDIDATE_TOWER_DIR)
     ranker = load_signature(release_dir, RANKER_DIR)
     item_ids = np.load(release_dir / INDEX_DIR / ITEM_IDS_FILE, allow_pickle=False).astype(np.int64)
-    top_k = factorized_top_k(
-        run_batched(query_tower, "embedding", batch_size, user_id=test.user_ids),
-        run_batched(candidate_tower, "embedding", batch_size, item_id=test.item_ids),
-        run_batched(candidate_tower, "embedding", batch_size, item_id=item_ids),
-    )
+    users, pair_user = np.unique(test.user_ids, return_inverse=True)
+    queries = embed_users(query_tower, users, histories, batch_size)[pair_user]
+    catalog = run_batched(candidate_tower, "embedding", batch_size, item_id=item_ids)
+    positives = run_batched(candidate_tower, "embedding", batch_size, item_id=test.item_ids)
+    top_k = factorized_top_k(queries, positives, catalog)
+    recall = recall_unseen(queries, catalog, item_ids, histories, test.user_ids, test.item_ids)
     scores = run_batched(ranker, "score", batch_size, user_id=test.user_ids, item_id=test.item_ids)
     rmse = float(np.sqrt(np.mean((scores.astype(np.float64) - test.ratings) ** 2)))
-    return Evaluation(top_k, rmse)
+    return Evaluation(top_k, recall, rmse)

@@ -21,6 +21,23 @@ class _TowerServing(tf.Module):
         )
 
 
+class _QueryServing(tf.Module):
+    """serving_default(user_id: string [None], history: int64 [None, None]) -> {"embedding": float32 [None, D]}."""
+
+    def __init__(self, tower: tf.keras.Model) -> None:
+        super().__init__()
+        self.tower = tower
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="user_id"),
+            tf.TensorSpec([None, None], tf.int64, name="history"),
+        ]
+    )
+    def serve(self, user_id: tf.Tensor, history: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embedding": tf.cast(self.tower({"user_id": user_id, "history": history}), tf.float32)}
+
+
 class _RankerServing(tf.Module):
     def __init__(self, scorer: tf.keras.Model) -> None:
         super().__init__()
@@ -57,14 +74,17 @@ def _save(module: tf.Module, directory: Path, metadata: dict) -> None:
 def export_query_tower(
     tower: tf.keras.Model, directory: Path, *, candidate_fingerprint: str, training_run: str
 ) -> None:
-    """SavedModel: serving_default(user_id: string [None]) -> {"embedding": float32 [None, D]}."""
-    embedding_dim = int(tower(tf.constant([""])).shape[-1])
+    """SavedModel: serving_default(user_id: string [None], history: int64 [None, None]) -> {"embedding": [None, D]}.
+
+    ``history`` holds each user's item ids right-padded with -1; padding and unknown ids are ignored.
+    """
+    probe = {"user_id": tf.constant([""]), "history": tf.constant([[-1]], dtype=tf.int64)}
     metadata = {
         "candidate_tower_fingerprint": candidate_fingerprint,
-        "embedding_dim": embedding_dim,
+        "embedding_dim": int(tower(probe).shape[-1]),
         "training_run": training_run,
     }
-    _save(_TowerServing(tower, tf.TensorSpec([None], tf.string, name="user_id")), Path(directory), metadata)
+    _save(_QueryServing(tower), Path(directory), metadata)
 
 
 def export_candidate_tower(tower: tf.keras.Model, directory: Path, *, training_run: str) -> str:

@@ -28,12 +28,12 @@ from funnel.release import (
     RolloutState,
     new_release_id,
 )
-from trainer.evaluate import evaluate_release, load_signature, run_batched
+from trainer.evaluate import embed_users, evaluate_release, load_signature, run_batched
 from trainer.export import export_candidate_tower, export_query_tower, export_ranker
 from trainer.gate import GateConfig, check_gate
 from trainer.index import INDEX_JSON, IndexConfig, build_index
-from trainer.models import Features, TrainConfig, train_ranking, train_retrieval
-from trainer.split import seeds_split
+from trainer.models import Features, Histories, RetrievalConfig, TrainConfig, train_ranking, train_retrieval
+from trainer.split import make_split
 
 ONLY_CHOICES = ("index", "ranker")
 RETRIEVAL_PARTS = (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, INDEX_DIR)
@@ -47,6 +47,7 @@ class PipelineConfig:
     data: str = "movielens-100k"
     cache_dir: Path = Path("var/cache")
     max_users: int | None = None  # None: every user
+    split: str = "seeds"  # "seeds": the tutorials' seeded shuffle; "temporal": train on the earliest 80%
     release_id: str | None = None  # None: generated
     set_stable: bool | None = None  # None: only when the store has no stable release yet
     only: str | None = None  # "index" or "ranker": rebuild that part of the stable release; None: train both models
@@ -55,6 +56,7 @@ class PipelineConfig:
     admin_token: str | None = None
     rollout_fraction: float = 0.1
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class PipelineResult:
     stable: bool  # whether the stable channel now points at this release
     rollout: RolloutState | None  # the admin service's answer when this run started a rollout
     phase_seconds: dict[str, float]
+    histories: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # model -> per-epoch fit logs
 
 
 class RolloutRefused(RuntimeError):
@@ -77,6 +80,12 @@ class RolloutRefused(RuntimeError):
 
 def _features(interactions: Interactions) -> Features:
     return {"user_id": interactions.user_ids, "item_id": interactions.item_ids, "rating": interactions.ratings}
+
+
+def _history(model: object) -> dict[str, list[float]]:
+    """The per-epoch logs Keras's fit recorded on ``model`` (model.history), empty when there are none."""
+    logs = getattr(getattr(model, "history", None), "history", None) or {}
+    return {name: [float(v) for v in values] for name, values in logs.items()}
 
 
 def _sidecar(part_dir: Path) -> dict[str, Any]:
@@ -112,9 +121,12 @@ def _copy_parts(source: Path, target: Path, parts: tuple[str, ...]) -> None:
         shutil.copytree(source / part, target / part)
 
 
-def _index_from_towers(release_dir: Path, user_vocab: np.ndarray, item_vocab: np.ndarray, config: IndexConfig) -> None:
+def _index_from_towers(
+    release_dir: Path, user_vocab: np.ndarray, item_vocab: np.ndarray, train_items: Histories, config: IndexConfig
+) -> None:
     """Build index/ from the release's exported towers: the catalog through the candidate tower, recall queries
-    through the query tower; the index carries the candidate tower's fingerprint and training run."""
+    through the query tower (with each user's training items as history); the index carries the candidate tower's
+    fingerprint and training run."""
     query_meta, candidate_meta = _sidecar(release_dir / QUERY_TOWER_DIR), _sidecar(release_dir / CANDIDATE_TOWER_DIR)
     fingerprint = candidate_meta["candidate_tower_fingerprint"]
     if query_meta["candidate_tower_fingerprint"] != fingerprint:
@@ -127,7 +139,7 @@ def _index_from_towers(release_dir: Path, user_vocab: np.ndarray, item_vocab: np
         release_dir / INDEX_DIR,
         item_vocab,
         run_batched(load_signature(release_dir, CANDIDATE_TOWER_DIR), "embedding", batch, item_id=item_vocab),
-        run_batched(load_signature(release_dir, QUERY_TOWER_DIR), "embedding", batch, user_id=user_vocab),
+        embed_users(load_signature(release_dir, QUERY_TOWER_DIR), user_vocab, train_items, batch),
         candidate_fingerprint=fingerprint,
         training_run=candidate_meta["training_run"],
         config=config,
@@ -152,6 +164,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
     RolloutRefused (the release stays published) when the admin service refuses the rollout.
     """
     timings: dict[str, float] = {}
+    histories: dict[str, dict[str, list[float]]] = {}
 
     @contextlib.contextmanager
     def phase(name: str) -> Iterator[None]:
@@ -175,10 +188,11 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
                   f"{len(dataset.items)} items", flush=True)  # fmt: skip
 
         with phase("split"):
-            train_idx, test_idx = seeds_split(len(dataset.interactions), seed=config.train.seed)
+            train_idx, test_idx = make_split(config.split, dataset.interactions, seed=config.train.seed)
             train, test = dataset.interactions.take(train_idx), dataset.interactions.take(test_idx)
             user_vocab = np.unique(train.user_ids)  # users never seen in training get the out-of-vocabulary row
             item_vocab = dataset.items.item_ids  # the whole catalog is retrievable
+            train_items = Histories(train.user_ids, train.item_ids)  # the query tower's history input, as served
             print(f"[trainer] {len(train)} train / {len(test)} test interactions, {len(user_vocab)} users", flush=True)
 
         runs = dict(base_runs) if config.only else {}  # a part copied from stable keeps the run it came from
@@ -192,7 +206,8 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
             else:
                 runs["retrieval"] = f"retrieval-{new_release_id()}"
                 with phase("train retrieval"):
-                    retrieval = train_retrieval(_features(train), user_vocab, item_vocab, config.train)
+                    retrieval = train_retrieval(_features(train), item_vocab, config.retrieval)
+                histories["retrieval"] = _history(retrieval)
                 with phase("export towers"):
                     fingerprint = export_candidate_tower(
                         retrieval.candidate_tower, writer.dir / CANDIDATE_TOWER_DIR, training_run=runs["retrieval"]
@@ -202,20 +217,21 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
                         candidate_fingerprint=fingerprint, training_run=runs["retrieval"],
                     )  # fmt: skip
             with phase("build index"):
-                _index_from_towers(writer.dir, user_vocab, item_vocab, config.index)
+                _index_from_towers(writer.dir, user_vocab, item_vocab, train_items, config.index)
         if config.only != "index":
             runs["ranking"] = f"ranking-{new_release_id()}"
             with phase("train ranking"):
                 ranking = train_ranking(_features(train), user_vocab, item_vocab, config.train)
+            histories["ranking"] = _history(ranking)
             with phase("export ranker"):
                 export_ranker(ranking.scorer, writer.dir / RANKER_DIR, training_run=runs["ranking"])
 
         with phase("evaluate"):
-            evaluation = evaluate_release(writer.dir, test, config.train.eval_batch_size)
+            evaluation = evaluate_release(writer.dir, test, train_items, config.train.eval_batch_size)
         gate = None
         if gated:
             with phase(f"evaluate stable release {stable_id}"):
-                stable_evaluation = evaluate_release(base_dir, test, config.train.eval_batch_size)
+                stable_evaluation = evaluate_release(base_dir, test, train_items, config.train.eval_batch_size)
             gate = check_gate(evaluation, stable_evaluation, stable_id, config.gate)  # raises GateRefused
         else:
             print(f"[trainer] gate skipped: {'--no-gate' if stable_id else 'no stable release yet'}", flush=True)
@@ -236,10 +252,12 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
                 "data": config.data,
                 "dataset": dataset.name,
                 "max_users": config.max_users,
+                "split": config.split,
                 "only": config.only,
                 "base_release": stable_id if config.only else None,
                 "gate": None if config.gate is None else asdict(config.gate),
                 "train": asdict(config.train),
+                "retrieval": asdict(config.retrieval),
                 "index": asdict(config.index),
             }
             release_id = writer.publish(
@@ -260,14 +278,16 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
     else:
         print(f"[trainer] channel stable stays at {stable_id}; no admin target, so start the rollout with:\n"
               f"  funnel rollout start {release_id} --fraction {config.rollout_fraction:g}", flush=True)  # fmt: skip
-    return PipelineResult(release_id, metrics, make_stable, rollout, timings)
+    return PipelineResult(release_id, metrics, make_stable, rollout, timings, histories)
 
 
 def _print_summary(metrics: dict[str, Any], timings: dict[str, float]) -> None:
     top_k = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in metrics["retrieval_top_k"].items())
     print(f"Evaluation of the exported models on {metrics['num_test']} held-out interactions "
           f"(trained on {metrics['num_train']}):")  # fmt: skip
+    recall = "  ".join(f"recall@{k.split('_')[1]} {v:.4f}" for k, v in metrics["retrieval_recall"].items())
     print(f"  retrieval (factorized top-k accuracy over the catalog): {top_k}")
+    print(f"  retrieval (recall over the catalog, the user's training items excluded): {recall}")
     print(f"  ranking RMSE: {metrics['ranking_rmse']:.4f}")
     print(f"  index recall@100 vs exact search: {metrics['index_recall_at_100']:.4f}")
     print("Phase times: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()), flush=True)

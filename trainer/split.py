@@ -1,22 +1,50 @@
-"""The reference train/test split of the TFRS tutorials, as index arrays over interactions in file order."""
+"""Train/test splits as index arrays over interactions in file order: the TFRS tutorials' shuffle, or by time."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from funnel.data import Interactions
 from funnel.tf import tf
 
 SHUFFLE_BUFFER = 100_000
+SPLITS = ("seeds", "temporal")
 
 
-def seeds_split(n: int, seed: int = 42, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train_idx, test_idx) int64 arrays: a seeded shuffle of range(n), the first train_fraction is train."""
+def _check(n: int, train_fraction: float) -> None:
     if n < 2:
         raise ValueError(f"expected at least 2 interactions to split, got {n}")
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"expected train_fraction strictly between 0 and 1, got {train_fraction}")
+
+
+def seeds_split(n: int, seed: int = 42, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train_idx, test_idx) int64 arrays: a seeded shuffle of range(n), the first train_fraction is train."""
+    _check(n, train_fraction)
     tf.random.set_seed(seed)
     shuffled = tf.data.Dataset.range(n).shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
     order = next(iter(shuffled.batch(n))).numpy().astype(np.int64)
     num_train = int(n * train_fraction)
     return order[:num_train], order[num_train:]
+
+
+def temporal_split(timestamps: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train_idx, test_idx) int64 arrays, both in time order: the earliest train_fraction is train.
+
+    One global cut at the train_fraction quantile of the timestamps; interactions with equal timestamps keep file
+    order, so a tie at the cut goes to train for the rows that come first in the file.
+    """
+    timestamps = np.asarray(timestamps)
+    _check(len(timestamps), train_fraction)
+    order = np.argsort(timestamps, kind="stable").astype(np.int64)
+    num_train = int(len(order) * train_fraction)
+    return order[:num_train], order[num_train:]
+
+
+def make_split(name: str, interactions: Interactions, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx) of split ``name``: "seeds" (the seeded shuffle) or "temporal" (train on the past)."""
+    if name == "seeds":
+        return seeds_split(len(interactions), seed=seed)
+    if name == "temporal":
+        return temporal_split(interactions.timestamps)
+    raise ValueError(f"expected a split in {SPLITS}, got {name!r}")

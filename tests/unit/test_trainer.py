@@ -14,17 +14,21 @@ from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANK
 from funnel.tf import tf
 from trainer import evaluate
 from trainer.__main__ import parse_args
-from trainer.evaluate import evaluate_release, factorized_top_k
+from trainer.evaluate import embed_users, evaluate_release, factorized_top_k, recall_unseen
+from trainer import export
 from trainer.export import candidate_tower_fingerprint, export_candidate_tower, export_query_tower, export_ranker
 from trainer.gate import GateConfig
 from trainer.index import ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, exact_top_k, measure_recall
 from trainer.models import (
+    Histories,
+    RetrievalConfig,
     TrainConfig,
     evaluate_ranking,
     evaluate_retrieval,
     item_tower,
     train_ranking,
     train_retrieval,
+    user_tower,
 )
 from trainer.pipeline import PipelineConfig, run
 from trainer.split import seeds_split
@@ -36,6 +40,8 @@ CONFIG = TrainConfig(epochs=2, train_batch_size=128, eval_batch_size=256)
 # With the tutorial's Adagrad(0.1) the ranker predicts little more than the mean rating for the first few hundred
 # steps; 30 epochs of this tiny dataset (about one second) let it learn the planted groups.
 RANKING_CONFIG = replace(CONFIG, epochs=30, train_batch_size=64)
+RETRIEVAL_CONFIG = RetrievalConfig(embedding_dim=16, batch_size=128, epochs=8, learning_rate=0.01)
+DIM = RETRIEVAL_CONFIG.embedding_dim + 1  # the query's constant 1 multiplies each candidate's bias
 
 
 def synthetic_dataset() -> Dataset:
@@ -70,12 +76,13 @@ def trained():
     train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
     as_features = lambda x: {"user_id": x.user_ids, "item_id": x.item_ids, "rating": x.ratings}  # noqa: E731
     user_vocab, item_vocab = np.unique(train.user_ids), data.items.item_ids
-    retrieval = train_retrieval(as_features(train), user_vocab, item_vocab, CONFIG, verbose=False)
+    histories = Histories(train.user_ids, train.item_ids)
+    retrieval = train_retrieval(as_features(train), item_vocab, RETRIEVAL_CONFIG, verbose=False)
     ranking = train_ranking(as_features(train), user_vocab, item_vocab, RANKING_CONFIG, verbose=False)
     return {
-        "data": data, "test": test, "user_vocab": user_vocab, "item_vocab": item_vocab,
-        "retrieval": retrieval, "ranking": ranking,
-        "top_k": evaluate_retrieval(retrieval, as_features(test), CONFIG),
+        "data": data, "train": train, "test": test, "user_vocab": user_vocab, "item_vocab": item_vocab,
+        "histories": histories, "retrieval": retrieval, "ranking": ranking,
+        "top_k": evaluate_retrieval(retrieval, as_features(test), histories),
         "rmse": evaluate_ranking(ranking, as_features(test), CONFIG),
         "mean_rating_rmse": float(np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2))),
     }  # fmt: skip
@@ -115,10 +122,55 @@ def test_seeds_split_rejects_bad_arguments(n, fraction):
 # ---------------------------------------------------------------------------------------------------- models
 
 
+def _query(model, user_ids: list[str], histories: list[list[int]]) -> np.ndarray:
+    padded = np.full((len(histories), max(1, *map(len, histories))), -1, dtype=np.int64)
+    for row, items in enumerate(histories):
+        padded[row, : len(items)] = items
+    return model.query_tower({"user_id": tf.constant(user_ids), "history": tf.constant(padded)}).numpy()
+
+
+def _group(item_id: int) -> int:
+    return (item_id - 1000) // 3 // (NUM_ITEMS // GROUPS)
+
+
+def _group_auc(model, item_vocab: np.ndarray, user_ids: list[str], histories: list[list[int]]) -> float:
+    """Mean chance that an unseen item of the history's taste group outscores an unseen item of another group."""
+    scores = _query(model, user_ids, histories) @ model.candidate_tower(tf.constant(item_vocab)).numpy().T
+    aucs = []
+    for row, items in zip(scores, histories):
+        unseen = ~np.isin(item_vocab, items)
+        same = np.array([_group(i) == _group(items[0]) for i in item_vocab])
+        aucs.append(np.mean(row[unseen & same][:, None] > row[unseen & ~same][None, :]))
+    return float(np.mean(aucs))
+
+
 def test_models_learn_the_planted_groups(trained):
     assert trained["top_k"]["top_10"] > 2 * 10 / NUM_ITEMS  # twice a random ranking of the 80 items
     assert trained["top_k"]["top_1"] <= trained["top_k"]["top_5"] <= trained["top_k"]["top_10"]
     assert trained["rmse"] < 0.85 * trained["mean_rating_rmse"]  # clearly better than predicting the mean
+
+
+def test_retrieval_embeds_history_alone_for_known_and_new_users(trained):
+    model, item_vocab, histories = trained["retrieval"], trained["item_vocab"], trained["histories"]
+    users = [f"user{u}" for u in range(8)]
+    liked = [[i for i in histories.get(u).tolist() if _group(i) == n % GROUPS] for n, u in enumerate(users)]
+    assert _group_auc(model, item_vocab, users, liked) > 0.9  # a random ranking scores 0.5
+    strangers = [f"new{u}" for u in range(8)]  # no id embedding: the history alone must carry the taste
+    assert _group_auc(model, item_vocab, strangers, [h[:5] for h in liked]) > 0.9
+
+
+def test_retrieval_training_is_deterministic_and_the_sampled_softmax_learns(trained):
+    data, histories = trained["data"], trained["histories"]
+    train = data.interactions.take(seeds_split(len(data.interactions))[0])
+    features = {"user_id": train.user_ids, "item_id": train.item_ids}
+    config = replace(RETRIEVAL_CONFIG, full_softmax_max_items=NUM_ITEMS - 1)  # in-batch softmax, logQ-corrected
+    sampled = train_retrieval(features, trained["item_vocab"], config, verbose=False)
+    again = train_retrieval(features, trained["item_vocab"], config, verbose=False)
+    for a, b in zip(sampled.get_weights(), again.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    test = trained["test"]
+    top_k = evaluate_retrieval(sampled, {"user_id": test.user_ids, "item_id": test.item_ids}, histories)
+    assert top_k["top_10"] > 2 * 10 / NUM_ITEMS
 
 
 def test_training_is_deterministic_for_a_seed(trained):
@@ -130,21 +182,49 @@ def test_training_is_deterministic_for_a_seed(trained):
         assert np.array_equal(a, b)
 
 
+def test_histories_hold_each_users_distinct_items_padded_with_minus_one():
+    histories = Histories(np.array(["b", "a", "b", "b", "c"]), np.array([7, 3, 5, 7, 9]))
+    assert histories.users.tolist() == ["a", "b", "c"] and histories.get("b").tolist() == [5, 7]
+    assert histories.get("zz").tolist() == [] and histories.rows(np.array(["c", "zz", "a"])).tolist() == [2, -1, 0]
+    assert histories.padded(np.array(["b", "zz", "a"])).tolist() == [[5, 7], [-1, -1], [3, -1]]
+    assert histories.padded(np.array(["zz"])).tolist() == [[-1]]
+    assert Histories(np.array([], dtype=str), np.array([], dtype=np.int64)).padded(np.array(["a"])).tolist() == [[-1]]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [({"epochs": 0}, "expected epochs >= 1, got 0"), ({"history_dropout": 1.0}, "expected 0 <= history_dropout < 1"),
+     ({"hidden_dims": (0,)}, "expected positive hidden_dims"), ({"learning_rate": 0.0}, "expected learning_rate > 0")],
+)  # fmt: skip
+def test_retrieval_config_rejects_bad_values(change, expected):
+    with pytest.raises(ValueError, match=expected):
+        RetrievalConfig(**change)
+
+
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def test_query_tower_savedmodel_matches_keras(trained, tmp_path):
+def test_query_tower_savedmodel_matches_keras_and_ignores_padding_and_unknown_items(trained, tmp_path):
     tower = trained["retrieval"].query_tower
     export_query_tower(tower, tmp_path / "qt", candidate_fingerprint="abc", training_run="run-1")
     serve = tf.saved_model.load(str(tmp_path / "qt")).signatures["serving_default"]
-    assert serve.structured_input_signature[1] == {"user_id": tf.TensorSpec([None], tf.string, name="user_id")}
+    assert serve.structured_input_signature[1] == {
+        "user_id": tf.TensorSpec([None], tf.string, name="user_id"),
+        "history": tf.TensorSpec([None, None], tf.int64, name="history"),
+    }
     assert set(serve.structured_outputs) == {"embedding"}
-    users = ["user3", "user17", "nobody-knows-me"]
-    out = serve(user_id=tf.constant(users))["embedding"]
-    assert out.dtype == tf.float32 and out.shape == (3, CONFIG.embedding_dim)
-    np.testing.assert_allclose(out.numpy(), tower(tf.constant(users)).numpy(), rtol=1e-6)
+    users = tf.constant(["user3", "user17", "nobody-knows-me", "nobody-knows-me"])
+    history = tf.constant([[1000, 1003, -1], [1006, -1, -1], [1009, 1012, 1015], [-1, -1, -1]], dtype=tf.int64)
+    out = serve(user_id=users, history=history)["embedding"]
+    assert out.dtype == tf.float32 and out.shape == (4, DIM)
+    np.testing.assert_allclose(out.numpy(), tower({"user_id": users, "history": history}).numpy(), rtol=1e-6)
+    assert not np.allclose(out[2], out[3])  # a new user's history counts
+    # The same users and items, reordered, padded more and mixed with items outside the catalog:
+    history = tf.constant([[1003, 5, 1000, -1], [-1, 1006, 7, -1], [1015, 1009, 1012, 4]], dtype=tf.int64)
+    same = serve(user_id=users[:3], history=history)["embedding"]
+    np.testing.assert_allclose(same.numpy(), out.numpy()[:3], rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "qt" / SIDECAR).read_text()) == {
-        "candidate_tower_fingerprint": "abc", "embedding_dim": CONFIG.embedding_dim, "training_run": "run-1",
+        "candidate_tower_fingerprint": "abc", "embedding_dim": DIM, "training_run": "run-1",
     }  # fmt: skip
 
 
@@ -173,7 +253,7 @@ def test_candidate_tower_savedmodel_embeds_items_like_keras_and_records_its_fing
     assert set(serve.structured_outputs) == {"embedding"}
     items = tf.constant([1000, 1237, 5], dtype=tf.int64)  # the last one is not in the catalog
     out = serve(item_id=items)["embedding"]
-    assert out.dtype == tf.float32 and out.shape == (3, CONFIG.embedding_dim)
+    assert out.dtype == tf.float32 and out.shape == (3, DIM)
     np.testing.assert_allclose(out.numpy(), tower(items).numpy(), rtol=1e-6)
     assert fingerprint == candidate_tower_fingerprint(tower)
     assert json.loads((tmp_path / "ct" / SIDECAR).read_text()) == {
@@ -205,10 +285,11 @@ def _load(directory: Path) -> scann.scann_ops_pybind.ScannSearcher:
 def test_brute_force_index_is_exact_and_survives_a_rename(trained, tmp_path):
     retrieval, item_vocab = trained["retrieval"], trained["item_vocab"]
     items = retrieval.candidate_tower(tf.constant(item_vocab)).numpy()
-    queries = retrieval.query_tower(tf.constant(trained["user_vocab"])).numpy()
+    users = trained["user_vocab"]
+    queries = _query(retrieval, users.tolist(), [trained["histories"].get(u).tolist() for u in users])
     meta = build_index(tmp_path / "staging", item_vocab, items, queries, **RUN)
     assert meta == {
-        "candidate_tower_fingerprint": "fp", "num_items": NUM_ITEMS, "embedding_dim": CONFIG.embedding_dim,
+        "candidate_tower_fingerprint": "fp", "num_items": NUM_ITEMS, "embedding_dim": DIM,
         "distance": "dot_product", "searcher": "brute_force", "recall_at_100": 1.0, "training_run": "r",
     }  # fmt: skip
     (tmp_path / "staging").rename(tmp_path / "published")
@@ -259,20 +340,31 @@ def test_exact_top_k_in_chunks_matches_argsort():
 
 
 def test_release_evaluation_through_savedmodels_matches_the_in_memory_metrics(trained, tmp_path):
-    retrieval = trained["retrieval"]
+    retrieval, test, histories = trained["retrieval"], trained["test"], trained["histories"]
+    items = trained["item_vocab"]
     fingerprint = export_candidate_tower(retrieval.candidate_tower, tmp_path / CANDIDATE_TOWER_DIR, training_run="r")
     export_query_tower(
         retrieval.query_tower, tmp_path / QUERY_TOWER_DIR, candidate_fingerprint=fingerprint, training_run="r"
     )
     export_ranker(trained["ranking"].scorer, tmp_path / RANKER_DIR, training_run="k")
     (tmp_path / INDEX_DIR).mkdir()
-    np.save(tmp_path / INDEX_DIR / ITEM_IDS_FILE, trained["item_vocab"])
-    result = evaluate_release(tmp_path, trained["test"], batch_size=100)
-    assert result.top_k.keys() == trained["top_k"].keys()
+    np.save(tmp_path / INDEX_DIR / ITEM_IDS_FILE, items)
+    result = evaluate_release(tmp_path, test, histories, batch_size=100)
+    assert result.top_k.keys() == trained["top_k"].keys() == result.recall.keys()
     for k, in_memory in trained["top_k"].items():  # top_100 is trivially 1 with 80 items; the others are not
         assert result.top_k[k] == pytest.approx(in_memory, abs=0.005), k
     assert 0 < result.top_k["top_5"] < result.top_k["top_50"] < 1
     assert result.rmse == pytest.approx(trained["rmse"], rel=1e-4)
+    # Recall as served: each user's training items leave the ranking before the top K is cut.
+    scores = _query(retrieval, test.user_ids.tolist(), [histories.get(u).tolist() for u in test.user_ids])
+    scores = scores @ retrieval.candidate_tower(tf.constant(items)).numpy().T
+    ranks = []
+    for row, user, item in zip(scores, test.user_ids, test.item_ids):
+        row[np.isin(items, histories.get(user))] = -np.inf
+        ranks.append(np.sum(row > row[items == item][0]) if item not in histories.get(user) else NUM_ITEMS)
+    for k in (1, 5, 10, 50):
+        assert result.recall[f"top_{k}"] == pytest.approx(np.mean(np.array(ranks) < k), abs=0.005), k
+    assert 0 < result.recall["top_10"] < 1  # below top_10: a synthetic user often rates one item in train and test
 
 
 def test_factorized_top_k_counts_ties_in_and_is_independent_of_the_score_batch(monkeypatch):
@@ -286,20 +378,46 @@ def test_factorized_top_k_counts_ties_in_and_is_independent_of_the_score_batch(m
     assert factorized_top_k(queries, positives, catalog) == expected
 
 
+def test_v1_query_towers_are_evaluated_from_the_user_id_alone(trained, tmp_path):
+    tower = user_tower(trained["user_vocab"], 4)
+    module = export._TowerServing(tower, tf.TensorSpec([None], tf.string, name="user_id"))
+    tf.saved_model.save(module, str(tmp_path / "v1"), signatures={"serving_default": module.serve})
+    serve = tf.saved_model.load(str(tmp_path / "v1")).signatures["serving_default"]
+    users = np.array(["user1", "user2", "stranger"])
+    out = embed_users(serve, users, trained["histories"], batch=2)
+    np.testing.assert_allclose(out, tower(tf.constant(users)).numpy(), rtol=1e-6)
+
+
+def test_recall_unseen_removes_the_users_training_items_before_the_cut(monkeypatch):
+    catalog, catalog_ids = np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32), np.array([10, 20, 30, 40])
+    histories = Histories(np.array(["a", "a"]), np.array([40, 30]))
+    users, items = np.array(["a", "a", "b", "a"]), np.array([20, 40, 20, 99])
+    queries = np.ones((4, 1), dtype=np.float32)
+    # a's 20 outranks a's only unseen rival 10; a's 40 was seen; stranger b's 20 has 30 and 40 above; 99 is unknown.
+    expected = {"top_1": 0.25, "top_5": 0.5, "top_10": 0.5, "top_50": 0.5, "top_100": 0.5}
+    assert recall_unseen(queries, catalog, catalog_ids, histories, users, items) == expected
+    monkeypatch.setattr(evaluate, "SCORE_BLOCK", 4)  # one query row per score block
+    assert recall_unseen(queries, catalog, catalog_ids, histories, users, items) == expected
+
+
 # ---------------------------------------------------------------------------------------------------- pipeline
 
 
 def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, capsys):
-    config = PipelineConfig(artifact_root=tmp_path / "store", train=replace(CONFIG, epochs=1))
+    config = PipelineConfig(
+        artifact_root=tmp_path / "store", train=replace(CONFIG, epochs=1), retrieval=replace(RETRIEVAL_CONFIG, epochs=1)
+    )
     first = run(config, dataset=synthetic_dataset())
     store = ArtifactStore(tmp_path / "store")
     path, manifest = store.verify(first.release_id)
     assert first.stable and store.get_channel("stable") == first.release_id
     assert set(manifest.metrics) == {
-        "retrieval_top_k", "ranking_rmse", "index_recall_at_100", "num_train", "num_test", "gate",
+        "retrieval_top_k", "retrieval_recall", "ranking_rmse", "index_recall_at_100", "num_train", "num_test", "gate",
     }  # fmt: skip
     assert manifest.metrics["gate"] is None  # nothing to compare with yet
     assert set(manifest.metrics["retrieval_top_k"]) == {"top_1", "top_5", "top_10", "top_50", "top_100"}
+    assert manifest.metrics["retrieval_recall"].keys() == manifest.metrics["retrieval_top_k"].keys()
+    assert manifest.config["retrieval"]["epochs"] == 1
     assert (manifest.metrics["num_train"], manifest.metrics["num_test"]) == (1440, 360)
     assert manifest.data_fingerprint == synthetic_dataset().fingerprint()
     tower_meta = json.loads((path / QUERY_TOWER_DIR / SIDECAR).read_text())

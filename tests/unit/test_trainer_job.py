@@ -20,7 +20,7 @@ from funnel.errors import ReleaseError
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, ArtifactStore, RolloutState
 from funnel.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import clone_release
-from tests.unit.test_trainer import CONFIG, synthetic_dataset
+from tests.unit.test_trainer import CONFIG, RETRIEVAL_CONFIG, synthetic_dataset
 from trainer import __main__ as cli
 from trainer.evaluate import Evaluation
 from trainer.gate import GateConfig, GateRefused, check_gate
@@ -33,7 +33,8 @@ STABLE = "stable-1"
 def stable_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store bootstrapped by one job run: release stable-1, trained well enough to gate against, is stable."""
     root = tmp_path_factory.mktemp("job") / "store"
-    result = run(PipelineConfig(root, release_id=STABLE, train=CONFIG), dataset=synthetic_dataset())
+    config = PipelineConfig(root, release_id=STABLE, train=CONFIG, retrieval=RETRIEVAL_CONFIG)
+    result = run(config, dataset=synthetic_dataset())
     assert result.stable and result.rollout is None and result.metrics["gate"] is None
     assert ArtifactStore(root).rollout() == RolloutState(STABLE)
     return root
@@ -73,7 +74,8 @@ def _csv_spec(directory: Path) -> str:
 
 
 def _evaluation(top_100: float, rmse: float) -> Evaluation:
-    return Evaluation({"top_1": 0.01, "top_5": 0.05, "top_10": 0.1, "top_50": 0.3, "top_100": top_100}, rmse)
+    top_k = {"top_1": 0.01, "top_5": 0.05, "top_10": 0.1, "top_50": 0.3, "top_100": top_100}
+    return Evaluation(top_k, {k: 2 * v for k, v in top_k.items()}, rmse)
 
 
 def test_gate_passes_within_tolerance_and_records_both_sides():

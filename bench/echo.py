@@ -1,0 +1,118 @@
+"""The floor: a unary gRPC echo server (a generic handler over raw bytes), run as its own process.
+
+``python -m bench.echo --address 127.0.0.1:0`` serves ``/funnel.bench.Echo/Echo``, answering every request with
+its own bytes, on the same kind of server the Funnel services run (a thread pool of the same size, the same
+message limits). It prints ``listening on <port>`` once bound and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from bench.loadgen import ECHO_METHOD
+
+SERVICE, METHOD = ECHO_METHOD.strip("/").split("/")
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # as funnel.server
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+def create_server(address: str, max_workers: int = 16) -> tuple[grpc.Server, int]:
+    """Build and start an echo server; returns it and the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    handler = grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(_echo)})
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise SystemExit(f"could not bind {address!r}")
+    server.start()
+    return server, port
+
+
+def echo_once(address: str, payload: bytes, timeout: float = 5.0) -> bytes:
+    with grpc.insecure_channel(address) as channel:
+        return channel.unary_unary(ECHO_METHOD)(payload, timeout=timeout)
+
+
+class EchoProcess:
+    """An echo server in a child process: ``with EchoProcess(log) as echo: echo.address``."""
+
+    def __init__(self, log_path: Path, max_workers: int = 16, timeout: float = 60.0) -> None:
+        self.log_path, self.max_workers, self.timeout = log_path, max_workers, timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def __enter__(self) -> EchoProcess:
+        from funnel.stack import free_port
+
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.echo", "--address", self.address, "--max-workers",
+                 str(self.max_workers)],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"echo server exited with {self.process.returncode}; log {self.log_path}")
+            try:
+                echo_once(self.address, b"ping", timeout=1.0)
+                return self
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    self.__exit__(None, None, None)
+                    raise TimeoutError(f"echo server at {self.address} did not answer within {self.timeout:.0f}s")
+                time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
+    parser.add_argument("--address", default="127.0.0.1:0")
+    parser.add_argument("--max-workers", type=int, default=16)
+    args = parser.parse_args(argv)
+    server, port = create_server(args.address, args.max_workers)
+    print(f"listening on {port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""In-process TFRS serving of a release's own models, and the served index's recall against exact search.
+
+``python -m bench.inprocess --release-dir DIR --users-file F --concurrency 16 --duration 20`` loads the release's
+query tower, candidate tower and ranker SavedModels into this one Python process, embeds the catalog with the
+candidate tower, indexes it in ``tfrs.layers.factorized_top_k.BruteForce`` and in the TFRS ``ScaNN`` layer, and
+serves each request the way Funnel does: the query tower on the user's id and stored history, the top
+``num_candidates + |seen|`` from the layer, the user's seen items dropped, the first ``num_candidates`` scored by
+the ranker, the best ``k`` returned. Client threads in this same process drive it closed-loop for a fixed time.
+It then measures recall@100 of the release's serialized ScaNN index (what retrieval_service serves) against exact
+numpy search. The last stdout line is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import funnel.tf  # noqa: F401  (selects Keras 2 before TensorFlow and TFRS load)
+from bench.loadgen import LoadResult, closed_loop, merge
+from funnel.artifacts import SeenItems, read_seen
+from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
+from funnel.tf import tf
+
+import scann  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+PADDING = -1
+RECALL_K = 100
+EMBED_BATCH = 8192
+
+
+@dataclass
+class Models:
+    query_tower: object
+    candidate_tower: object
+    ranker: object
+    item_ids: np.ndarray  # the index's items, in index row order
+    seen: SeenItems
+    reads_history: bool
+    ranker_inputs: tuple[str, ...]
+
+
+def load_models(release_dir: Path) -> Models:
+    def signature(part: str) -> object:
+        return tf.saved_model.load(str(release_dir / part)).signatures["serving_default"]
+
+    query_tower = signature(QUERY_TOWER_DIR)
+    ranker = signature(RANKER_DIR)
+    return Models(
+        query_tower=query_tower,
+        candidate_tower=signature(CANDIDATE_TOWER_DIR),
+        ranker=ranker,
+        item_ids=np.load(release_dir / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64),
+        seen=read_seen(release_dir),
+        reads_history="history" in query_tower.structured_input_signature[1],
+        ranker_inputs=tuple(sorted(ranker.structured_input_signature[1])),
+    )
+
+
+def padded(histories: list[np.ndarray]) -> np.ndarray:
+    """int64 [len(histories), max(1, longest)]: right-padded with -1, as the query tower's ``history`` input."""
+    out = np.full((len(histories), max(1, max((len(h) for h in histories), default=0))), PADDING, dtype=np.int64)
+    for row, items in enumerate(histories):
+        out[row, : len(items)] = items
+    return out
+
+
+def embed_users(models: Models, user_ids: list[str]) -> np.ndarray:
+    inputs = {"user_id": tf.constant(user_ids, dtype=tf.string)}
+    if models.reads_history:
+        inputs["history"] = tf.constant(padded([models.seen.get(u) for u in user_ids]))
+    return models.query_tower(**inputs)["embedding"].numpy()
+
+
+def embed_catalog(models: Models) -> np.ndarray:
+    parts = [models.candidate_tower(item_id=tf.constant(models.item_ids[s : s + EMBED_BATCH]))["embedding"].numpy()
+             for s in range(0, len(models.item_ids), EMBED_BATCH)]
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def scann_params(n: int, k: int = RECALL_K) -> dict:
+    """The TFRS ScaNN layer's settings, the served tree-AH index's for this catalog size (trainer.index)."""
+    leaves = max(1, int(math.sqrt(n)))
+    return {"num_leaves": leaves, "num_leaves_to_search": min(leaves, max(leaves // 5, 20)),
+            "dimensions_per_block": 2, "num_reordering_candidates": 10 * k}
+
+
+def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, k: int = RECALL_K) -> tuple[dict, dict]:
+    """{"bruteforce": BruteForce, "scann": ScaNN} over the catalog, and each one's index-build seconds."""
+    candidates, identifiers = tf.constant(embeddings), tf.constant(item_ids)
+    layers, seconds = {}, {}
+    started = time.monotonic()
+    layers["bruteforce"] = tfrs.layers.factorized_top_k.BruteForce(k=k).index(candidates, identifiers)
+    seconds["bruteforce"] = time.monotonic() - started
+    started = time.monotonic()
+    layers["scann"] = tfrs.layers.factorized_top_k.ScaNN(k=k, distance_measure="dot_product",
+                                                         **scann_params(len(item_ids), k)).index(candidates, identifiers)
+    seconds["scann"] = time.monotonic() - started
+    return layers, seconds
+
+
+class InProcessServer:
+    """One request = query tower → top-k layer → drop seen → ranker on the first ``num_candidates`` → best ``k``."""
+
+    def __init__(self, models: Models, layer: object, k: int = 10, num_candidates: int = 100) -> None:
+        self.models, self.layer, self.k, self.num_candidates = models, layer, k, num_candidates
+        self.catalog_size = len(models.item_ids)
+
+    def recommend(self, user_id: str) -> np.ndarray:
+        history = self.models.seen.get(user_id)
+        inputs = {"user_id": tf.constant([user_id])}
+        if self.models.reads_history:
+            inputs["history"] = tf.constant(padded([history]))
+        query = self.models.query_tower(**inputs)["embedding"]
+        want = min(self.num_candidates + len(history), self.catalog_size)
+        _, ids = self.layer(query, k=want)
+        ids = ids.numpy()[0]
+        if len(history):
+            ids = ids[~np.isin(ids, history)]
+        ids = ids[: self.num_candidates]
+        scores = self.models.ranker(user_id=tf.constant(np.repeat(user_id, len(ids))),
+                                    item_id=tf.constant(ids))["score"].numpy().reshape(-1)
+        return ids[np.argsort(-scores, kind="stable")[: self.k]]
+
+
+def measure(server: InProcessServer, user_ids: list[str], concurrency: int, duration: float) -> LoadResult:
+    """Closed-loop threads of this process calling ``server`` for ``duration`` seconds, after a short warm-up."""
+    for user in user_ids[:8]:
+        server.recommend(user)
+
+    def make_call(thread: int):  # noqa: ANN202
+        def call(n: int) -> None:
+            server.recommend(user_ids[n % len(user_ids)])
+        return call
+
+    return merge([closed_loop(make_call, concurrency, duration)], concurrency, duration)
+
+
+def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of each query's k largest dot products (unordered), in bounded chunks."""
+    k = min(k, len(database))
+    chunk = max(1, (1 << 24) // max(len(database), 1))
+    rows = []
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ database.T
+        rows.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+    return np.concatenate(rows)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean over queries of |found ∩ exact| / k (rows of ids or row numbers; -1 in ``found`` never matches)."""
+    return float(np.mean([len(np.intersect1d(f[f >= 0], e)) / k for f, e in zip(found, exact)]))
+
+
+def served_index_recall(release_dir: Path, embeddings: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
+    """Recall@k of the release's serialized ScaNN searcher against exact search over the same embeddings."""
+    searcher = scann.scann_ops_pybind.load_searcher(str(release_dir / INDEX_DIR / "scann"),
+                                                    assets_backcompat_shim=False)
+    k = min(k, len(embeddings))
+    found, _ = searcher.search_batched(queries, final_num_neighbors=k)
+    return recall_at_k(np.asarray(found), exact_top_k(embeddings, queries, k), k)
+
+
+def layer_recall(layer: object, item_ids: np.ndarray, embeddings: np.ndarray, queries: np.ndarray,
+                 k: int = RECALL_K) -> float:
+    """Recall@k of a TFRS top-k layer (returns item ids) against exact search."""
+    k = min(k, len(embeddings))
+    _, ids = layer(tf.constant(queries), k=k)
+    exact_ids = item_ids[exact_top_k(embeddings, queries, k)]
+    return recall_at_k(ids.numpy(), exact_ids, k)
+
+
+def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration: float, recall_users: int,
+        seed: int, k: int, num_candidates: int) -> dict:
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    models = load_models(release_dir)
+    timings["load_models_s"] = time.monotonic() - started
+    started = time.monotonic()
+    embeddings = embed_catalog(models)
+    timings["embed_catalog_s"] = time.monotonic() - started
+    layers, build_seconds = build_layers(embeddings, models.item_ids)
+    timings.update({f"index_{name}_s": s for name, s in build_seconds.items()})
+
+    out: dict = {"catalog_items": len(models.item_ids), "embedding_dim": int(embeddings.shape[1]),
+                 "query_tower_reads_history": models.reads_history, "ranker_inputs": list(models.ranker_inputs),
+                 "scann_layer": scann_params(len(models.item_ids)), "results": {}}
+    for name, layer in layers.items():
+        server = InProcessServer(models, layer, k, num_candidates)
+        for c in concurrency:
+            started = time.monotonic()
+            out["results"][f"{name}@{c}"] = measure(server, user_ids, c, duration).summary()
+            timings[f"measure_{name}@{c}_s"] = time.monotonic() - started
+
+    started = time.monotonic()
+    known = models.seen.users()
+    pick = np.random.default_rng(seed).choice(len(known), min(recall_users, len(known)), replace=False)
+    queries = np.ascontiguousarray(
+        np.concatenate([embed_users(models, [known[i] for i in pick[s : s + 1024]])
+                        for s in range(0, len(pick), 1024)]), dtype=np.float32)
+    out["recall_queries"] = len(queries)
+    out["ann_recall_at_100"] = served_index_recall(release_dir, embeddings, queries)
+    out["tfrs_scann_recall_at_100"] = layer_recall(layers["scann"], models.item_ids, embeddings, queries)
+    timings["recall_s"] = time.monotonic() - started
+    out["timings"] = {key: round(value, 2) for key, value in timings.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
+    parser.add_argument("--release-dir", type=Path, required=True)
+    parser.add_argument("--users-file", type=Path, required=True, help="JSON list of user ids to request, in turn")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16])
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--recall-users", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--num-candidates", type=int, default=100)
+    args = parser.parse_args(argv)
+    user_ids = json.loads(args.users_file.read_text())
+    result = run(args.release_dir, user_ids, args.concurrency, args.duration, args.recall_users, args.seed,
+                 args.k, args.num_candidates)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The benchmark harness's own behaviour: the synthetic generator, latency merging and percentiles, the closed
+loop, and an echo round trip (in-process and through a spawned load-generator process)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bench.build import BuildSpec
+from bench.echo import create_server, echo_once
+from bench.loadgen import Part, Target, closed_loop, merge, percentile, run_load, split_threads
+from bench.run import goals
+from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
+
+SMALL = SyntheticConfig(items=2_000, users=300, interactions_per_user=15, clusters=10, seed=7)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_is_deterministic_by_seed() -> None:
+    a, b = generate(SMALL), generate(SMALL)
+    assert a.fingerprint() == b.fingerprint()
+    for field in ("user_ids", "item_ids", "ratings", "timestamps"):
+        np.testing.assert_array_equal(getattr(a.interactions, field), getattr(b.interactions, field))
+    assert generate(SyntheticConfig(**{**SMALL.__dict__, "seed": 8})).fingerprint() != a.fingerprint()
+
+
+def test_synthetic_catalog_and_interactions_are_well_formed() -> None:
+    data = generate(SMALL)
+    items, inter = data.items, data.interactions
+    np.testing.assert_array_equal(items.item_ids, np.arange(1, 2_001))
+    assert items.titles[:2] == ("Item 1", "Item 2") and len(items.titles) == 2_000
+    assert all(genres for genres in items.genres) and ((items.years >= 1950) & (items.years <= 2024)).all()
+    assert inter.item_ids.dtype == np.int64 and inter.ratings.dtype == np.float32
+    assert set(np.unique(inter.ratings)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert np.isin(inter.item_ids, items.item_ids).all()
+    users = inter.user_ids.astype(np.int64)
+    assert users.min() >= 1 and users.max() <= 300
+    pairs = users * 10_000 + inter.item_ids
+    assert len(np.unique(pairs)) == len(pairs)  # one interaction per (user, item)
+    assert np.bincount(users).max() >= 3 * SMALL.min_per_user  # heavy-tailed activity, not uniform
+    assert len(inter) > 300 * SMALL.min_per_user
+
+
+def test_synthetic_has_planted_clusters_and_power_law_popularity() -> None:
+    config = SyntheticConfig(items=5_000, users=1_000, interactions_per_user=20, clusters=20, seed=3)
+    data, item_cluster, user_cluster = generate_with_clusters(config)
+    inter = data.interactions
+    same = item_cluster[inter.item_ids - 1] == user_cluster[inter.user_ids.astype(np.int64) - 1]
+    assert same.mean() > 0.6  # random pairing would give about 1/20
+    counts = np.sort(np.bincount(inter.item_ids, minlength=5_001)[1:])[::-1]
+    assert counts[:50].sum() / counts.sum() > 0.15  # the top 1% of items take a large share
+    assert (counts == 0).any()  # and a long tail is never touched
+
+
+def test_synthetic_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        SyntheticConfig(items=0)
+    with pytest.raises(ValueError):
+        SyntheticConfig(interactions_per_user=1, min_per_user=3)
+
+
+def test_build_spec_key_follows_every_parameter() -> None:
+    spec = BuildSpec(items=1_000)
+    assert spec.key() == BuildSpec(items=1_000).key()
+    assert spec.release_id() == f"bench-{spec.key()}"
+    assert len({spec.key(), BuildSpec(items=1_001).key(), BuildSpec(items=1_000, seed=1).key(),
+                BuildSpec(items=1_000, retrieval_epochs=4).key()}) == 4
+
+
+# ------------------------------------------------------------------------------------ percentiles and merging
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))  # 1..100
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile(values, 0) == 1
+    assert percentile([5.0, 1.0, 3.0], 50) == 3.0  # unsorted input
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_merge_pools_latencies_sums_errors_and_flags() -> None:
+    a = Part([3.0, 1.0], Counter({"UNAVAILABLE": 1}), {"retrieval_ms": [1.0, 2.0]}, Counter({"degraded": 1}), 2.0)
+    b = Part([2.0, 4.0, 5.0], Counter({"UNAVAILABLE": 2, "DEADLINE_EXCEEDED": 1}), {"retrieval_ms": [3.0]},
+             Counter(), 2.0)
+    result = merge([a, b], concurrency=8)
+    np.testing.assert_array_equal(result.latencies_ms, [1, 2, 3, 4, 5])
+    assert result.requests == 5 and result.duration == 2.0 and result.rps == 2.5
+    assert result.errors == 4 and result.error_codes == {"UNAVAILABLE": 3, "DEADLINE_EXCEEDED": 1}
+    assert result.flags == {"degraded": 1} and result.processes == 2
+    np.testing.assert_array_equal(result.stages["retrieval_ms"], [1, 2, 3])
+    assert result.p50 == 3.0 and result.p99 == 5.0
+    summary = result.summary()
+    assert summary["retrieval_p50_ms"] == 2.0 and summary["rps"] == 2.5 and summary["errors"] == 4
+    assert merge([a, b], concurrency=8, duration=4.0).rps == 1.25
+    assert merge([], concurrency=1).requests == 0
+
+
+def test_split_threads_spreads_concurrency_evenly() -> None:
+    assert split_threads(16, 2) == [8, 8]
+    assert split_threads(17, 2) == [9, 8]
+    assert split_threads(64, 3) == [22, 21, 21]
+    assert split_threads(1, 2) == [1]
+    with pytest.raises(ValueError):
+        split_threads(0, 2)
+
+
+def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window() -> None:
+    class Refused(Exception):
+        def code(self):  # noqa: ANN202  (looks like grpc.RpcError.code())
+            class Code:
+                name = "UNAVAILABLE"
+            return Code()
+
+    def make_call(thread: int):  # noqa: ANN202
+        def call(n: int) -> dict:
+            time.sleep(0.01)
+            if n % 4 == 3:
+                raise Refused()
+            return {"retrieval_ms": 1.5, "degraded": n % 2 == 1}
+        return call
+
+    part = closed_loop(make_call, threads=3, duration=0.3)
+    done, failed = len(part.latencies_ms), part.errors["UNAVAILABLE"]
+    assert 3 * 10 <= done + failed <= 3 * 30  # ~10 ms per request per thread for 0.3 s, none after the window
+    assert failed >= 3 and set(part.errors) == {"UNAVAILABLE"}
+    assert all(latency >= 10 for latency in part.latencies_ms)
+    assert part.stages["retrieval_ms"] == [1.5] * done
+    assert 0 < part.flags["degraded"] < done
+
+
+def test_goals_compare_the_headline_figures() -> None:
+    record = {"catalog_items": 1_000_000, "concurrency": 16, "e2e_rps": 500.0, "echo_rps": 1_400.0,
+              "e2e_p99_ms": 19.0, "e2e_errors": 0, "tfrs_bruteforce_rps": 90.0, "tfrs_scann_rps": 400.0,
+              "ann_recall_at_100": 0.96, "load_time_s": 31.0}
+    result = goals(record)
+    assert result["applies"] is True
+    assert result["e2e_rps >= 0.33 x echo_rps"]["met"] and result["e2e_p99_ms <= 20"]["met"]
+    assert result["e2e_rps >= 5 x tfrs_bruteforce_rps"]["met"]
+    assert not result["e2e_rps >= 1.5 x tfrs_scann_rps"]["met"]  # 1.25
+    assert not result["load_time_s < 30"]["met"]
+    assert goals({**record, "catalog_items": 20_000})["applies"] is False
+
+
+# ------------------------------------------------------------------------------------------------------ echo
+
+
+@pytest.fixture()
+def echo_address():  # noqa: ANN201
+    server, port = create_server("127.0.0.1:0", max_workers=4)
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_echo_returns_the_request_bytes(echo_address: str) -> None:
+    payload = bytes(range(256)) * 3
+    assert echo_once(echo_address, payload) == payload
+    assert echo_once(echo_address, b"") == b""
+
+
+def test_load_generator_drives_the_echo_from_a_spawned_process(echo_address: str) -> None:
+    result = run_load(Target("echo", echo_address, payload=b"x" * 40), concurrency=2, duration=0.5, processes=1)
+    assert result.processes == 1 and result.concurrency == 2
+    assert result.errors == 0 and result.requests > 10
+    assert 0 < result.p50 <= result.p99 and result.rps == result.requests / 0.5
+
+
+def test_load_generator_counts_failures_by_status() -> None:
+    result = run_load(Target("echo", "127.0.0.1:1", payload=b"x", timeout=0.2), concurrency=1, duration=0.5,
+                      processes=1, warmup=0)
+    assert result.requests == 0 and result.errors >= 1 and set(result.error_codes) <= {"UNAVAILABLE",
+                                                                                       "DEADLINE_EXCEEDED"}

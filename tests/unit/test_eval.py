@@ -1,0 +1,178 @@
+"""Evaluation harness: shared top-K metrics, baselines, the temporal split and a small end-to-end `trainer.eval` run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from funnel.data import Interactions
+from tests.unit.test_trainer import synthetic_dataset
+from trainer import baselines
+from trainer import eval as evaluation
+from trainer.baselines import (
+    ABSENT,
+    EvalSet,
+    catalog_positions,
+    ease_weights,
+    global_mean_rmse,
+    hit_rates,
+    list_positions,
+    popularity_counts,
+    rank_baselines,
+    rank_by_scores,
+    top_k_unseen,
+)
+from trainer.split import make_split, seeds_split, temporal_split
+
+
+def _interactions(users: list[str], items: list[int], ratings: list[float] | None = None) -> Interactions:
+    n = len(users)
+    return Interactions(
+        np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
+        np.array(ratings or [3.0] * n, dtype=np.float32), np.arange(n, dtype=np.int64),
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+def test_hit_rates_count_positions_below_each_k():
+    positions = np.array([0, 1, 4, ABSENT])
+    assert hit_rates(positions, [1, 2, 5, 200]) == {1: 0.25, 2: 0.5, 5: 0.75, 200: 0.75}
+    with pytest.raises(ValueError):
+        hit_rates(np.array([], dtype=np.int64), [1])
+
+
+def test_list_positions_find_each_target_in_its_users_list():
+    lists = np.array([[7, 3, 5], [2, -1, -1]])
+    rows, targets = np.array([0, 0, 1, 1, 0]), np.array([3, 7, 2, 9, 6])
+    assert list_positions(lists, rows, targets).tolist() == [1, 0, 0, ABSENT, ABSENT]
+
+
+def test_top_k_unseen_removes_seen_items_breaks_ties_by_column_and_pads():
+    scores = np.array([[0.5, 0.9, 0.5, 0.1], [1.0, 2.0, 3.0, 4.0]])
+    seen = np.array([[False, True, False, False], [True, True, True, False]])
+    assert top_k_unseen(scores, seen, 3).tolist() == [[0, 2, 3], [3, -1, -1]]
+    assert top_k_unseen(scores, seen, 6).tolist() == [[0, 2, 3, -1, -1, -1], [3, -1, -1, -1, -1, -1]]
+
+
+def test_catalog_positions_count_seen_items_and_rank_ties_by_catalog_order():
+    scores = np.array([[0.5, 0.9, 0.5, 0.1]])
+    rows, cols = np.zeros(4, dtype=np.int64), np.arange(4)
+    assert catalog_positions(scores, rows, cols).tolist() == [1, 0, 2, 3]
+
+
+def test_rank_by_scores_yields_both_positions_independent_of_the_score_block(monkeypatch):
+    # Two users, four items; user a saw item 10, user b saw nothing. Scores prefer low columns.
+    train = _interactions(["a"], [10])
+    test = _interactions(["a", "a", "b", "b"], [11, 13, 10, 13])
+    data = EvalSet.build(train, test, np.array([10, 11, 12, 13]))
+    scorer = lambda rows: np.tile([4.0, 3.0, 2.0, 1.0], (len(rows), 1))  # noqa: E731
+    expected_unseen, expected_catalog = [0, 2, 0, 3], [1, 3, 0, 3]
+    for block in (1 << 22, 4):  # one row per block
+        monkeypatch.setattr(baselines, "SCORE_BLOCK", block)
+        positions = rank_by_scores(scorer, data, k=3)
+        assert positions.unseen.tolist() == [0, 2, 0, ABSENT]
+        assert positions.incl_seen.tolist() == expected_catalog
+        assert rank_by_scores(scorer, data, k=4).unseen.tolist() == expected_unseen
+    assert hit_rates(rank_by_scores(scorer, data, k=3).unseen, [1, 3]) == {1: 0.5, 3: 0.75}
+
+
+def test_eval_set_holds_the_training_items_of_the_test_users():
+    train = _interactions(["b", "a", "c", "a"], [12, 11, 10, 10])
+    test = _interactions(["a", "d", "a"], [12, 11, 10])
+    data = EvalSet.build(train, test, np.array([12, 10, 11]))
+    assert data.users.tolist() == ["a", "d"]
+    assert data.seen.tolist() == [[False, True, True], [False, False, False]]
+    assert data.pair_rows.tolist() == [0, 1, 0] and data.pair_cols.tolist() == [0, 2, 1]
+    assert data.cold.tolist() == [False, True]
+    with pytest.raises(ValueError, match="item id 99"):
+        EvalSet.build(train, _interactions(["a"], [99]), np.array([10, 11, 12]))
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+
+
+def test_global_mean_and_popularity():
+    train = _interactions(["a", "a", "b"], [1, 2, 2], [1.0, 2.0, 3.0])
+    test = _interactions(["b", "c"], [1, 3], [2.0, 4.0])
+    assert global_mean_rmse(train, test) == pytest.approx(np.sqrt(2.0))
+    assert popularity_counts(train, np.array([3, 2, 1])).tolist() == [0.0, 2.0, 1.0]
+    data = EvalSet.build(train, test, np.array([1, 2, 3]))
+    positions = rank_baselines(train, data)["popularity"]
+    # b saw 2, so its list is [1, 3]; c is cold and gets [2, 1, 3]. Seen items counted: 1 is 2nd, 3 is 3rd.
+    assert positions.unseen.tolist() == [0, 2] and positions.incl_seen.tolist() == [1, 2]
+
+
+def test_ease_matches_a_ridge_regression_of_each_item_on_the_others():
+    rng = np.random.default_rng(3)
+    x = (rng.random((12, 5)) < 0.4).astype(np.float64)
+    lam = 2.0
+    b = ease_weights(x, lam)
+    assert np.all(np.diag(b) == 0.0)
+    for j in range(5):
+        others = [i for i in range(5) if i != j]
+        a = x[:, others]
+        direct = np.linalg.solve(a.T @ a + lam * np.eye(4), a.T @ x[:, j])
+        np.testing.assert_allclose(b[others, j], direct, rtol=1e-10, atol=1e-12)
+
+
+# -------------------------------------------------------------------------------------------------------- split
+
+
+def test_temporal_split_trains_on_the_past_with_ties_in_file_order():
+    timestamps = np.array([50, 10, 30, 30, 20, 30, 40, 30, 60, 5])
+    train, test = temporal_split(timestamps)
+    assert train.tolist() == [9, 1, 4, 2, 3, 5, 7, 6] and test.tolist() == [0, 8]
+    assert timestamps[train].max() <= timestamps[test].min()
+    train, test = temporal_split(np.array([7, 7, 7, 7, 7]), train_fraction=0.6)  # all tied: file order
+    assert (train.tolist(), test.tolist()) == ([0, 1, 2], [3, 4])
+    with pytest.raises(ValueError):
+        temporal_split(np.array([1]))
+    with pytest.raises(ValueError):
+        temporal_split(np.arange(4), train_fraction=1.0)
+
+
+def test_make_split_dispatches_by_name():
+    interactions = _interactions(["a"] * 10, list(range(10)))
+    interactions = Interactions(interactions.user_ids, interactions.item_ids, interactions.ratings,
+                                np.arange(10)[::-1].copy())  # fmt: skip
+    for got, want in zip(make_split("seeds", interactions, seed=5), seeds_split(10, seed=5)):
+        assert got.tolist() == want.tolist()
+    train, test = make_split("temporal", interactions)
+    assert train.tolist() == [9, 8, 7, 6, 5, 4, 3, 2] and test.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="'random'"):
+        make_split("random", interactions)
+
+
+# ----------------------------------------------------------------------------------------------------- end to end
+
+
+def test_eval_prints_the_seeds_metrics_with_temporal_nested_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evaluation, "load_dataset", lambda spec, cache_dir: synthetic_dataset())
+    out = tmp_path / "report"
+    assert evaluation.main(["--out", str(out), "--cache-dir", str(tmp_path), "--epochs", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = {"ranking_rmse", "retrieval_top100_incl_seen", "recall_at_100", "recall_at_10", "pipeline_recall_at_10"}
+    baseline_keys = {"global_mean_rmse", "popularity_recall_at_100", "ease_recall_at_100", "ease_recall_at_10"}
+    for metrics, split in ((result, "seeds"), (result["temporal"], "temporal")):
+        assert metrics["split"] == split and keys <= set(metrics) and baseline_keys <= set(metrics["baselines"])
+        assert (metrics["num_train"], metrics["num_test"]) == (1440, 360)
+        for key in keys - {"ranking_rmse"}:
+            assert 0.0 <= metrics[key] <= 1.0, key
+        for key in baseline_keys - {"global_mean_rmse"}:
+            assert 0.0 <= metrics["baselines"][key] <= 1.0, key
+        assert metrics["ranking_rmse"] > 0 and metrics["baselines"]["global_mean_rmse"] > 0
+    assert result["temporal"]["cold_test_users"] == 12  # the synthetic file lists users in order: the last 20% are new
+    assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "recall_at_k.png", "training_curves.png"}
+    assert json.loads((out / "metrics.json").read_text()) == result
+    assert "## temporal split" in (out / "report.md").read_text()
+
+
+def test_eval_rejects_unknown_or_repeated_splits(capsys):
+    for flags in (["--splits", "seeds,random"], ["--splits", "seeds,seeds"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit):
+            evaluation.parse_args(flags)
+    assert evaluation.parse_args(["--splits", "temporal"]).splits == ["temporal"]
