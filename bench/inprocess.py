@@ -27,6 +27,7 @@ from bench.loadgen import LoadResult, closed_loop, merge
 from funnel.artifacts import SeenItems, read_seen
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
+from trainer.index import exact_top_k
 
 import scann  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
@@ -141,17 +142,6 @@ def measure(server: InProcessServer, user_ids: list[str], concurrency: int, dura
         return call
 
     return merge([closed_loop(make_call, concurrency, duration)], concurrency, duration)
-
-
-def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of each query's k largest dot products (unordered), in bounded chunks."""
-    k = min(k, len(database))
-    chunk = max(1, (1 << 24) // max(len(database), 1))
-    rows = []
-    for start in range(0, len(queries), chunk):
-        scores = queries[start : start + chunk] @ database.T
-        rows.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
-    return np.concatenate(rows)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:

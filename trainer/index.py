@@ -56,6 +56,7 @@ def build_searcher(database: np.ndarray, config: IndexConfig) -> tuple[scann.sca
 
 def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Row numbers of the k largest dot products per query (unordered), computed in memory-bounded chunks."""
+    k = min(k, len(database))
     chunk = max(1, (1 << 25) // max(len(database), 1))
     rows = []
     for start in range(0, len(queries), chunk):
