@@ -65,11 +65,8 @@ class RetrievalConfig:
     """Hyper-parameters of the history-based retrieval model, tuned on a validation split of MovieLens 100K."""
 
     embedding_dim: int = 256
-    hidden_dims: tuple[int, ...] = ()  # ReLU layers between the pooled history and the query; none did as well
+    hidden_dims: tuple[int, ...] = ()  # ReLU layers before the query's linear layer (measured: no gain here)
     history_dropout: float = 0.5  # share of each training query's history items left out, besides its target
-    item_bias: bool = True  # a learned per-item score added to every query's (popularity and the like)
-    exclude_history: bool = False  # full softmax only: the query's other history items are not negatives
-    l2: float = 0.0  # on the item embedding tables
     learning_rate: float = 0.005  # Adam, cosine-decayed to 0 over the epochs
     batch_size: int = 1024
     epochs: int = 20
@@ -84,8 +81,8 @@ class RetrievalConfig:
             raise ValueError(f"expected positive hidden_dims, got {self.hidden_dims}")
         if not 0.0 <= self.history_dropout < 1.0:
             raise ValueError(f"expected 0 <= history_dropout < 1, got {self.history_dropout}")
-        if self.learning_rate <= 0 or self.l2 < 0:
-            raise ValueError(f"expected learning_rate > 0 and l2 >= 0, got {self.learning_rate} and {self.l2}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"expected learning_rate > 0, got {self.learning_rate}")
 
 
 PADDING = -1
@@ -128,24 +125,17 @@ class Histories:
             out[i, : lengths[i]] = self.items[self.indptr[rows[i]] : self.indptr[rows[i] + 1]]
         return out
 
-    def ragged(self) -> tf.RaggedTensor:
-        """tf.int64 [users, None]: row r holds the items of self.users[r]."""
-        return tf.RaggedTensor.from_row_splits(tf.constant(self.items), tf.constant(self.indptr))
-
 
 class QueryTower(tf.keras.Model):
-    """{"user_id": string [B], "history": int64 [B, L]} → [B, D (+1)]: the mean of the history items' embeddings
-    (zeros for an empty history) through ReLU layers and a linear one; then, with item_bias, a constant 1 that
-    multiplies the candidates' bias. PADDING and unknown item ids are ignored; so is the user id: the history
-    carries the user, so a user with history but no trained id is served as well as any other."""
+    """{"user_id": string [B], "history": int64 [B, L]} → [B, D]: the mean of the history items' embeddings (zeros
+    for an empty history) through config.hidden_dims ReLU layers and a linear one. PADDING and unknown item ids are
+    ignored; so is the user id: the history carries the user, so a user with history but no trained id embedding is
+    served like any other."""
 
     def __init__(self, item_vocab: np.ndarray, config: RetrievalConfig) -> None:
         super().__init__()
-        self.item_bias = config.item_bias
         self.item_lookup = tf.keras.layers.IntegerLookup(vocabulary=item_vocab, mask_token=None)
-        self.history_embedding = tf.keras.layers.Embedding(
-            len(item_vocab) + 1, config.embedding_dim, embeddings_regularizer=_l2(config.l2)
-        )
+        self.history_embedding = tf.keras.layers.Embedding(len(item_vocab) + 1, config.embedding_dim)
         self.history_embedding.build((None,))  # call() reads the table directly
         self.mlp = tf.keras.Sequential(
             [tf.keras.layers.Dense(h, activation="relu") for h in config.hidden_dims]
@@ -155,14 +145,7 @@ class QueryTower(tf.keras.Model):
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         items = tf.sparse.from_dense(self.item_lookup(inputs["history"]))  # drops lookup row 0: padding or unknown
         table = self.history_embedding.embeddings
-        query = self.mlp(tf.nn.safe_embedding_lookup_sparse(table, items, combiner="mean"), training=training)
-        if self.item_bias:
-            query = tf.concat([query, tf.ones_like(query[:, :1])], axis=1)
-        return query
-
-
-def _l2(weight: float) -> tf.keras.regularizers.Regularizer | None:
-    return tf.keras.regularizers.L2(weight) if weight else None
+        return self.mlp(tf.nn.safe_embedding_lookup_sparse(table, items, combiner="mean"), training=training)
 
 
 class RetrievalModel(tfrs.Model):
@@ -178,7 +161,7 @@ class RetrievalModel(tfrs.Model):
         super().__init__()
         self.config = config
         self.query_tower = QueryTower(item_vocab, config)
-        self.candidate_tower = item_tower(item_vocab, config.embedding_dim + int(config.item_bias))
+        self.candidate_tower = item_tower(item_vocab, config.embedding_dim)
         self.catalog = tf.constant(np.asarray(item_vocab, dtype=np.int64))
         self.full_softmax = len(item_vocab) <= config.full_softmax_max_items
         counts = np.ones(len(item_vocab) + 1) if item_counts is None else np.asarray(item_counts, dtype=np.float64)
@@ -205,13 +188,7 @@ class RetrievalModel(tfrs.Model):
             self.top_k.update_state(query, positives)
         if self.full_softmax:
             logits = tf.matmul(query, self.candidate_tower(self.catalog), transpose_b=True)
-            lookup, size = self.candidate_tower.layers[0], self.catalog.shape[0] + 1
-            labels = lookup(target) - 1  # catalog row
-            if self.config.exclude_history:  # the user's other items are no negatives: serving excludes them too
-                rows = tf.cast(lookup(history), tf.int32)
-                seen = tf.math.bincount(rows, minlength=size, maxlength=size, axis=-1, binary_output=True)[:, 1:] > 0
-                seen &= ~tf.one_hot(labels, size - 1, on_value=True, off_value=False, dtype=tf.bool)
-                logits = tf.where(seen, tf.float32.min / 100, logits)
+            labels = self.candidate_tower.layers[0](target) - 1  # catalog row
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         probability = tf.gather(self.sampling_probability, self.candidate_tower.layers[0](target))
         return self.task(

@@ -41,7 +41,7 @@ CONFIG = TrainConfig(epochs=2, train_batch_size=128, eval_batch_size=256)
 # steps; 30 epochs of this tiny dataset (about one second) let it learn the planted groups.
 RANKING_CONFIG = replace(CONFIG, epochs=30, train_batch_size=64)
 RETRIEVAL_CONFIG = RetrievalConfig(embedding_dim=16, batch_size=128, epochs=8, learning_rate=0.01)
-DIM = RETRIEVAL_CONFIG.embedding_dim + 1  # the query's constant 1 multiplies each candidate's bias
+DIM = RETRIEVAL_CONFIG.embedding_dim
 
 
 def synthetic_dataset() -> Dataset:
