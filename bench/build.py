@@ -36,7 +36,8 @@ class BuildSpec:
     retrieval_epochs: int = 3
     retrieval_batch_size: int = 4096
     ranking_epochs: int = 3
-    version: int = 1  # bump when the build itself changes
+    eval_max_pairs: int = 5_000  # the trainer's offline retrieval metrics scan the catalog once per test pair
+    version: int = 2  # bump when the build itself changes
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -82,8 +83,9 @@ def build(spec: BuildSpec, root: Path, cache_dir: Path) -> dict:
     from bench.synthetic import SyntheticConfig, generate
     from funnel.data import load_dataset
     from trainer.index import IndexConfig
-    from trainer.models import RetrievalConfig, TrainConfig
+    from trainer.models import RetrievalConfig
     from trainer.pipeline import PipelineConfig, run
+    from trainer.ranking import RankingConfig
 
     started = time.monotonic()
     if spec.dataset == SYNTHETIC:
@@ -94,8 +96,8 @@ def build(spec: BuildSpec, root: Path, cache_dir: Path) -> dict:
     data_seconds = time.monotonic() - started
     config = PipelineConfig(
         artifact_root=root, data=spec.dataset, cache_dir=cache_dir, release_id=spec.release_id(), set_stable=True,
-        gate=None,
-        train=TrainConfig(epochs=spec.ranking_epochs, seed=spec.seed),
+        gate=None, seed=spec.seed, eval_max_pairs=spec.eval_max_pairs,
+        ranking=RankingConfig(epochs=spec.ranking_epochs, seed=spec.seed),
         retrieval=RetrievalConfig(embedding_dim=spec.embedding_dim, epochs=spec.retrieval_epochs,
                                   batch_size=spec.retrieval_batch_size, seed=spec.seed),
         index=IndexConfig(min_recall=0.0, seed=spec.seed),  # the bench reports recall; it does not gate on it

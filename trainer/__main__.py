@@ -17,8 +17,9 @@ from funnel.release import validate_fraction
 from funnel.tf import tf
 from trainer.gate import GateConfig, GateRefused
 from trainer.index import RecallTooLow
-from trainer.models import TrainConfig
+from trainer.models import RetrievalConfig
 from trainer.pipeline import ONLY_CHOICES, PipelineConfig, RolloutRefused, run
+from trainer.ranking import RankingConfig
 
 ROOT_ENV, CACHE_ENV = "FUNNEL_ARTIFACT_ROOT", "FUNNEL_CACHE_DIR"
 ADMIN_TARGET_ENV, ADMIN_TOKEN_ENV = "FUNNEL_ADMIN_TARGET", "FUNNEL_ADMIN_TOKEN"
@@ -30,7 +31,7 @@ publish -> start the rollout as candidate. Runs once, or every --every seconds u
 EPILOG = f"""\
 gate: the new and the stable release are both evaluated through their exported models on the same held-out split;
 the new one is refused, and nothing is published, when
-  top-100 accuracy < stable top-100 accuracy - --max-top100-drop   (default {GateConfig.max_top100_drop}, absolute)
+  recall@100       < stable recall@100       - --max-recall-drop     (default {GateConfig.max_recall_drop}, absolute)
   ranking RMSE     > stable ranking RMSE     + --max-rmse-increase (default {GateConfig.max_rmse_increase}, absolute)
 
 after publishing: with no stable release yet (or --set-stable) the release becomes stable; else with an admin target
@@ -48,6 +49,10 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from exc
 
 
+def _first_set(*values: int | None) -> int:
+    return next(v for v in values if v is not None)
+
+
 def parse_args(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
 ) -> tuple[PipelineConfig, float | None]:
@@ -61,7 +66,13 @@ def parse_args(
     parser.add_argument(
         "--cache-dir", default=environ.get(CACHE_ENV, "var/cache"), help=f"dataset download cache [env {CACHE_ENV}]"
     )
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="training epochs for each model")
+    parser.add_argument("--epochs", type=int, help="training epochs of both models (default: each model's own)")
+    parser.add_argument(
+        "--retrieval-epochs", type=int, help=f"retrieval model epochs (default --epochs, else {RetrievalConfig.epochs})"
+    )
+    parser.add_argument(
+        "--ranking-epochs", type=int, help=f"ranking model epochs (default --epochs, else {RankingConfig.epochs})"
+    )
     parser.add_argument("--max-users", type=int, help="train on the interactions of this many users only")
     parser.add_argument("--release-id", help="release id (default: UTC timestamp and random suffix)")
     parser.add_argument(
@@ -72,8 +83,8 @@ def parse_args(
     )  # fmt: skip
     parser.add_argument("--no-gate", action="store_true", help="publish without comparing to the stable release")
     parser.add_argument(
-        "--max-top100-drop", type=float, default=GateConfig.max_top100_drop, metavar="X",
-        help="gate: largest allowed fall in retrieval top-100 accuracy vs stable (default %(default)s)",
+        "--max-recall-drop", type=float, default=GateConfig.max_recall_drop, metavar="X",
+        help="gate: largest allowed fall in retrieval recall@100, seen items excluded, vs stable (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--max-rmse-increase", type=float, default=GateConfig.max_rmse_increase, metavar="X",
@@ -101,8 +112,9 @@ def parse_args(
         if value is not None and value <= 0:
             parser.error(f"expected --{name.replace('_', '-')} > 0, got {value}")
     try:
-        train = TrainConfig(epochs=args.epochs)
-        gate = None if args.no_gate else GateConfig(args.max_top100_drop, args.max_rmse_increase)
+        retrieval = RetrievalConfig(epochs=_first_set(args.retrieval_epochs, args.epochs, RetrievalConfig.epochs))
+        ranking = RankingConfig(epochs=_first_set(args.ranking_epochs, args.epochs, RankingConfig.epochs))
+        gate = None if args.no_gate else GateConfig(args.max_recall_drop, args.max_rmse_increase)
     except ValueError as exc:
         parser.error(str(exc))
     config = PipelineConfig(
@@ -117,7 +129,8 @@ def parse_args(
         admin_target=args.admin_target,
         admin_token=args.admin_token,
         rollout_fraction=args.rollout_fraction,
-        train=train,
+        retrieval=retrieval,
+        ranking=ranking,
     )
     return config, args.every
 

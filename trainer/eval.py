@@ -104,7 +104,7 @@ def _round(value: float) -> float:
 
 def evaluate_split(dataset: Dataset, config: PipelineConfig) -> SplitResult:
     """Baselines on the split, then the trainer job into ``config.artifact_root``, then its release as served."""
-    train_idx, test_idx = make_split(config.split, dataset.interactions, seed=config.train.seed)
+    train_idx, test_idx = make_split(config.split, dataset.interactions, seed=config.seed)
     train, test = dataset.interactions.take(train_idx), dataset.interactions.take(test_idx)
     data = EvalSet.build(train, test, dataset.items.item_ids)
     print(f"[eval] {config.split} split: baselines (popularity, EASE λ={EASE_LAMBDA:g})", flush=True)
@@ -118,7 +118,7 @@ def evaluate_split(dataset: Dataset, config: PipelineConfig) -> SplitResult:
         )
     print(f"[eval] {config.split} split: measuring release {job.release_id} through the service cores", flush=True)
     path, manifest = ArtifactStore(config.artifact_root).verify(job.release_id)
-    served, pipeline, ranker_rmse = measure_release(path, manifest, data, test, config.train.eval_batch_size)
+    served, pipeline, ranker_rmse = measure_release(path, manifest, data, test, config.eval_batch_size)
 
     positions = {FUNNEL_RETRIEVAL: served, FUNNEL_PIPELINE: pipeline,
                  POPULARITY: baselines["popularity"], EASE: baselines["ease"]}  # fmt: skip

@@ -114,13 +114,23 @@ def recall_unseen(
     return _shares(better)
 
 
-def evaluate_release(release_dir: Path, test: Interactions, histories: Histories, batch_size: int = 4096) -> Evaluation:
+def evaluate_release(
+    release_dir: Path, test: Interactions, histories: Histories, batch_size: int = 4096,
+    max_pairs: int | None = None, seed: int = 42,
+) -> Evaluation:  # fmt: skip
     """Retrieval top-K through the query and candidate towers over the index's items, with the users' training
-    items (``histories``, also the v2 query tower's input) counted and excluded; ranker RMSE; all on ``test``."""
+    items (``histories``, also the v2 query tower's input) counted and excluded, on ``test`` or, with
+    ``max_pairs``, on a sample of that many of its pairs drawn with ``seed``; the ranker's RMSE on all of ``test``
+    (its "rating" output when it has one, else "score")."""
     release_dir = Path(release_dir)
+    ranker = load_signature(release_dir, RANKER_DIR)
+    rating = "rating" if "rating" in ranker.structured_outputs else "score"
+    predicted = run_batched(ranker, rating, batch_size, user_id=test.user_ids, item_id=test.item_ids)
+    rmse = float(np.sqrt(np.mean((predicted.astype(np.float64) - test.ratings) ** 2)))
+    if max_pairs is not None and max_pairs < len(test):
+        test = test.take(np.sort(np.random.default_rng(seed).choice(len(test), max_pairs, replace=False)))
     query_tower = load_signature(release_dir, QUERY_TOWER_DIR)
     candidate_tower = load_signature(release_dir, CANDIDATE_TOWER_DIR)
-    ranker = load_signature(release_dir, RANKER_DIR)
     item_ids = np.load(release_dir / INDEX_DIR / ITEM_IDS_FILE, allow_pickle=False).astype(np.int64)
     users, pair_user = np.unique(test.user_ids, return_inverse=True)
     queries = embed_users(query_tower, users, histories, batch_size)[pair_user]
@@ -128,6 +138,4 @@ def evaluate_release(release_dir: Path, test: Interactions, histories: Histories
     positives = run_batched(candidate_tower, "embedding", batch_size, item_id=test.item_ids)
     top_k = factorized_top_k(queries, positives, catalog)
     recall = recall_unseen(queries, catalog, item_ids, histories, test.user_ids, test.item_ids)
-    scores = run_batched(ranker, "score", batch_size, user_id=test.user_ids, item_id=test.item_ids)
-    rmse = float(np.sqrt(np.mean((scores.astype(np.float64) - test.ratings) ** 2)))
     return Evaluation(top_k, recall, rmse)

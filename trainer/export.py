@@ -1,4 +1,4 @@
-"""Export the towers and ranker as plain SavedModels with explicit signatures and a funnel.json sidecar."""
+"""Export the retrieval towers as plain SavedModels with explicit signatures and a funnel.json sidecar."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class _TowerServing(tf.Module):
 class _QueryServing(tf.Module):
     """serving_default(user_id: string [None], history: int64 [None, None]) -> {"embedding": float32 [None, D]}."""
 
-    def __init__(self, tower: tf.keras.Model) -> None:
+    def __init__(self, tower: tf.keras.layers.Layer) -> None:
         super().__init__()
         self.tower = tower
 
@@ -38,21 +38,6 @@ class _QueryServing(tf.Module):
         return {"embedding": tf.cast(self.tower({"user_id": user_id, "history": history}), tf.float32)}
 
 
-class _RankerServing(tf.Module):
-    def __init__(self, scorer: tf.keras.Model) -> None:
-        super().__init__()
-        self.scorer = scorer
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name="user_id"),
-            tf.TensorSpec([None], tf.int64, name="item_id"),
-        ]
-    )
-    def serve(self, user_id: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"score": tf.reshape(tf.cast(self.scorer([user_id, item_id]), tf.float32), [-1])}
-
-
 def candidate_tower_fingerprint(tower: tf.keras.Model) -> str:
     """Hex sha256 over the tower's weights in layer order: dtype, shape and little-endian bytes of each."""
     digest = hashlib.sha256(b"funnel-candidate-tower-v1")
@@ -62,7 +47,8 @@ def candidate_tower_fingerprint(tower: tf.keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _save(module: tf.Module, directory: Path, metadata: dict) -> None:
+def save_module(module: tf.Module, directory: Path, metadata: dict) -> None:
+    """Save ``module`` with its ``serve`` function as serving_default into the new ``directory``, plus the sidecar."""
     if directory.exists():
         raise FileExistsError(f"expected a new SavedModel directory, got existing {directory}")
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
@@ -72,7 +58,7 @@ def _save(module: tf.Module, directory: Path, metadata: dict) -> None:
 
 
 def export_query_tower(
-    tower: tf.keras.Model, directory: Path, *, candidate_fingerprint: str, training_run: str
+    tower: tf.keras.layers.Layer, directory: Path, *, candidate_fingerprint: str, training_run: str
 ) -> None:
     """SavedModel: serving_default(user_id: string [None], history: int64 [None, None]) -> {"embedding": [None, D]}.
 
@@ -84,7 +70,7 @@ def export_query_tower(
         "embedding_dim": int(tower(probe).shape[-1]),
         "training_run": training_run,
     }
-    _save(_QueryServing(tower), Path(directory), metadata)
+    save_module(_QueryServing(tower), Path(directory), metadata)
 
 
 def export_candidate_tower(tower: tf.keras.Model, directory: Path, *, training_run: str) -> str:
@@ -94,10 +80,5 @@ def export_candidate_tower(tower: tf.keras.Model, directory: Path, *, training_r
     """
     fingerprint = candidate_tower_fingerprint(tower)
     metadata = {"candidate_tower_fingerprint": fingerprint, "training_run": training_run}
-    _save(_TowerServing(tower, tf.TensorSpec([None], tf.int64, name="item_id")), Path(directory), metadata)
+    save_module(_TowerServing(tower, tf.TensorSpec([None], tf.int64, name="item_id")), Path(directory), metadata)
     return fingerprint
-
-
-def export_ranker(scorer: tf.keras.Model, directory: Path, *, training_run: str) -> None:
-    """SavedModel: serving_default(user_id: string [None], item_id: int64 [None]) -> {"score": float32 [None]}."""
-    _save(_RankerServing(scorer), Path(directory), {"training_run": training_run})

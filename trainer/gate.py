@@ -11,7 +11,7 @@ from trainer.evaluate import Evaluation
 class GateConfig:
     """Absolute tolerances against the stable release, both measured on the same held-out split."""
 
-    max_top100_drop: float = 0.01  # retrieval top-100 accuracy may fall by at most this much
+    max_recall_drop: float = 0.01  # retrieval recall@100 (seen items excluded, as served) may fall this much
     max_rmse_increase: float = 0.02  # ranking RMSE may rise by at most this much
 
     def __post_init__(self) -> None:
@@ -36,12 +36,12 @@ def _comparison(name: str, new: float, stable: float, worse_by: float, tolerance
 def check_gate(new: Evaluation, stable: Evaluation, stable_release_id: str, config: GateConfig) -> dict:
     """The audit record for the manifest; raise GateRefused (with that record) naming every metric beyond tolerance.
 
-    Refused when new top_100 < stable top_100 - max_top100_drop or new rmse > stable rmse + max_rmse_increase.
+    Refused when new recall@100 < stable recall@100 - max_recall_drop or new rmse > stable rmse + max_rmse_increase.
     """
-    new_top, stable_top = new.top_k["top_100"], stable.top_k["top_100"]
+    new_top, stable_top = new.recall["top_100"], stable.recall["top_100"]
     checks = [
-        (new_top < stable_top - config.max_top100_drop,
-         _comparison("retrieval top-100 accuracy", new_top, stable_top, stable_top - new_top, config.max_top100_drop)),
+        (new_top < stable_top - config.max_recall_drop,
+         _comparison("retrieval recall@100", new_top, stable_top, stable_top - new_top, config.max_recall_drop)),
         (new.rmse > stable.rmse + config.max_rmse_increase,
          _comparison("ranking RMSE", new.rmse, stable.rmse, new.rmse - stable.rmse, config.max_rmse_increase)),
     ]  # fmt: skip

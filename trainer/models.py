@@ -1,4 +1,4 @@
-"""The history-based two-tower retrieval model and the MLP ranking model of the TFRS ranking tutorial."""
+"""The history-based two-tower retrieval model, its training and its in-memory evaluation."""
 
 from __future__ import annotations
 
@@ -14,40 +14,9 @@ import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which se
 TOP_KS = (1, 5, 10, 50, 100)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters; the defaults are the TFRS tutorial values."""
-
-    embedding_dim: int = 32
-    learning_rate: float = 0.1
-    train_batch_size: int = 8192
-    eval_batch_size: int = 4096
-    epochs: int = 3
-    shuffle_buffer: int = 100_000
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        for name in ("embedding_dim", "train_batch_size", "eval_batch_size", "epochs", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"expected learning_rate > 0, got {self.learning_rate}")
-
-
 Features = dict[str, np.ndarray]
-"""Column arrays: "user_id" (str), "item_id" (int64) and, for ranking, "rating" (float32)."""
+"""Column arrays: "user_id" (str) and "item_id" (int64)."""
 RETRIEVAL_KEYS = ("user_id", "item_id")
-RANKING_KEYS = ("user_id", "item_id", "rating")
-
-
-def user_tower(user_vocab: np.ndarray, embedding_dim: int) -> tf.keras.Model:
-    """User id (tf.string) → embedding; unknown users share the out-of-vocabulary row."""
-    return tf.keras.Sequential(
-        [
-            tf.keras.layers.StringLookup(vocabulary=user_vocab, mask_token=None),
-            tf.keras.layers.Embedding(len(user_vocab) + 1, embedding_dim),
-        ]
-    )
 
 
 def item_tower(item_vocab: np.ndarray, embedding_dim: int) -> tf.keras.Model:
@@ -126,7 +95,7 @@ class Histories:
         return out
 
 
-class QueryTower(tf.keras.Model):
+class QueryTower(tf.keras.layers.Layer):
     """{"user_id": string [B], "history": int64 [B, L]} → [B, D]: the mean of the history items' embeddings (zeros
     for an empty history) through config.hidden_dims ReLU layers and a linear one. PADDING and unknown item ids are
     ignored; so is the user id: the history carries the user, so a user with history but no trained id embedding is
@@ -196,37 +165,7 @@ class RetrievalModel(tfrs.Model):
         )
 
 
-def scorer(user_vocab: np.ndarray, item_vocab: np.ndarray, embedding_dim: int) -> tf.keras.Model:
-    """(user id, item id) → predicted rating [batch, 1]: concatenated embeddings through a 256-64-1 MLP."""
-    user_id = tf.keras.Input(shape=(), dtype=tf.string, name="user_id")
-    item_id = tf.keras.Input(shape=(), dtype=tf.int64, name="item_id")
-    x = tf.keras.layers.Concatenate()(
-        [user_tower(user_vocab, embedding_dim)(user_id), item_tower(item_vocab, embedding_dim)(item_id)]
-    )
-    x = tf.keras.layers.Dense(256, activation="relu")(x)
-    x = tf.keras.layers.Dense(64, activation="relu")(x)
-    return tf.keras.Model([user_id, item_id], tf.keras.layers.Dense(1)(x), name="scorer")
-
-
-class RankingModel(tfrs.Model):
-    """The scorer trained on explicit ratings with MSE loss and an RMSE metric."""
-
-    def __init__(self, user_vocab: np.ndarray, item_vocab: np.ndarray, embedding_dim: int) -> None:
-        super().__init__()
-        self.scorer = scorer(user_vocab, item_vocab, embedding_dim)
-        self.task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(),
-            metrics=[tf.keras.metrics.RootMeanSquaredError()],
-        )
-
-    def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
-        return self.scorer([features["user_id"], features["item_id"]])
-
-    def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        return self.task(labels=features["rating"], predictions=self(features))
-
-
-class _EpochLog(tf.keras.callbacks.Callback):
+class EpochLog(tf.keras.callbacks.Callback):
     """One plain line per epoch: the training loss and metrics actually computed while training."""
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -239,12 +178,7 @@ class _EpochLog(tf.keras.callbacks.Callback):
         print(f"  epoch {epoch + 1}/{self.params['epochs']}: {values} ({seconds:.1f} s)", flush=True)
 
 
-def _fit(model: tfrs.Model, batches: tf.data.Dataset, config: TrainConfig, verbose: bool) -> None:
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=config.learning_rate))
-    model.fit(batches, epochs=config.epochs, verbose=0, callbacks=[_EpochLog()] if verbose else [])
-
-
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     tf.keras.utils.set_random_seed(seed)  # Python, NumPy and TF global seeds
     tf.config.experimental.enable_op_determinism()  # process-wide; training runs in its own job
 
@@ -257,12 +191,6 @@ def _columns(features: Features, keys: tuple[str, ...]) -> tf.data.Dataset:
     if len(set(lengths.values())) != 1 or not lengths[keys[0]]:
         raise ValueError(f"expected non-empty feature columns of equal length, got lengths {lengths}")
     return tf.data.Dataset.from_tensor_slices({k: features[k] for k in keys})
-
-
-def _train_batches(features: Features, keys: tuple[str, ...], config: TrainConfig) -> tf.data.Dataset:
-    # As in the tutorials: shuffled once, then cached, so every epoch sees the same batches.
-    shuffled = _columns(features, keys).shuffle(config.shuffle_buffer, seed=config.seed)
-    return shuffled.batch(config.train_batch_size).cache()
 
 
 def _retrieval_batches(
@@ -299,7 +227,7 @@ def train_retrieval(
     train: Features, item_vocab: np.ndarray, config: RetrievalConfig, verbose: bool = True
 ) -> RetrievalModel:
     """Fit the retrieval model on the training interactions, each user's training items as the query history."""
-    _seed(config.seed)
+    seed_everything(config.seed)
     histories = Histories(train["user_id"], train["item_id"])
     item_vocab = np.asarray(item_vocab, dtype=np.int64)
     model = RetrievalModel(item_vocab, config, _item_counts(np.asarray(train["item_id"], dtype=np.int64), item_vocab))
@@ -307,7 +235,7 @@ def train_retrieval(
     steps = config.epochs * -(-len(train["item_id"]) // config.batch_size)
     schedule = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)  # settles the last epochs
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule))
-    model.fit(batches, epochs=config.epochs, verbose=0, callbacks=[_EpochLog()] if verbose else [])
+    model.fit(batches, epochs=config.epochs, verbose=0, callbacks=[EpochLog()] if verbose else [])
     return model
 
 
@@ -317,19 +245,3 @@ def evaluate_retrieval(
     """FactorizedTopK accuracy over the whole catalog, seen items included: {"top_1": .., ..., "top_100": ..}."""
     result = model.evaluate(_retrieval_batches(test, histories, batch_size), return_dict=True, verbose=0)
     return {f"top_{k}": float(result[f"factorized_top_k/top_{k}_categorical_accuracy"]) for k in TOP_KS}
-
-
-def train_ranking(
-    train: Features, user_vocab: np.ndarray, item_vocab: np.ndarray, config: TrainConfig, verbose: bool = True
-) -> RankingModel:
-    """Fit the ranking model on the training ratings (one progress line per epoch if verbose)."""
-    _seed(config.seed)
-    model = RankingModel(user_vocab, item_vocab, config.embedding_dim)
-    _fit(model, _train_batches(train, RANKING_KEYS, config), config, verbose)
-    return model
-
-
-def evaluate_ranking(model: RankingModel, test: Features, config: TrainConfig) -> float:
-    """Root mean squared error of the predicted ratings on the test interactions."""
-    result = model.evaluate(_columns(test, RANKING_KEYS).batch(config.eval_batch_size), return_dict=True, verbose=0)
-    return float(result["root_mean_squared_error"])

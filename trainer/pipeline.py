@@ -29,10 +29,11 @@ from funnel.release import (
     new_release_id,
 )
 from trainer.evaluate import embed_users, evaluate_release, load_signature, run_batched
-from trainer.export import export_candidate_tower, export_query_tower, export_ranker
+from trainer.export import export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig, check_gate
 from trainer.index import INDEX_JSON, IndexConfig, build_index
-from trainer.models import Features, Histories, RetrievalConfig, TrainConfig, train_ranking, train_retrieval
+from trainer.models import Features, Histories, RetrievalConfig, train_retrieval
+from trainer.ranking import RankingConfig, export_ranker, train_ranker
 from trainer.split import make_split
 
 ONLY_CHOICES = ("index", "ranker")
@@ -55,13 +56,21 @@ class PipelineConfig:
     admin_target: str | None = None  # gateway AdminService; None: publish only and print the rollout command
     admin_token: str | None = None
     rollout_fraction: float = 0.1
-    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 42  # the split's
+    eval_batch_size: int = 4096
+    eval_max_pairs: int | None = None  # retrieval metrics on a seeded sample of this many test pairs; None: all
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
         if self.only not in (None, *ONLY_CHOICES):
             raise ValueError(f"expected only in {ONLY_CHOICES} or None, got {self.only!r}")
+        if self.eval_batch_size < 1 or (self.eval_max_pairs is not None and self.eval_max_pairs < 1):
+            raise ValueError(
+                f"expected eval_batch_size >= 1 and eval_max_pairs >= 1 or None, "
+                f"got {self.eval_batch_size} and {self.eval_max_pairs}"
+            )
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class RolloutRefused(RuntimeError):
 
 
 def _features(interactions: Interactions) -> Features:
-    return {"user_id": interactions.user_ids, "item_id": interactions.item_ids, "rating": interactions.ratings}
+    return {"user_id": interactions.user_ids, "item_id": interactions.item_ids}
 
 
 def _history(model: object) -> dict[str, list[float]]:
@@ -188,7 +197,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
                   f"{len(dataset.items)} items", flush=True)  # fmt: skip
 
         with phase("split"):
-            train_idx, test_idx = make_split(config.split, dataset.interactions, seed=config.train.seed)
+            train_idx, test_idx = make_split(config.split, dataset.interactions, seed=config.seed)
             train, test = dataset.interactions.take(train_idx), dataset.interactions.take(test_idx)
             user_vocab = np.unique(train.user_ids)  # users never seen in training get the out-of-vocabulary row
             item_vocab = dataset.items.item_ids  # the whole catalog is retrievable
@@ -221,17 +230,20 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
         if config.only != "index":
             runs["ranking"] = f"ranking-{new_release_id()}"
             with phase("train ranking"):
-                ranking = train_ranking(_features(train), user_vocab, item_vocab, config.train)
+                ranking = train_ranker(train, dataset, config.ranking)
             histories["ranking"] = _history(ranking)
             with phase("export ranker"):
-                export_ranker(ranking.scorer, writer.dir / RANKER_DIR, training_run=runs["ranking"])
+                export_ranker(ranking, writer.dir / RANKER_DIR, training_run=runs["ranking"])
 
+        evaluation_options = {
+            "batch_size": config.eval_batch_size, "max_pairs": config.eval_max_pairs, "seed": config.seed
+        }  # fmt: skip
         with phase("evaluate"):
-            evaluation = evaluate_release(writer.dir, test, train_items, config.train.eval_batch_size)
+            evaluation = evaluate_release(writer.dir, test, train_items, **evaluation_options)
         gate = None
         if gated:
             with phase(f"evaluate stable release {stable_id}"):
-                stable_evaluation = evaluate_release(base_dir, test, train_items, config.train.eval_batch_size)
+                stable_evaluation = evaluate_release(base_dir, test, train_items, **evaluation_options)
             gate = check_gate(evaluation, stable_evaluation, stable_id, config.gate)  # raises GateRefused
         else:
             print(f"[trainer] gate skipped: {'--no-gate' if stable_id else 'no stable release yet'}", flush=True)
@@ -256,8 +268,10 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
                 "only": config.only,
                 "base_release": stable_id if config.only else None,
                 "gate": None if config.gate is None else asdict(config.gate),
-                "train": asdict(config.train),
+                "seed": config.seed,
+                "eval_max_pairs": config.eval_max_pairs,
                 "retrieval": asdict(config.retrieval),
+                "ranking": asdict(config.ranking),
                 "index": asdict(config.index),
             }
             release_id = writer.publish(

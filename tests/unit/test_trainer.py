@@ -1,4 +1,4 @@
-"""Trainer unit tests: reference split, TFRS models, SavedModel export, ScaNN index, evaluation, a pipeline run."""
+"""Trainer unit tests: reference split, retrieval model, SavedModel export, ScaNN index, evaluation, a pipeline run."""
 
 from __future__ import annotations
 
@@ -16,30 +16,18 @@ from trainer import evaluate
 from trainer.__main__ import parse_args
 from trainer.evaluate import embed_users, evaluate_release, factorized_top_k, recall_unseen
 from trainer import export
-from trainer.export import candidate_tower_fingerprint, export_candidate_tower, export_query_tower, export_ranker
+from trainer.export import candidate_tower_fingerprint, export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig
 from trainer.index import ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, exact_top_k, measure_recall
-from trainer.models import (
-    Histories,
-    RetrievalConfig,
-    TrainConfig,
-    evaluate_ranking,
-    evaluate_retrieval,
-    item_tower,
-    train_ranking,
-    train_retrieval,
-    user_tower,
-)
+from trainer.models import Histories, RetrievalConfig, evaluate_retrieval, item_tower, train_retrieval
 from trainer.pipeline import PipelineConfig, run
+from trainer.ranking import RankingConfig, evaluate_rmse, export_ranker, train_ranker
 from trainer.split import seeds_split
 
 import scann  # noqa: E402  (after funnel.tf)
 
 NUM_USERS, NUM_ITEMS, GROUPS = 60, 80, 4
-CONFIG = TrainConfig(epochs=2, train_batch_size=128, eval_batch_size=256)
-# With the tutorial's Adagrad(0.1) the ranker predicts little more than the mean rating for the first few hundred
-# steps; 30 epochs of this tiny dataset (about one second) let it learn the planted groups.
-RANKING_CONFIG = replace(CONFIG, epochs=30, train_batch_size=64)
+RANKING_CONFIG = RankingConfig(embedding_dim=8, batch_size=64, epochs=30, learning_rate=0.01)
 RETRIEVAL_CONFIG = RetrievalConfig(embedding_dim=16, batch_size=128, epochs=8, learning_rate=0.01)
 DIM = RETRIEVAL_CONFIG.embedding_dim
 
@@ -74,16 +62,16 @@ def trained():
     data = synthetic_dataset()
     train_idx, test_idx = seeds_split(len(data.interactions))
     train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
-    as_features = lambda x: {"user_id": x.user_ids, "item_id": x.item_ids, "rating": x.ratings}  # noqa: E731
+    as_features = lambda x: {"user_id": x.user_ids, "item_id": x.item_ids}  # noqa: E731
     user_vocab, item_vocab = np.unique(train.user_ids), data.items.item_ids
     histories = Histories(train.user_ids, train.item_ids)
     retrieval = train_retrieval(as_features(train), item_vocab, RETRIEVAL_CONFIG, verbose=False)
-    ranking = train_ranking(as_features(train), user_vocab, item_vocab, RANKING_CONFIG, verbose=False)
+    ranking = train_ranker(train, data, RANKING_CONFIG, verbose=False)
     return {
         "data": data, "train": train, "test": test, "user_vocab": user_vocab, "item_vocab": item_vocab,
         "histories": histories, "retrieval": retrieval, "ranking": ranking,
         "top_k": evaluate_retrieval(retrieval, as_features(test), histories),
-        "rmse": evaluate_ranking(ranking, as_features(test), CONFIG),
+        "rmse": evaluate_rmse(ranking, test),
         "mean_rating_rmse": float(np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2))),
     }  # fmt: skip
 
@@ -173,15 +161,6 @@ def test_retrieval_training_is_deterministic_and_the_sampled_softmax_learns(trai
     assert top_k["top_10"] > 2 * 10 / NUM_ITEMS
 
 
-def test_training_is_deterministic_for_a_seed(trained):
-    data = trained["data"]
-    train = data.interactions.take(seeds_split(len(data.interactions))[0])
-    features = {"user_id": train.user_ids, "item_id": train.item_ids, "rating": train.ratings}
-    again = train_ranking(features, trained["user_vocab"], trained["item_vocab"], RANKING_CONFIG, verbose=False)
-    for a, b in zip(trained["ranking"].get_weights(), again.get_weights(), strict=True):
-        assert np.array_equal(a, b)
-
-
 def test_histories_hold_each_users_distinct_items_padded_with_minus_one():
     histories = Histories(np.array(["b", "a", "b", "b", "c"]), np.array([7, 3, 5, 7, 9]))
     assert histories.users.tolist() == ["a", "b", "c"] and histories.get("b").tolist() == [5, 7]
@@ -226,23 +205,6 @@ def test_query_tower_savedmodel_matches_keras_and_ignores_padding_and_unknown_it
     assert json.loads((tmp_path / "qt" / SIDECAR).read_text()) == {
         "candidate_tower_fingerprint": "abc", "embedding_dim": DIM, "training_run": "run-1",
     }  # fmt: skip
-
-
-def test_ranker_savedmodel_scores_pairs_like_keras(trained, tmp_path):
-    scorer = trained["ranking"].scorer
-    export_ranker(scorer, tmp_path / "rk", training_run="run-2")
-    serve = tf.saved_model.load(str(tmp_path / "rk")).signatures["serving_default"]
-    assert serve.structured_input_signature[1] == {
-        "user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-        "item_id": tf.TensorSpec([None], tf.int64, name="item_id"),
-    }
-    users = tf.constant(["user0", "user1", "user2", "stranger"])
-    items = tf.constant([1000, 1003, 1237, 5], dtype=tf.int64)
-    score = serve(user_id=users, item_id=items)["score"]
-    assert score.dtype == tf.float32 and score.shape == (4,)
-    np.testing.assert_allclose(score.numpy(), scorer([users, items]).numpy()[:, 0], rtol=1e-6)
-    assert len(set(np.round(score.numpy(), 5))) == 4  # pairwise, not one user's scores broadcast
-    assert json.loads((tmp_path / "rk" / SIDECAR).read_text()) == {"training_run": "run-2"}
 
 
 def test_candidate_tower_savedmodel_embeds_items_like_keras_and_records_its_fingerprint(trained, tmp_path):
@@ -339,16 +301,21 @@ def test_exact_top_k_in_chunks_matches_argsort():
 # ---------------------------------------------------------------------------------------------------- evaluate
 
 
-def test_release_evaluation_through_savedmodels_matches_the_in_memory_metrics(trained, tmp_path):
-    retrieval, test, histories = trained["retrieval"], trained["test"], trained["histories"]
-    items = trained["item_vocab"]
-    fingerprint = export_candidate_tower(retrieval.candidate_tower, tmp_path / CANDIDATE_TOWER_DIR, training_run="r")
+def _export_release(trained: dict, directory: Path) -> None:
+    """The parts evaluate_release reads: both towers, the ranker and the index's item ids."""
+    retrieval = trained["retrieval"]
+    fingerprint = export_candidate_tower(retrieval.candidate_tower, directory / CANDIDATE_TOWER_DIR, training_run="r")
     export_query_tower(
-        retrieval.query_tower, tmp_path / QUERY_TOWER_DIR, candidate_fingerprint=fingerprint, training_run="r"
+        retrieval.query_tower, directory / QUERY_TOWER_DIR, candidate_fingerprint=fingerprint, training_run="r"
     )
-    export_ranker(trained["ranking"].scorer, tmp_path / RANKER_DIR, training_run="k")
-    (tmp_path / INDEX_DIR).mkdir()
-    np.save(tmp_path / INDEX_DIR / ITEM_IDS_FILE, items)
+    export_ranker(trained["ranking"], directory / RANKER_DIR, training_run="k")
+    (directory / INDEX_DIR).mkdir()
+    np.save(directory / INDEX_DIR / ITEM_IDS_FILE, trained["item_vocab"])
+
+
+def test_release_evaluation_through_savedmodels_matches_the_in_memory_metrics(trained, tmp_path):
+    retrieval, test, histories, items = trained["retrieval"], trained["test"], trained["histories"], trained["item_vocab"]
+    _export_release(trained, tmp_path)
     result = evaluate_release(tmp_path, test, histories, batch_size=100)
     assert result.top_k.keys() == trained["top_k"].keys() == result.recall.keys()
     for k, in_memory in trained["top_k"].items():  # top_100 is trivially 1 with 80 items; the others are not
@@ -367,6 +334,17 @@ def test_release_evaluation_through_savedmodels_matches_the_in_memory_metrics(tr
     assert 0 < result.recall["top_10"] < 1  # below top_10: a synthetic user often rates one item in train and test
 
 
+def test_release_evaluation_can_sample_the_retrieval_pairs(trained, tmp_path):
+    test, histories = trained["test"], trained["histories"]
+    _export_release(trained, tmp_path)
+    full = evaluate_release(tmp_path, test, histories)
+    sampled = [evaluate_release(tmp_path, test, histories, max_pairs=40, seed=s) for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1] != sampled[2]  # seeded
+    assert all(s.rmse == full.rmse for s in sampled)  # the ranker is measured on every pair
+    assert all(round(v * 40) == v * 40 for v in sampled[0].top_k.values())  # shares of 40 pairs
+    assert evaluate_release(tmp_path, test, histories, max_pairs=len(test)) == full
+
+
 def test_factorized_top_k_counts_ties_in_and_is_independent_of_the_score_batch(monkeypatch):
     catalog = np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32)
     queries = np.ones((4, 1), dtype=np.float32)
@@ -379,7 +357,9 @@ def test_factorized_top_k_counts_ties_in_and_is_independent_of_the_score_batch(m
 
 
 def test_v1_query_towers_are_evaluated_from_the_user_id_alone(trained, tmp_path):
-    tower = user_tower(trained["user_vocab"], 4)
+    tower = tf.keras.Sequential(
+        [tf.keras.layers.StringLookup(vocabulary=trained["user_vocab"]), tf.keras.layers.Embedding(NUM_USERS + 1, 4)]
+    )
     module = export._TowerServing(tower, tf.TensorSpec([None], tf.string, name="user_id"))
     tf.saved_model.save(module, str(tmp_path / "v1"), signatures={"serving_default": module.serve})
     serve = tf.saved_model.load(str(tmp_path / "v1")).signatures["serving_default"]
@@ -405,7 +385,8 @@ def test_recall_unseen_removes_the_users_training_items_before_the_cut(monkeypat
 
 def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, capsys):
     config = PipelineConfig(
-        artifact_root=tmp_path / "store", train=replace(CONFIG, epochs=1), retrieval=replace(RETRIEVAL_CONFIG, epochs=1)
+        artifact_root=tmp_path / "store", retrieval=replace(RETRIEVAL_CONFIG, epochs=1),
+        ranking=replace(RANKING_CONFIG, epochs=1),
     )
     first = run(config, dataset=synthetic_dataset())
     store = ArtifactStore(tmp_path / "store")
@@ -417,7 +398,7 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
     assert manifest.metrics["gate"] is None  # nothing to compare with yet
     assert set(manifest.metrics["retrieval_top_k"]) == {"top_1", "top_5", "top_10", "top_50", "top_100"}
     assert manifest.metrics["retrieval_recall"].keys() == manifest.metrics["retrieval_top_k"].keys()
-    assert manifest.config["retrieval"]["epochs"] == 1
+    assert manifest.config["retrieval"]["epochs"] == manifest.config["ranking"]["epochs"] == 1
     assert (manifest.metrics["num_train"], manifest.metrics["num_test"]) == (1440, 360)
     assert manifest.data_fingerprint == synthetic_dataset().fingerprint()
     tower_meta = json.loads((path / QUERY_TOWER_DIR / SIDECAR).read_text())
@@ -449,12 +430,16 @@ def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
         "FUNNEL_ADMIN_TARGET": "gw:1", "FUNNEL_ADMIN_TOKEN": "t",
     }  # fmt: skip
     config, every = parse_args(["--epochs", "1", "--no-set-stable", "--only", "ranker", "--every", "60"], environ)
-    assert (config.artifact_root, config.cache_dir, config.train.epochs) == (Path("/x"), Path("/c"), 1)
+    assert (config.artifact_root, config.cache_dir) == (Path("/x"), Path("/c"))
+    assert config.retrieval.epochs == config.ranking.epochs == 1
     assert (config.admin_target, config.admin_token, config.only, every) == ("gw:1", "t", "ranker", 60.0)
     assert config.set_stable is False
     defaults, every = parse_args(["--artifact-root", "/y"], environ={})
     assert (defaults.set_stable, defaults.only, defaults.admin_target, every) == (None, None, None, None)
-    assert (defaults.gate, defaults.rollout_fraction) == (GateConfig(max_top100_drop=0.01, max_rmse_increase=0.02), 0.1)
+    assert (defaults.gate, defaults.rollout_fraction) == (GateConfig(max_recall_drop=0.01, max_rmse_increase=0.02), 0.1)
+    assert (defaults.retrieval, defaults.ranking) == (RetrievalConfig(), RankingConfig())
+    own = parse_args(["--artifact-root", "/y", "--epochs", "3", "--ranking-epochs", "5"], environ={})[0]
+    assert (own.retrieval.epochs, own.ranking.epochs) == (3, 5)
     assert parse_args(["--artifact-root", "/y", "--no-gate"], environ={})[0].gate is None
 
 
@@ -463,7 +448,8 @@ def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
     [(["--rollout-fraction", "1.5"], "--rollout-fraction: expected a fraction between 0 and 1, got '1.5'"),
      (["--every", "0"], "expected --every > 0, got 0.0"),
      (["--only", "towers"], "invalid choice: 'towers'"),
-     (["--max-rmse-increase", "-1"], "expected max_rmse_increase >= 0, got -1.0")],
+     (["--max-rmse-increase", "-1"], "expected max_rmse_increase >= 0, got -1.0"),
+     (["--epochs", "0"], "expected epochs >= 1, got 0"), (["--ranking-epochs", "0"], "expected epochs >= 1, got 0")],
 )  # fmt: skip
 def test_cli_rejects_bad_job_flags(flags, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:

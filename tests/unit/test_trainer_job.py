@@ -20,7 +20,7 @@ from funnel.errors import ReleaseError
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, ArtifactStore, RolloutState
 from funnel.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import clone_release
-from tests.unit.test_trainer import CONFIG, RETRIEVAL_CONFIG, synthetic_dataset
+from tests.unit.test_trainer import RANKING_CONFIG, RETRIEVAL_CONFIG, synthetic_dataset
 from trainer import __main__ as cli
 from trainer.evaluate import Evaluation
 from trainer.gate import GateConfig, GateRefused, check_gate
@@ -33,7 +33,7 @@ STABLE = "stable-1"
 def stable_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store bootstrapped by one job run: release stable-1, trained well enough to gate against, is stable."""
     root = tmp_path_factory.mktemp("job") / "store"
-    config = PipelineConfig(root, release_id=STABLE, train=CONFIG, retrieval=RETRIEVAL_CONFIG)
+    config = PipelineConfig(root, release_id=STABLE, retrieval=RETRIEVAL_CONFIG, ranking=RANKING_CONFIG)
     result = run(config, dataset=synthetic_dataset())
     assert result.stable and result.rollout is None and result.metrics["gate"] is None
     assert ArtifactStore(root).rollout() == RolloutState(STABLE)
@@ -73,9 +73,9 @@ def _csv_spec(directory: Path) -> str:
 # ---------------------------------------------------------------------------------------------------- gate
 
 
-def _evaluation(top_100: float, rmse: float) -> Evaluation:
-    top_k = {"top_1": 0.01, "top_5": 0.05, "top_10": 0.1, "top_50": 0.3, "top_100": top_100}
-    return Evaluation(top_k, {k: 2 * v for k, v in top_k.items()}, rmse)
+def _evaluation(recall_100: float, rmse: float) -> Evaluation:
+    recall = {"top_1": 0.01, "top_5": 0.05, "top_10": 0.1, "top_50": 0.3, "top_100": recall_100}
+    return Evaluation({k: v / 2 for k, v in recall.items()}, recall, rmse)
 
 
 def test_gate_passes_within_tolerance_and_records_both_sides():
@@ -83,7 +83,7 @@ def test_gate_passes_within_tolerance_and_records_both_sides():
     record = check_gate(new, stable, "r0", GateConfig())
     assert record == {
         "stable_release_id": "r0", "stable": stable.as_metrics(), "new": new.as_metrics(),
-        "tolerance": {"max_top100_drop": 0.01, "max_rmse_increase": 0.02}, "passed": True,
+        "tolerance": {"max_recall_drop": 0.01, "max_rmse_increase": 0.02}, "passed": True,
     }  # fmt: skip
 
 
@@ -95,7 +95,7 @@ def test_gate_refuses_naming_each_metric_its_values_difference_and_tolerance():
     with pytest.raises(GateRefused) as refused:
         check_gate(_evaluation(0.4700, 1.2), _evaluation(0.5000, 1.1), "r0", GateConfig(0.02, 0.05))
     assert str(refused.value) == (
-        "refused: retrieval top-100 accuracy 0.4700 is 0.0300 worse than stable 0.5000 (tolerance 0.0200); "
+        "refused: retrieval recall@100 0.4700 is 0.0300 worse than stable 0.5000 (tolerance 0.0200); "
         "ranking RMSE 1.2000 is 0.1000 worse than stable 1.1000 (tolerance 0.0500)"
     )
 
@@ -103,10 +103,10 @@ def test_gate_refuses_naming_each_metric_its_values_difference_and_tolerance():
 def test_cli_gate_refusal_exits_3_and_publishes_nothing(store, tmp_path, capsys):
     before = store.list_releases()
     argv = ["--artifact-root", str(store.root), "--data", _csv_spec(tmp_path), "--only", "ranker", "--epochs", "1"]
-    assert cli.main(argv) == cli.EXIT_GATE_REFUSED  # one full-batch step of the ranker is far worse than stable
+    assert cli.main(argv) == cli.EXIT_GATE_REFUSED  # two steps of the default ranker are far worse than stable
     err = capsys.readouterr().err
     assert err.startswith("trainer: refused: ranking RMSE ") and "worse than stable" in err
-    assert err.endswith("(tolerance 0.0200)\n") and "top-100" not in err  # the retrieval parts are stable's
+    assert err.endswith("(tolerance 0.0200)\n") and "recall@100" not in err  # the retrieval parts are stable's
     assert store.list_releases() == before and not list(store.staging_dir.iterdir())
 
 
@@ -115,8 +115,8 @@ def test_cli_gate_refusal_exits_3_and_publishes_nothing(store, tmp_path, capsys)
 
 def test_only_ranker_without_gate_copies_retrieval_and_leaves_channels_alone(store, capsys):
     channels = _channels(store)
-    train = replace(CONFIG, epochs=1)
-    config = PipelineConfig(store.root, only="ranker", gate=None, release_id="r-ranker", train=train)
+    ranking = replace(RANKING_CONFIG, epochs=1)
+    config = PipelineConfig(store.root, only="ranker", gate=None, release_id="r-ranker", ranking=ranking)
     result = run(config, dataset=synthetic_dataset())
     assert not result.stable and result.rollout is None and result.metrics["gate"] is None
     store.verify("r-ranker")

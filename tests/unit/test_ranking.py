@@ -1,0 +1,191 @@
+"""Ranker unit tests on planted taste groups: learning, served outputs, unknown ids, features, export contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from funnel.data import Dataset, Interactions, Items, Users
+from funnel.release import SIDECAR
+from funnel.tf import tf
+from trainer.ranking import RankingConfig, RankingModel, evaluate_rmse, export_ranker, predict, train_ranker
+from trainer.split import seeds_split
+
+NUM_USERS, NUM_ITEMS, GROUPS = 48, 64, 4
+PER_GROUP = NUM_ITEMS // GROUPS
+ITEM_IDS = 500 + 7 * np.arange(NUM_ITEMS, dtype=np.int64)  # not contiguous, so the lookup must map them
+FRESH_USER = "fresh"  # in the users table (group 1's occupation) but without interactions
+CONFIG = RankingConfig(embedding_dim=8, batch_size=64, epochs=40, learning_rate=0.01, seed=3)
+
+
+def group_of_item(item_ids: np.ndarray) -> np.ndarray:
+    return ((np.asarray(item_ids) - 500) // 7) // PER_GROUP
+
+
+def synthetic_dataset() -> Dataset:
+    """Users in 4 taste groups (occupation and gender follow the group, as do item genres): each watches 12 of
+    their group's 16 items, rated 4-5, and 3 other items, rated 1-2."""
+    rng = np.random.default_rng(11)
+    users, items, ratings = [], [], []
+    for u in range(NUM_USERS):
+        group = u % GROUPS
+        liked = group * PER_GROUP + rng.choice(PER_GROUP, 12, replace=False)
+        other = rng.choice(np.flatnonzero(np.arange(NUM_ITEMS) // PER_GROUP != group), 3, replace=False)
+        users += [f"user{u}"] * 15
+        items += [*ITEM_IDS[liked], *ITEM_IDS[other]]
+        ratings += [*rng.choice([4.0, 5.0], 12), *rng.choice([1.0, 2.0], 3)]
+    interactions = Interactions(
+        np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
+        np.array(ratings, dtype=np.float32), np.arange(len(users), dtype=np.int64),
+    )  # fmt: skip
+    catalog = Items(
+        ITEM_IDS, tuple(f"Item {i}" for i in ITEM_IDS), 1990 + (np.arange(NUM_ITEMS, dtype=np.int32) % 10),
+        tuple((f"Genre{g}",) for g in group_of_item(ITEM_IDS)),
+    )  # fmt: skip
+    people = [f"user{u}" for u in range(NUM_USERS)] + [FRESH_USER]
+    groups = [u % GROUPS for u in range(NUM_USERS)] + [1]
+    users_table = Users(
+        np.array(people, dtype=np.str_), np.full(len(people), 30, dtype=np.int32),
+        tuple("MF"[g % 2] for g in groups), tuple(f"job{g}" for g in groups), tuple("00000" for _ in people),
+    )  # fmt: skip
+    return Dataset("synthetic", interactions, catalog, users_table)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data = synthetic_dataset()
+    train_idx, test_idx = seeds_split(len(data.interactions))
+    train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
+    model = train_ranker(train, data, CONFIG, verbose=False)
+    directory = tmp_path_factory.mktemp("ranker") / "ranker"
+    export_ranker(model, directory, training_run="ranking-run-1")
+    serve = tf.saved_model.load(str(directory)).signatures["serving_default"]
+    return {"data": data, "train": train, "test": test, "model": model, "dir": directory, "serve": serve}
+
+
+def served(serve, user_ids: list[str] | np.ndarray, item_ids: list[int] | np.ndarray) -> dict[str, np.ndarray]:
+    out = serve(user_id=tf.constant(user_ids, tf.string), item_id=tf.constant(item_ids, tf.int64))
+    return {key: value.numpy() for key, value in out.items()}
+
+
+def unseen_group_gap(train: Interactions, user: str, values: np.ndarray) -> float:
+    """Mean value of the user's own group's unseen items minus that of the other groups' unseen items."""
+    own = group_of_item(ITEM_IDS) == int(user.removeprefix("user")) % GROUPS
+    unseen = ~np.isin(ITEM_IDS, train.item_ids[train.user_ids == user])
+    return float(values[own & unseen].mean() - values[~own & unseen].mean())
+
+
+def test_learns_the_planted_ratings(trained):
+    rmse = evaluate_rmse(trained["model"], trained["test"])
+    mean_rmse = float(np.sqrt(np.mean((trained["test"].ratings - trained["train"].ratings.mean()) ** 2)))
+    # Ratings within a group's two values are noise, so even the planted truth scores about 0.5.
+    assert rmse < 0.75 * mean_rmse, (rmse, mean_rmse)
+
+
+def group_gaps(model: RankingModel, train: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """Per user: the unseen-group gap of the rating output and of the engagement part of the score."""
+    weight = model.config.score_rating_weight
+    rating_gaps, engagement_gaps = [], []
+    for u in range(NUM_USERS):
+        out = predict(model, np.full(NUM_ITEMS, f"user{u}"), ITEM_IDS)
+        rating_gaps.append(unseen_group_gap(train, f"user{u}", out["rating"]))
+        engagement_gaps.append(unseen_group_gap(train, f"user{u}", out["score"] - weight * out["rating"]))
+    return np.array(rating_gaps), np.array(engagement_gaps)
+
+
+def test_rating_and_engagement_both_prefer_the_users_group(trained):
+    """The rating output and the engagement part of the score each rank a user's unseen own-group items first."""
+    rating_gaps, engagement_gaps = group_gaps(trained["model"], trained["train"])
+    assert np.mean(rating_gaps > 1.0) > 0.9, rating_gaps
+    assert np.mean(engagement_gaps > 0.0) > 0.9, engagement_gaps
+
+
+def test_large_catalogs_learn_engagement_from_in_batch_negatives(trained):
+    train = trained["train"]
+    model = train_ranker(train, trained["data"], replace(CONFIG, full_softmax_max_items=NUM_ITEMS - 1), verbose=False)
+    assert not model.full_softmax and trained["model"].full_softmax
+    rating_gaps, engagement_gaps = group_gaps(model, train)
+    assert np.mean(engagement_gaps > 0.0) > 0.9, engagement_gaps
+
+
+def test_score_is_engagement_logit_plus_weighted_rating(trained):
+    model = trained["model"]
+    tables = model.tables
+    users = tf.constant(tables.user_rows(np.repeat(["user0", "user5"], NUM_ITEMS)))
+    items = tf.constant(tables.item_rows(np.tile(ITEM_IDS, 2)))
+    user, item = model.user_parts(users)[0], model.item_parts(items)[0]
+    logit = tf.reduce_sum(user["engagement"] * item["vector"], axis=1) + item["engagement_bias"]
+    out = served(trained["serve"], np.repeat(["user0", "user5"], NUM_ITEMS), np.tile(ITEM_IDS, 2))
+    np.testing.assert_allclose(out["score"], logit.numpy() + model.config.score_rating_weight * out["rating"], atol=1e-4)
+    assert np.std(out["score"] - out["rating"]) > 0.1  # the score is not the rating shifted
+
+
+def test_export_serves_the_contract_and_the_models_numbers(trained):
+    serve = trained["serve"]
+    (_, inputs) = serve.structured_input_signature
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in inputs.items()} == {
+        "user_id": (tf.string, [None]), "item_id": (tf.int64, [None]),
+    }  # fmt: skip
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in serve.structured_outputs.items()} == {
+        "score": (tf.float32, [None]), "rating": (tf.float32, [None]),
+    }  # fmt: skip
+    test = trained["test"]
+    out = served(serve, test.user_ids, test.item_ids)
+    expected = predict(trained["model"], test.user_ids, test.item_ids)
+    np.testing.assert_allclose(out["rating"], expected["rating"], atol=1e-4)
+    np.testing.assert_allclose(out["score"], expected["score"], atol=1e-4)
+    assert json.loads((trained["dir"] / SIDECAR).read_text(encoding="utf-8")) == {"training_run": "ranking-run-1"}
+
+
+def test_unknown_users_and_items_get_finite_sane_outputs(trained):
+    out = served(trained["serve"], ["nobody", "nobody", "user0", "nobody"], [int(ITEM_IDS[0]), 3, 3, 4])
+    assert all(np.isfinite(v).all() for v in out.values())
+    assert ((out["rating"] >= 1.0) & (out["rating"] <= 5.0)).all()
+    # Nothing is known of an unknown user with an unknown item: the training mean rating, no engagement.
+    mean = float(trained["train"].ratings.mean())
+    np.testing.assert_allclose(out["rating"][[1, 3]], mean, atol=1e-5)
+    np.testing.assert_allclose(out["score"][[1, 3]], trained["model"].config.score_rating_weight * mean, atol=1e-5)
+
+
+def test_a_user_known_only_by_features_gets_their_groups_taste(trained):
+    out = served(trained["serve"], np.full(NUM_ITEMS, FRESH_USER), ITEM_IDS)
+    own = group_of_item(ITEM_IDS) == 1
+    assert out["rating"][own].mean() > out["rating"][~own].mean() + 0.5
+    nobody = served(trained["serve"], np.full(NUM_ITEMS, "nobody"), ITEM_IDS)
+    assert not np.allclose(out["rating"], nobody["rating"])  # the features are baked in, keyed by user id
+
+
+def test_export_refuses_an_existing_directory(trained, tmp_path):
+    (tmp_path / "ranker").mkdir()
+    with pytest.raises(FileExistsError):
+        export_ranker(trained["model"], tmp_path / "ranker", training_run="r")
+
+
+def test_training_is_deterministic():
+    data = synthetic_dataset()
+    config = replace(CONFIG, epochs=2)
+    first, second = (train_ranker(data.interactions, data, config, verbose=False) for _ in range(2))
+    users, items = data.interactions.user_ids[:50], data.interactions.item_ids[:50]
+    a, b = predict(first, users, items), predict(second, users, items)
+    # Equal up to float32 summation order (the sparse history product is not bit-exact across runs).
+    np.testing.assert_allclose(a["rating"], b["rating"], atol=1e-5)
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-5)
+    assert isinstance(first, RankingModel)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("embedding_dim", 0), ("epochs", 0), ("l2", -1.0), ("learning_rate", 0.0)]
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        RankingConfig(**{field: value})
+
+
+def test_training_needs_interactions():
+    data = synthetic_dataset()
+    with pytest.raises(ValueError, match="training interactions"):
+        train_ranker(data.interactions.take(np.zeros(0, dtype=np.int64)), data, CONFIG, verbose=False)
