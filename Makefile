@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test eval bench up down status stubs data clean
+.PHONY: demo test eval bench profile up down status stubs data clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -32,6 +32,10 @@ eval: data  ## train on the seeds and temporal splits; print metrics against bas
 
 bench: data  ## 1M synthetic catalog + MovieLens 100K: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall
 	$(PY) -m bench.run --items 1000000 --users 100000 --duration 20 --also movielens-100k --out var/bench
+
+PROFILE_ROOT ?= var/artifacts
+profile: data  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)
+	$(PY) -m bench.profile --artifact-root $(PROFILE_ROOT) --out var/profile
 
 up: data  ## start the three services on 50051-50053 (trains a release first if there is none)
 	$(PY) -m funnel.cli up

@@ -292,8 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=100_000, help="synthetic users")
     parser.add_argument("--interactions-per-user", type=float, default=20.0, help="synthetic draws per user (mean)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--epochs", type=int, default=3, help="retrieval model epochs")
-    parser.add_argument("--ranking-epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=BuildSpec.retrieval_epochs, help="retrieval model epochs")
+    parser.add_argument("--ranking-epochs", type=int, default=BuildSpec.ranking_epochs)
     parser.add_argument("--batch-size", type=int, default=8192, help="retrieval training batch size (in-batch "
                         "softmax above 50,000 items: a step costs about the same at 4096 and 8192 on 1M items)")
     parser.add_argument("--also", default="", help="a second dataset to run first with the same settings (e.g. "

@@ -20,6 +20,7 @@ YEAR_BUCKETS = 12  # release years fall into at most this many quantile buckets;
 RATING_RANGE = (1.0, 5.0)
 PREDICT_BATCH = 65536
 MAX_SEEN_MASK_CELLS = 1 << 28  # users x items of the full-softmax history mask (256 MiB of bool)
+OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class RankingConfig:
     engagement_l2: float = 0.02  # L2 on the engagement vectors, relative to the cross-entropy
     score_rating_weight: float = 0.5  # served score = engagement logit + score_rating_weight * predicted rating
     learning_rate: float = 1e-3
+    optimizer: str = "adam"  # or "adagrad", whose updates touch only the batch's rows (large catalogs)
     batch_size: int = 1024
     epochs: int = 22
     full_softmax_max_items: int = 50_000  # larger catalogs: in-batch engagement softmax with logQ correction
@@ -50,6 +52,8 @@ class RankingConfig:
                 raise ValueError(f"expected {name} >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"expected learning_rate > 0, got {self.learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"expected optimizer in {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -189,10 +193,11 @@ class _Side(tf.keras.layers.Layer):
             self.categories.append((tf.constant(tables.item_year), year))
         self.history = None
         if user and config.history and dim > 1:
-            counts = np.bincount(tables.history[:, 0], minlength=tables.num_users).astype(np.float32)
-            self.history = tf.constant(tables.history)
-            self.history_weights = tf.constant(1.0 / np.sqrt(np.maximum(counts, 1.0))[tables.history[:, 0]])
-            self.history_shape = (tables.num_users, tables.num_items)
+            counts = np.bincount(tables.history[:, 0], minlength=tables.num_users)
+            splits = np.concatenate([[0], np.cumsum(counts)])  # the history is sorted by user row
+            self.history = tf.RaggedTensor.from_row_splits(tables.history[:, 1], splits)  # user row -> item rows
+            self.history_items = tf.constant(tables.history[:, 1])  # history entry -> item row
+            self.history_weight = tf.constant(1.0 / np.sqrt(np.maximum(counts, 1)), tf.float32)  # per user row
             self.y = self.add_weight(name="history", shape=(tables.num_items, dim), initializer=init)
 
     def call(self, rows: tf.Tensor, entries: tf.Tensor | None = None) -> tuple[tf.Tensor, list[tf.Tensor]]:
@@ -206,13 +211,13 @@ class _Side(tf.keras.layers.Layer):
         if self.genres is not None:
             terms.append(self.genre_weights(tf.gather(self.genres, rows)))
         if self.history is not None:
-            matrix = tf.sparse.SparseTensor(self.history, self.history_weights, self.history_shape)
-            implicit = tf.gather(tf.sparse.sparse_dense_matmul(matrix, self.y), rows)
+            # Only the rows' own histories are gathered, so a step costs the batch's history length, not the
+            # whole training set's, and the gradient of y stays sparse.
+            implicit = tf.reduce_sum(tf.gather(self.y, tf.gather(self.history, rows)), axis=1)
             if entries is not None:
-                at = tf.maximum(entries, 0)
-                weight = tf.where(entries >= 0, tf.gather(self.history_weights, at), 0.0)
-                implicit -= weight[:, None] * tf.gather(self.y, tf.gather(self.history[:, 1], at))
-            terms.append(implicit)
+                own_item = tf.gather(self.y, tf.gather(self.history_items, tf.maximum(entries, 0)))
+                implicit -= tf.where((entries >= 0)[:, None], own_item, 0.0)
+            terms.append(tf.gather(self.history_weight, rows)[:, None] * implicit)
         return tf.add_n(terms), terms
 
 
@@ -347,7 +352,7 @@ def train_ranker(
     seed_everything(config.seed)
     tables = build_tables(train, dataset)
     model = RankingModel(tables, config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
+    model.compile(optimizer=OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate))
     model.fit(
         _batches(tables, train, config.batch_size, config.seed),
         epochs=config.epochs,

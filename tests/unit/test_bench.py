@@ -13,6 +13,7 @@ import pytest
 from bench.build import BuildSpec
 from bench.echo import create_server, echo_once
 from bench.loadgen import Part, Target, closed_loop, merge, percentile, run_load, split_threads
+from bench.profile import summarize
 from bench.run import goals
 from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
 
@@ -178,3 +179,17 @@ def test_load_generator_counts_failures_by_status() -> None:
                       processes=1, warmup=0)
     assert result.requests == 0 and result.errors >= 1 and set(result.error_codes) <= {"UNAVAILABLE",
                                                                                        "DEADLINE_EXCEEDED"}
+
+
+def test_profile_summary_counts_self_and_inclusive_samples_per_frame() -> None:
+    collapsed = "\n".join([
+        "process 1;thread 7;serve (a.py:1);score (b.py:2) 6",
+        "process 1;thread 8;serve (a.py:1);parse (c.py:3) 3",
+        "process 1;thread 8;serve (a.py:1) 1",
+        "garbage line",
+    ])
+    summary = summarize(collapsed, top=2)
+    assert summary["samples"] == 10
+    assert summary["self"] == [("score (b.py:2)", 0.6), ("parse (c.py:3)", 0.3)]
+    assert summary["inclusive"] == [("serve (a.py:1)", 1.0), ("score (b.py:2)", 0.6)]
+    assert summarize("", top=3) == {"samples": 0, "self": [], "inclusive": []}
