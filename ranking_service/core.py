@@ -42,9 +42,8 @@ class RankingRelease:
     def score_batch(self, queries: Sequence[tuple[str, np.ndarray]]) -> list[Scores]:
         """Scores for many users' candidates with one call of the (pairwise) scorer."""
         counts = [len(items) for _, items in queries]
-        users = tf.constant([user_id for user_id, _ in queries], dtype=tf.string)  # one string conversion per user
         out = self.scorer(
-            user_id=tf.repeat(users, counts),
+            user_id=tf.constant(np.repeat([user_id for user_id, _ in queries], counts), dtype=tf.string),
             item_id=tf.constant(np.concatenate([items for _, items in queries]), dtype=tf.int64),
         )
         bounds = np.cumsum(counts)[:-1]

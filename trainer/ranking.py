@@ -194,8 +194,16 @@ class _Side(tf.keras.layers.Layer):
         self.history = None
         if user and config.history and dim > 1:
             counts = np.bincount(tables.history[:, 0], minlength=tables.num_users)
-            splits = np.concatenate([[0], np.cumsum(counts)])  # the history is sorted by user row
-            self.history = tf.RaggedTensor.from_row_splits(tables.history[:, 1], splits)  # user row -> item rows
+            # Small catalogs: one sparse product over every user's history a step (fast, dense gradient of y).
+            # Large ones: gather only the batch's histories, so a step costs the batch's history length and the
+            # gradient of y stays sparse.
+            self.per_batch = tables.num_items - 1 > config.full_softmax_max_items
+            if self.per_batch:
+                splits = np.concatenate([[0], np.cumsum(counts)])  # the history is sorted by user row
+                self.history = tf.RaggedTensor.from_row_splits(tables.history[:, 1], splits)  # user -> item rows
+            else:
+                ones = np.ones(len(tables.history), np.float32)
+                self.history = tf.sparse.SparseTensor(tables.history, ones, (tables.num_users, tables.num_items))
             self.history_items = tf.constant(tables.history[:, 1])  # history entry -> item row
             self.history_weight = tf.constant(1.0 / np.sqrt(np.maximum(counts, 1)), tf.float32)  # per user row
             self.y = self.add_weight(name="history", shape=(tables.num_items, dim), initializer=init)
@@ -211,9 +219,10 @@ class _Side(tf.keras.layers.Layer):
         if self.genres is not None:
             terms.append(self.genre_weights(tf.gather(self.genres, rows)))
         if self.history is not None:
-            # Only the rows' own histories are gathered, so a step costs the batch's history length, not the
-            # whole training set's, and the gradient of y stays sparse.
-            implicit = tf.reduce_sum(tf.gather(self.y, tf.gather(self.history, rows)), axis=1)
+            if self.per_batch:
+                implicit = tf.reduce_sum(tf.gather(self.y, tf.gather(self.history, rows)), axis=1)
+            else:
+                implicit = tf.gather(tf.sparse.sparse_dense_matmul(self.history, self.y), rows)
             if entries is not None:
                 own_item = tf.gather(self.y, tf.gather(self.history_items, tf.maximum(entries, 0)))
                 implicit -= tf.where((entries >= 0)[:, None], own_item, 0.0)

@@ -109,6 +109,7 @@ def test_large_catalogs_learn_engagement_from_in_batch_negatives(trained):
     large = replace(CONFIG, full_softmax_max_items=NUM_ITEMS - 1, optimizer="adagrad", learning_rate=0.1)  # as bench
     model = train_ranker(train, trained["data"], large, verbose=False)
     assert not model.full_softmax and trained["model"].full_softmax
+    assert model.user_vector.per_batch and not trained["model"].user_vector.per_batch
     rating_gaps, engagement_gaps = group_gaps(model, train)
     assert np.mean(engagement_gaps > 0.0) > 0.9, engagement_gaps
 
