@@ -13,15 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 
 from bench.loadgen import ECHO_METHOD
+from funnel.server import build_server
+from funnel.stack import stop_process
 
 SERVICE, METHOD = ECHO_METHOD.strip("/").split("/")
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # as funnel.server
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,20 +30,11 @@ def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 def create_server(address: str, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Build and start an echo server; returns it and the bound port."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    """Build and start an echo server on funnel.server's bootstrap (the services' options); returns it and its port."""
     handler = grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(_echo)})
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise SystemExit(f"could not bind {address!r}")
+    server, port, _ = build_server(
+        address, lambda s: s.add_generic_rpc_handlers((handler,)), [SERVICE], max_workers=max_workers
+    )
     server.start()
     return server, port
 
@@ -90,13 +81,8 @@ class EchoProcess:
         return self.process.pid
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, grace=10)
 
 
 def main(argv: list[str] | None = None) -> int:

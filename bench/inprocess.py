@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -24,15 +23,16 @@ import numpy as np
 
 import funnel.tf  # noqa: F401  (selects Keras 2 before TensorFlow and TFRS load)
 from bench.loadgen import LoadResult, closed_loop, merge
-from funnel.artifacts import SeenItems, read_seen
+from bench.run import sample_users
+from funnel.artifacts import SeenItems, pad_histories, read_seen
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
-from trainer.index import exact_top_k
+from trainer.evaluate import load_signature, run_batched
+from trainer.index import SCANN_DIR, exact_top_k, recall_at_k, tree_params
 
 import scann  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
-PADDING = -1
 RECALL_K = 100
 EMBED_BATCH = 8192
 
@@ -49,14 +49,11 @@ class Models:
 
 
 def load_models(release_dir: Path) -> Models:
-    def signature(part: str) -> object:
-        return tf.saved_model.load(str(release_dir / part)).signatures["serving_default"]
-
-    query_tower = signature(QUERY_TOWER_DIR)
-    ranker = signature(RANKER_DIR)
+    query_tower = load_signature(release_dir, QUERY_TOWER_DIR)
+    ranker = load_signature(release_dir, RANKER_DIR)
     return Models(
         query_tower=query_tower,
-        candidate_tower=signature(CANDIDATE_TOWER_DIR),
+        candidate_tower=load_signature(release_dir, CANDIDATE_TOWER_DIR),
         ranker=ranker,
         item_ids=np.load(release_dir / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64),
         seen=read_seen(release_dir),
@@ -65,32 +62,23 @@ def load_models(release_dir: Path) -> Models:
     )
 
 
-def padded(histories: list[np.ndarray]) -> np.ndarray:
-    """int64 [len(histories), max(1, longest)]: right-padded with -1, as the query tower's ``history`` input."""
-    out = np.full((len(histories), max(1, max((len(h) for h in histories), default=0))), PADDING, dtype=np.int64)
-    for row, items in enumerate(histories):
-        out[row, : len(items)] = items
-    return out
-
-
 def embed_users(models: Models, user_ids: list[str]) -> np.ndarray:
     inputs = {"user_id": tf.constant(user_ids, dtype=tf.string)}
     if models.reads_history:
-        inputs["history"] = tf.constant(padded([models.seen.get(u) for u in user_ids]))
+        inputs["history"] = tf.constant(pad_histories([models.seen.get(u) for u in user_ids]))
     return models.query_tower(**inputs)["embedding"].numpy()
 
 
 def embed_catalog(models: Models) -> np.ndarray:
-    parts = [models.candidate_tower(item_id=tf.constant(models.item_ids[s : s + EMBED_BATCH]))["embedding"].numpy()
-             for s in range(0, len(models.item_ids), EMBED_BATCH)]
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    embeddings = run_batched(models.candidate_tower, "embedding", EMBED_BATCH, item_id=models.item_ids)
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
 def scann_params(n: int, k: int = RECALL_K) -> dict:
     """The TFRS ScaNN layer's settings, the served tree-AH index's for this catalog size (trainer.index)."""
-    leaves = max(1, int(math.sqrt(n)))
-    return {"num_leaves": leaves, "num_leaves_to_search": min(leaves, max(leaves // 5, 20)),
-            "dimensions_per_block": 2, "num_reordering_candidates": 10 * k}
+    params = tree_params(n, k)
+    return {"num_leaves": params.num_leaves, "num_leaves_to_search": params.leaves_to_search,
+            "dimensions_per_block": 2, "num_reordering_candidates": params.reorder}
 
 
 def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, k: int = RECALL_K) -> tuple[dict, dict]:
@@ -118,7 +106,7 @@ class InProcessServer:
         history = self.models.seen.get(user_id)
         inputs = {"user_id": tf.constant([user_id])}
         if self.models.reads_history:
-            inputs["history"] = tf.constant(padded([history]))
+            inputs["history"] = tf.constant(pad_histories([history]))
         query = self.models.query_tower(**inputs)["embedding"]
         want = min(self.num_candidates + len(history), self.catalog_size)
         _, ids = self.layer(query, k=want)
@@ -144,27 +132,18 @@ def measure(server: InProcessServer, user_ids: list[str], concurrency: int, dura
     return merge([closed_loop(make_call, concurrency, duration)], concurrency, duration)
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean over queries of |found ∩ exact| / k (rows of ids or row numbers; -1 in ``found`` never matches)."""
-    return float(np.mean([len(np.intersect1d(f[f >= 0], e)) / k for f, e in zip(found, exact)]))
-
-
-def served_index_recall(release_dir: Path, embeddings: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
-    """Recall@k of the release's serialized ScaNN searcher against exact search over the same embeddings."""
-    searcher = scann.scann_ops_pybind.load_searcher(str(release_dir / INDEX_DIR / "scann"),
+def served_index_recall(release_dir: Path, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Recall@k of the release's serialized ScaNN searcher against ``exact`` (row numbers of the exact top k)."""
+    searcher = scann.scann_ops_pybind.load_searcher(str(release_dir / INDEX_DIR / SCANN_DIR),
                                                     assets_backcompat_shim=False)
-    k = min(k, len(embeddings))
     found, _ = searcher.search_batched(queries, final_num_neighbors=k)
-    return recall_at_k(np.asarray(found), exact_top_k(embeddings, queries, k), k)
+    return recall_at_k(np.asarray(found), exact, k)
 
 
-def layer_recall(layer: object, item_ids: np.ndarray, embeddings: np.ndarray, queries: np.ndarray,
-                 k: int = RECALL_K) -> float:
-    """Recall@k of a TFRS top-k layer (returns item ids) against exact search."""
-    k = min(k, len(embeddings))
+def layer_recall(layer: object, item_ids: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Recall@k of a TFRS top-k layer (returns item ids) against ``exact`` (row numbers of the exact top k)."""
     _, ids = layer(tf.constant(queries), k=k)
-    exact_ids = item_ids[exact_top_k(embeddings, queries, k)]
-    return recall_at_k(ids.numpy(), exact_ids, k)
+    return recall_at_k(ids.numpy(), item_ids[exact], k)
 
 
 def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration: float, recall_users: int,
@@ -190,14 +169,15 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
             timings[f"measure_{name}@{c}_s"] = time.monotonic() - started
 
     started = time.monotonic()
-    known = models.seen.users()
-    pick = np.random.default_rng(seed).choice(len(known), min(recall_users, len(known)), replace=False)
+    users = sample_users(release_dir, recall_users, seed)
     queries = np.ascontiguousarray(
-        np.concatenate([embed_users(models, [known[i] for i in pick[s : s + 1024]])
-                        for s in range(0, len(pick), 1024)]), dtype=np.float32)
+        np.concatenate([embed_users(models, users[s : s + 1024]) for s in range(0, len(users), 1024)]),
+        dtype=np.float32)
+    k = min(RECALL_K, len(embeddings))
+    exact = exact_top_k(embeddings, queries, k)  # once, for both recalls: at 1M items it is the costly part
     out["recall_queries"] = len(queries)
-    out["ann_recall_at_100"] = served_index_recall(release_dir, embeddings, queries)
-    out["tfrs_scann_recall_at_100"] = layer_recall(layers["scann"], models.item_ids, embeddings, queries)
+    out["ann_recall_at_100"] = served_index_recall(release_dir, queries, exact, k)
+    out["tfrs_scann_recall_at_100"] = layer_recall(layers["scann"], models.item_ids, queries, exact, k)
     timings["recall_s"] = time.monotonic() - started
     out["timings"] = {key: round(value, 2) for key, value in timings.items()}
     return out

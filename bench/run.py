@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.build import SYNTHETIC, BuildSpec, ensure_release
+from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
 from bench.loadgen import LoadResult, Target, run_load
 
@@ -115,7 +115,7 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     print(f"[bench] {spec.label()}: release {spec.release_id()} in {root}; logs in {run_dir}", file=sys.stderr)
 
     with phases("build release"):
-        reused = (root / "releases" / spec.release_id() / "manifest.json").is_file()
+        reused = cached(spec, root)
         release_id, build = ensure_release(spec, root, out / "logs" / f"build-{spec.key()}.log", args.cache_dir)
     release_dir = root / "releases" / release_id
     users = sample_users(release_dir, args.request_users, spec.seed)

@@ -14,6 +14,15 @@ from funnel.errors import ReleaseError
 CATALOG = "catalog.jsonl"
 SEEN = "seen.npz"
 POPULARITY = "popularity.npz"
+HISTORY_PADDING = -1  # fills the query tower's history input past each user's items
+
+
+def pad_histories(histories: list[np.ndarray]) -> np.ndarray:
+    """int64 [len(histories), max(1, longest)]: each history's item ids, right-padded with HISTORY_PADDING."""
+    out = np.full((len(histories), max(1, max((len(h) for h in histories), default=0))), HISTORY_PADDING, np.int64)
+    for row, items in enumerate(histories):
+        out[row, : len(items)] = items
+    return out
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import scann
 
 from funnel import validate
-from funnel.artifacts import Popularity, SeenItems, read_popularity, read_seen
+from funnel.artifacts import Popularity, SeenItems, pad_histories, read_popularity, read_seen
 from funnel.errors import ReleaseError
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, SIDECAR, Manifest
@@ -81,10 +81,7 @@ class RetrievalRelease:
     def embed(self, user_ids: list[str], histories: list[np.ndarray]) -> np.ndarray:
         inputs = {"user_id": tf.constant(user_ids, dtype=tf.string)}
         if self.reads_history:
-            padded = np.full((len(histories), max(1, max(map(len, histories)))), -1, dtype=np.int64)
-            for row, items in enumerate(histories):
-                padded[row, : len(items)] = items
-            inputs["history"] = tf.constant(padded)
+            inputs["history"] = tf.constant(pad_histories(histories))
         return self.query_tower(**inputs)["embedding"].numpy()
 
     def retrieve(self, user_id: str, num_candidates: int, exclude_seen: bool,

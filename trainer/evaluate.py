@@ -12,6 +12,7 @@ from funnel.data import Interactions
 from funnel.errors import ReleaseError
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
+from trainer.baselines import rmse
 from trainer.index import ITEM_IDS_FILE
 from trainer.models import TOP_KS, Histories
 
@@ -126,7 +127,7 @@ def evaluate_release(
     ranker = load_signature(release_dir, RANKER_DIR)
     rating = "rating" if "rating" in ranker.structured_outputs else "score"
     predicted = run_batched(ranker, rating, batch_size, user_id=test.user_ids, item_id=test.item_ids)
-    rmse = float(np.sqrt(np.mean((predicted.astype(np.float64) - test.ratings) ** 2)))
+    ranker_rmse = rmse(predicted, test.ratings)
     if max_pairs is not None and max_pairs < len(test):
         test = test.take(np.sort(np.random.default_rng(seed).choice(len(test), max_pairs, replace=False)))
     query_tower = load_signature(release_dir, QUERY_TOWER_DIR)
@@ -138,4 +139,4 @@ def evaluate_release(
     positives = run_batched(candidate_tower, "embedding", batch_size, item_id=test.item_ids)
     top_k = factorized_top_k(queries, positives, catalog)
     recall = recall_unseen(queries, catalog, item_ids, histories, test.user_ids, test.item_ids)
-    return Evaluation(top_k, recall, rmse)
+    return Evaluation(top_k, recall, ranker_rmse)

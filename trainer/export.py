@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from funnel.artifacts import HISTORY_PADDING
 from funnel.release import SIDECAR
 from funnel.tf import tf
 
@@ -64,7 +65,7 @@ def export_query_tower(
 
     ``history`` holds each user's item ids right-padded with -1; padding and unknown ids are ignored.
     """
-    probe = {"user_id": tf.constant([""]), "history": tf.constant([[-1]], dtype=tf.int64)}
+    probe = {"user_id": tf.constant([""]), "history": tf.constant([[HISTORY_PADDING]], dtype=tf.int64)}
     metadata = {
         "candidate_tower_fingerprint": candidate_fingerprint,
         "embedding_dim": int(tower(probe).shape[-1]),

@@ -40,18 +40,31 @@ def build_searcher(database: np.ndarray, config: IndexConfig) -> tuple[scann.sca
     builder = scann.scann_ops_pybind.builder(database, k, "dot_product")
     if n <= config.brute_force_max_items:
         return builder.score_brute_force().build(), "brute_force"
-    num_leaves = int(math.sqrt(n))  # ~sqrt(n) partitions, search 1/5 of them, rescore the best 10k exactly
+    params = tree_params(n, k)
     searcher = (
         builder.tree(
-            num_leaves=num_leaves,
-            num_leaves_to_search=min(num_leaves, max(num_leaves // 5, 20)),
+            num_leaves=params.num_leaves,
+            num_leaves_to_search=params.leaves_to_search,
             training_sample_size=min(n, 250_000),
         )
         .score_ah(2, anisotropic_quantization_threshold=0.2)
-        .reorder(10 * k)
+        .reorder(params.reorder)
         .build()
     )
     return searcher, "tree_ah"
+
+
+@dataclass(frozen=True)
+class TreeParams:
+    num_leaves: int
+    leaves_to_search: int
+    reorder: int
+
+
+def tree_params(n: int, k: int = RECALL_K) -> TreeParams:
+    """The tree-AH settings for ``n`` items: ~sqrt(n) partitions, search 1/5 of them, rescore the best 10k exactly."""
+    num_leaves = max(1, int(math.sqrt(n)))
+    return TreeParams(num_leaves, min(num_leaves, max(num_leaves // 5, 20)), 10 * k)
 
 
 def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -71,8 +84,12 @@ def measure_recall(
     """Mean fraction of the exact top-k that the searcher returns in its top-k."""
     k = min(k, len(database))
     found, _ = searcher.search_batched(queries, final_num_neighbors=k)
-    exact = exact_top_k(database, queries, k)
-    return float(np.mean([len(np.intersect1d(f, e)) / k for f, e in zip(found, exact)]))
+    return recall_at_k(np.asarray(found), exact_top_k(database, queries, k), k)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean over queries of |found ∩ exact| / k (rows of ids or row numbers; -1 in ``found`` never matches)."""
+    return float(np.mean([len(np.intersect1d(f[f >= 0], e)) / k for f, e in zip(found, exact)]))
 
 
 def build_index(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from funnel.artifacts import HISTORY_PADDING
 from funnel.tf import tf
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
@@ -54,7 +55,7 @@ class RetrievalConfig:
             raise ValueError(f"expected learning_rate > 0, got {self.learning_rate}")
 
 
-PADDING = -1
+PADDING = HISTORY_PADDING
 """The history input's padding id; unknown item ids are ignored the same way."""
 
 
@@ -165,6 +166,9 @@ class RetrievalModel(tfrs.Model):
         )
 
 
+HIDDEN_LOGS = ("factorized_top_k", "regularization_loss", "total_loss")  # not computed while training, or = loss
+
+
 class EpochLog(tf.keras.callbacks.Callback):
     """One plain line per epoch: the training loss and metrics actually computed while training."""
 
@@ -172,8 +176,7 @@ class EpochLog(tf.keras.callbacks.Callback):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        hidden = ("factorized_top_k", "regularization", "total")  # top-k is not computed while training
-        values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if not k.startswith(hidden))
+        values = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if not k.startswith(HIDDEN_LOGS))
         seconds = time.monotonic() - self._start
         print(f"  epoch {epoch + 1}/{self.params['epochs']}: {values} ({seconds:.1f} s)", flush=True)
 
@@ -224,11 +227,13 @@ def _item_counts(item_ids: np.ndarray, item_vocab: np.ndarray) -> np.ndarray:
 
 
 def train_retrieval(
-    train: Features, item_vocab: np.ndarray, config: RetrievalConfig, verbose: bool = True
+    train: Features, item_vocab: np.ndarray, config: RetrievalConfig, verbose: bool = True,
+    histories: Histories | None = None,
 ) -> RetrievalModel:
-    """Fit the retrieval model on the training interactions, each user's training items as the query history."""
+    """Fit the retrieval model on the training interactions, each user's training items as the query history
+    (``histories``: those items when the caller has them already)."""
     seed_everything(config.seed)
-    histories = Histories(train["user_id"], train["item_id"])
+    histories = histories if histories is not None else Histories(train["user_id"], train["item_id"])
     item_vocab = np.asarray(item_vocab, dtype=np.int64)
     model = RetrievalModel(item_vocab, config, _item_counts(np.asarray(train["item_id"], dtype=np.int64), item_vocab))
     batches = _retrieval_batches(train, histories, config.batch_size, shuffle_seed=config.seed)

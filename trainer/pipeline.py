@@ -215,7 +215,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
             else:
                 runs["retrieval"] = f"retrieval-{new_release_id()}"
                 with phase("train retrieval"):
-                    retrieval = train_retrieval(_features(train), item_vocab, config.retrieval)
+                    retrieval = train_retrieval(_features(train), item_vocab, config.retrieval, histories=train_items)
                 histories["retrieval"] = _history(retrieval)
                 with phase("export towers"):
                     fingerprint = export_candidate_tower(

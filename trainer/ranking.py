@@ -10,6 +10,7 @@ import numpy as np
 
 from funnel.data import Dataset, Interactions
 from funnel.tf import tf
+from trainer.baselines import rmse
 from trainer.export import save_module
 from trainer.models import EpochLog, seed_everything
 
@@ -230,12 +231,16 @@ class _Side(tf.keras.layers.Layer):
         return tf.add_n(terms), terms
 
 
+def _rating(user: dict[str, tf.Tensor], item: dict[str, tf.Tensor], global_mean: tf.Tensor) -> tf.Tensor:
+    """mean + user bias + item bias + <user vector, item vector> per pairwise row."""
+    return global_mean + user["bias"] + item["bias"] + tf.reduce_sum(user["vector"] * item["vector"], axis=1)
+
+
 def _combine(
     user: dict[str, tf.Tensor], item: dict[str, tf.Tensor], global_mean: tf.Tensor, score_rating_weight: float
 ) -> dict[str, tf.Tensor]:
     """{"rating": clipped predicted rating [B], "score": engagement logit + weight * rating [B]} per pairwise row."""
-    rating = global_mean + user["bias"] + item["bias"] + tf.reduce_sum(user["vector"] * item["vector"], axis=1)
-    rating = tf.clip_by_value(rating, *RATING_RANGE)
+    rating = tf.clip_by_value(_rating(user, item, global_mean), *RATING_RANGE)
     engagement = tf.reduce_sum(user["engagement"] * item["vector"], axis=1) + item["engagement_bias"]
     return {"rating": rating, "score": engagement + score_rating_weight * rating}
 
@@ -304,7 +309,7 @@ class RankingModel(tfrs.Model):
         config = self.config
         user, user_terms = self.user_parts(features["user"], features["entry"])
         item, item_terms = self.item_parts(features["item"])
-        rating = self.global_mean + user["bias"] + item["bias"] + tf.reduce_sum(user["vector"] * item["vector"], 1)
+        rating = _rating(user, item, self.global_mean)  # unclipped while training
         loss = self.rating_task(labels=features["rating"], predictions=rating)
         loss += config.bias_l2 * _l2(user_terms["bias"] + item_terms["bias"])
         loss += config.l2 * _l2(user_terms["vector"] + item_terms["vector"])
@@ -389,8 +394,7 @@ def evaluate_rmse(model: RankingModel, test: Interactions) -> float:
     """Root mean squared error of the served (clipped) predicted ratings on ``test``."""
     if not len(test):
         raise ValueError("expected test interactions, got none")
-    rating = predict(model, test.user_ids, test.item_ids)["rating"].astype(np.float64)
-    return float(np.sqrt(np.mean((rating - test.ratings) ** 2)))
+    return rmse(predict(model, test.user_ids, test.item_ids)["rating"], test.ratings)
 
 
 class _RankerServing(tf.Module):

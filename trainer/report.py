@@ -14,8 +14,9 @@ matplotlib.use("Agg")  # files only, no display; before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from trainer.models import HIDDEN_LOGS  # noqa: E402
+
 TABLE_KS = (1, 5, 10, 20, 50, 100, 200)
-HIDDEN_LOGS = ("factorized_top_k", "regularization_loss", "total_loss")  # not computed in training, or = loss
 DASH = "–"
 
 
