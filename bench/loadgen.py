@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ECHO_METHOD = "/funnel.bench.Echo/Echo"
-STAGES = ("retrieval_ms", "ranking_ms", "total_ms")  # RecommendResponse.timings, measured inside the gateway
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,6 @@ class Target:
     payload: bytes = b""
     user_ids: tuple[str, ...] = ()
     k: int = 10
-    num_candidates: int = 0  # 0: the gateway's default
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
@@ -71,9 +69,8 @@ class LoadResult:
     def rps(self) -> float:
         return self.requests / self.duration if self.duration > 0 else 0.0
 
-    def percentile(self, q: float, stage: str | None = None) -> float:
-        values = self.latencies_ms if stage is None else self.stages.get(stage, np.zeros(0))
-        return percentile(values, q)
+    def percentile(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
 
     @property
     def p50(self) -> float:
@@ -238,8 +235,8 @@ def _grpc_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], Non
     from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-    requests = [gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=u), k=target.k,
-                                             num_candidates=target.num_candidates) for u in target.user_ids]
+    requests = [gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=u), k=target.k)
+                for u in target.user_ids]
 
     def make_recommend(thread: int) -> Call:
         def call(n: int) -> dict[str, float]:
