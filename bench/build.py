@@ -40,7 +40,7 @@ class BuildSpec:
     ranking_optimizer: str = "adagrad"  # sparse updates: Adam's dense ones cost seconds a step on 1M-item tables
     ranking_learning_rate: float = 0.1
     eval_max_pairs: int = 5_000  # the trainer's offline retrieval metrics scan the catalog once per test pair
-    version: int = 3  # bump when the build itself changes
+    version: int = 4  # bump when the build itself changes (4: index.json carries tuned search settings)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]

@@ -24,11 +24,12 @@ import numpy as np
 import funnel.tf  # noqa: F401  (selects Keras 2 before TensorFlow and TFRS load)
 from bench.loadgen import LoadResult, closed_loop, merge
 from bench.run import sample_users
+from funnel.ann import SearchParams, search
 from funnel.artifacts import SeenItems, pad_histories, read_seen
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
 from trainer.evaluate import load_signature, run_batched
-from trainer.index import SCANN_DIR, exact_top_k, recall_at_k, tree_params
+from trainer.index import INDEX_JSON, SCANN_DIR, exact_top_k, recall_at_k, tree_params
 
 import scann  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
@@ -74,14 +75,23 @@ def embed_catalog(models: Models) -> np.ndarray:
     return np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
-def scann_params(n: int, k: int = RECALL_K) -> dict:
-    """The TFRS ScaNN layer's settings, the served tree-AH index's for this catalog size (trainer.index)."""
+def served_search(release_dir: Path) -> SearchParams:
+    """The search settings the retrieval service uses for this release (from its index.json)."""
+    meta = json.loads((release_dir / INDEX_DIR / INDEX_JSON).read_text(encoding="utf-8"))
+    return SearchParams.from_index_meta(meta)
+
+
+def scann_params(n: int, served: SearchParams, k: int = RECALL_K) -> dict:
+    """The TFRS ScaNN layer's settings: the served tree-AH index's for this catalog size (trainer.index), searched
+    as the retrieval service searches it; the layer's rescoring count is fixed, so it gets enough for 2k."""
     params = tree_params(n, k)
-    return {"num_leaves": params.num_leaves, "num_leaves_to_search": params.leaves_to_search,
-            "dimensions_per_block": 2, "num_reordering_candidates": params.reorder}
+    return {"num_leaves": params.num_leaves,
+            "num_leaves_to_search": served.leaves_to_search or params.leaves_to_search,
+            "dimensions_per_block": 2, "num_reordering_candidates": served.pre_reorder(2 * k) or params.reorder}
 
 
-def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, k: int = RECALL_K) -> tuple[dict, dict]:
+def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, served: SearchParams, k: int = RECALL_K
+                 ) -> tuple[dict, dict]:
     """{"bruteforce": BruteForce, "scann": ScaNN} over the catalog, and each one's index-build seconds."""
     candidates, identifiers = tf.constant(embeddings), tf.constant(item_ids)
     layers, seconds = {}, {}
@@ -90,7 +100,7 @@ def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, k: int = RECALL_K
     seconds["bruteforce"] = time.monotonic() - started
     started = time.monotonic()
     layers["scann"] = tfrs.layers.factorized_top_k.ScaNN(k=k, distance_measure="dot_product",
-                                                         **scann_params(len(item_ids), k)).index(candidates, identifiers)
+                                                         **scann_params(len(item_ids), served, k)).index(candidates, identifiers)
     seconds["scann"] = time.monotonic() - started
     return layers, seconds
 
@@ -133,11 +143,11 @@ def measure(server: InProcessServer, user_ids: list[str], concurrency: int, dura
 
 
 def served_index_recall(release_dir: Path, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Recall@k of the release's serialized ScaNN searcher against ``exact`` (row numbers of the exact top k)."""
+    """Recall@k of the release's serialized ScaNN searcher, searched as served, against ``exact`` (row numbers of
+    the exact top k)."""
     searcher = scann.scann_ops_pybind.load_searcher(str(release_dir / INDEX_DIR / SCANN_DIR),
                                                     assets_backcompat_shim=False)
-    found, _ = searcher.search_batched(queries, final_num_neighbors=k)
-    return recall_at_k(np.asarray(found), exact, k)
+    return recall_at_k(search(searcher, queries, k, served_search(release_dir))[0], exact, k)
 
 
 def layer_recall(layer: object, item_ids: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -155,12 +165,14 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
     started = time.monotonic()
     embeddings = embed_catalog(models)
     timings["embed_catalog_s"] = time.monotonic() - started
-    layers, build_seconds = build_layers(embeddings, models.item_ids)
+    served = served_search(release_dir)
+    layers, build_seconds = build_layers(embeddings, models.item_ids, served)
     timings.update({f"index_{name}_s": s for name, s in build_seconds.items()})
 
     out: dict = {"catalog_items": len(models.item_ids), "embedding_dim": int(embeddings.shape[1]),
                  "query_tower_reads_history": models.reads_history, "ranker_inputs": list(models.ranker_inputs),
-                 "scann_layer": scann_params(len(models.item_ids)), "results": {}}
+                 "scann_layer": scann_params(len(models.item_ids), served), "served_search": served.to_json(),
+                 "results": {}}
     for name, layer in layers.items():
         server = InProcessServer(models, layer, k, num_candidates)
         for c in concurrency:

@@ -37,6 +37,14 @@ class ServiceConfig:
     max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
 
 
+@dataclass(frozen=True)
+class ModelServiceConfig(ServiceConfig):
+    """Settings of a service that runs TensorFlow models (retrieval, ranking)."""
+
+    tf_threads: int = setting("FUNNEL_TF_THREADS", 1,
+                              "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)")
+
+
 def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R]) -> ReleaseManager[R]:
     """A manager that loads releases from the configured artifact root with ``load`` and warms them."""
     return ReleaseManager(ArtifactStore(config.artifact_root), load, lambda release: release.warmup(), name=name)

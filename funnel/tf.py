@@ -15,3 +15,12 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
 import tensorflow as tf  # noqa: E402
 
 __all__ = ["tf"]
+
+
+def set_threads(threads: int) -> None:
+    """Cap TensorFlow's intra- and inter-op thread pools (0 keeps TensorFlow's default, one per core); call before
+    the first op runs. Serving runs many small ops, where extra pool threads cost more CPU than they save."""
+    if threads < 0:
+        raise ValueError(f"expected a thread count >= 0, got {threads}")
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -43,7 +43,8 @@ class RankingRelease:
         """Scores for many users' candidates with one call of the (pairwise) scorer."""
         counts = [len(items) for _, items in queries]
         out = self.scorer(
-            user_id=tf.constant(np.repeat([user_id for user_id, _ in queries], counts), dtype=tf.string),
+            user_id=tf.constant(np.repeat(np.array([user_id for user_id, _ in queries], dtype=object), counts),
+                                dtype=tf.string),
             item_id=tf.constant(np.concatenate([items for _, items in queries]), dtype=tf.int64),
         )
         bounds = np.cumsum(counts)[:-1]

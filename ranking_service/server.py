@@ -9,7 +9,8 @@ import grpc
 from funnel.config import parse_config, setting
 from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
 from funnel.serving import ReleaseManager
-from funnel.service import ServiceConfig, create_service_server, serve_service
+from funnel.service import ModelServiceConfig, create_service_server, serve_service
+from funnel.tf import set_threads
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
 from ranking_service.core import Ranker, RankingRelease
 
@@ -17,7 +18,7 @@ SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_na
 
 
 @dataclass(frozen=True)
-class RankingConfig(ServiceConfig):
+class RankingConfig(ModelServiceConfig):
     """Ranking service settings."""
 
     address: str = setting("FUNNEL_RANKING_ADDRESS", "127.0.0.1:50053", "host:port to listen on")
@@ -57,4 +58,5 @@ def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("ranking")
     config = parse_config(RankingConfig, argv)
+    set_threads(config.tf_threads)
     serve_service(config, "ranking", [SERVICE_NAME], RankingRelease, create_server)

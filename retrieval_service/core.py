@@ -11,6 +11,7 @@ import numpy as np
 import scann
 
 from funnel import validate
+from funnel.ann import SearchParams, search
 from funnel.artifacts import Popularity, SeenItems, pad_histories, read_popularity, read_seen
 from funnel.errors import ReleaseError
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
@@ -66,12 +67,15 @@ class RetrievalRelease:
         if (scann_dir / "scann_docids.pkl").exists():
             raise ReleaseError(f"release {self.release_id}: pickled ScaNN docids are not accepted")
         self.searcher = scann.scann_ops_pybind.load_searcher(str(scann_dir), assets_backcompat_shim=False)
+        self.search_params = SearchParams.from_index_meta(index_meta)
         self.item_ids = np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64)
         if len(self.item_ids) != index_meta.get("num_items"):
             raise ReleaseError(
                 f"release {self.release_id}: index.json says {index_meta.get('num_items')} items, "
                 f"item_ids.npy holds {len(self.item_ids)}"
             )
+        self._rows_by_id = np.argsort(self.item_ids, kind="stable")  # item id -> index row, by binary search
+        self._sorted_ids = self.item_ids[self._rows_by_id]
         self.query_tower = tf.saved_model.load(str(path / QUERY_TOWER_DIR)).signatures["serving_default"]
         # v2 towers read the user's history (user_id, history); v1 towers read only the user id.
         self.reads_history = "history" in self.query_tower.structured_input_signature[1]
@@ -108,16 +112,26 @@ class RetrievalRelease:
                 seen.append(excluded)
         if warm:
             k = min(max(queries[i].num_candidates + len(s) for i, s in zip(warm, seen)), len(self.item_ids))
-            rows, scores = self.searcher.search_batched(
-                self.embed([queries[i].user_id for i in warm], histories), final_num_neighbors=k)
+            rows, scores = search(self.searcher, self.embed([queries[i].user_id for i in warm], histories), k,
+                                  self.search_params)
+            keep = self._unseen(rows, seen)
+            ids, scores = self.item_ids[rows], scores.astype(np.float32)
             for row, i in enumerate(warm):
-                ids, found = self.item_ids[rows[row]], scores[row]
-                if len(seen[row]):
-                    keep = ~np.isin(ids, seen[row])
-                    ids, found = ids[keep], found[keep]
-                n = queries[i].num_candidates
-                results[i] = Candidates(self.release_id, ids[:n], found[:n].astype(np.float32), False)
+                n, mask = queries[i].num_candidates, keep[row]
+                results[i] = Candidates(self.release_id, ids[row][mask][:n], scores[row][mask][:n], False)
         return results  # type: ignore[return-value]
+
+    def _unseen(self, rows: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+        """bool [len(seen), k]: which found rows (index rows, -1 for none) are real and not in that query's seen
+        items; one membership test for the whole batch, on (query, row) keys."""
+        seen_ids = np.concatenate(seen) if seen else _EMPTY
+        owner = np.repeat(np.arange(len(seen), dtype=np.int64), [len(s) for s in seen])
+        pos = np.minimum(np.searchsorted(self._sorted_ids, seen_ids), len(self._sorted_ids) - 1)
+        known = self._sorted_ids[pos] == seen_ids  # seen ids outside the index cannot be found anyway
+        n = len(self.item_ids)
+        seen_keys = owner[known] * n + self._rows_by_id[pos[known]]
+        found_keys = np.arange(len(rows), dtype=np.int64)[:, None] * n + rows
+        return (rows >= 0) & ~np.isin(found_keys, seen_keys)
 
     def warmup(self) -> None:
         """Run real queries (known users, an unknown user) so the first request pays no tracing cost."""

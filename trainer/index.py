@@ -13,6 +13,8 @@ import numpy as np
 import funnel.tf  # noqa: F401  (scann imports TensorFlow, so Keras 2 must be selected first)
 import scann  # noqa: E402
 
+from funnel.ann import SEARCH_KEY, SearchParams, search  # noqa: E402
+
 SCANN_DIR = "scann"  # the searcher, inside the release's index/ directory
 ITEM_IDS_FILE = "item_ids.npy"
 INDEX_JSON = "index.json"
@@ -21,9 +23,10 @@ RECALL_K = 100  # index.json key recall_at_100; also the searcher's default numb
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Index settings: the brute-force cut-off and the recall gate."""
+    """Index settings: the brute-force cut-off, the recall that search tuning aims for, and the recall gate."""
 
     brute_force_max_items: int = 50_000
+    target_recall: float = 0.99
     min_recall: float = 0.95
     recall_queries: int = 1000
     seed: int = 42
@@ -67,6 +70,33 @@ def tree_params(n: int, k: int = RECALL_K) -> TreeParams:
     return TreeParams(num_leaves, min(num_leaves, max(num_leaves // 5, 20)), 10 * k)
 
 
+LEAF_FRACTIONS = (0.02, 0.05, 0.1, 0.2)  # of the tree's partitions, searched per query; tried cheapest first
+REORDER_FACTORS = (2.0, 4.0, 10.0)  # approximate neighbours rescored exactly, per neighbour asked for
+
+
+def search_ladder(params: TreeParams) -> list[SearchParams]:
+    """Tree-AH search settings from cheapest to dearest; the last is the searcher's built-in one."""
+    leaves = sorted({min(params.num_leaves, max(1, math.ceil(f * params.num_leaves))) for f in LEAF_FRACTIONS}
+                    | {params.leaves_to_search})
+    ladder = [SearchParams(n, f) for n in leaves if n <= params.leaves_to_search for f in REORDER_FACTORS]
+    return [*ladder[:-1], SearchParams(params.leaves_to_search, params.reorder / RECALL_K)]
+
+
+def tune_search(searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray,
+                params: TreeParams, target: float) -> tuple[SearchParams, float]:
+    """The first setting of search_ladder(params) whose recall@100 against exact search reaches ``target``
+    (else the dearest), with its recall. Deterministic: recall, not timing, decides."""
+    k = min(RECALL_K, len(database))
+    exact = exact_top_k(database, queries, k)
+    for setting in search_ladder(params):
+        recall = recall_at_k(search(searcher, queries, k, setting)[0], exact, k)
+        print(f"[index] leaves_to_search {setting.leaves_to_search}, reorder {setting.reorder_factor:g}×k: "
+              f"recall@{k} {recall:.4f}", flush=True)
+        if recall >= target:
+            break
+    return setting, recall
+
+
 def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Row numbers of the k largest dot products per query (unordered), computed in memory-bounded chunks."""
     k = min(k, len(database))
@@ -79,12 +109,12 @@ def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
 
 
 def measure_recall(
-    searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray, k: int
+    searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray, k: int,
+    params: SearchParams = SearchParams(),
 ) -> float:
-    """Mean fraction of the exact top-k that the searcher returns in its top-k."""
+    """Mean fraction of the exact top-k that the searcher returns in its top-k when searched with ``params``."""
     k = min(k, len(database))
-    found, _ = searcher.search_batched(queries, final_num_neighbors=k)
-    return recall_at_k(np.asarray(found), exact_top_k(database, queries, k), k)
+    return recall_at_k(search(searcher, queries, k, params)[0], exact_top_k(database, queries, k), k)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -124,7 +154,10 @@ def build_index(
     start = time.monotonic()
     searcher, kind = build_searcher(database, config)
     print(f"[index] {kind} searcher done in {time.monotonic() - start:.1f} s", flush=True)
-    recall = measure_recall(searcher, database, queries, RECALL_K)
+    if kind == "tree_ah":
+        setting, recall = tune_search(searcher, database, queries, tree_params(len(database)), config.target_recall)
+    else:
+        setting, recall = SearchParams(), measure_recall(searcher, database, queries, RECALL_K)
     print(f"[index] recall@{RECALL_K} vs exact search on {len(queries)} queries: {recall:.4f}", flush=True)
     if recall < config.min_recall:
         raise RecallTooLow(
@@ -142,6 +175,7 @@ def build_index(
         "distance": "dot_product",
         "searcher": kind,
         "recall_at_100": recall,
+        SEARCH_KEY: setting.to_json(),
         "training_run": training_run,
     }
     (directory / INDEX_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")

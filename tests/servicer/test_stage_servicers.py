@@ -65,6 +65,7 @@ def test_retrieve_excludes_seen_items(retrieval, artifact_root) -> None:
     assert len(without.item_ids) == 50 and not seen & set(without.item_ids)
     assert seen & set(with_seen.item_ids), "the model should rank some of the user's own items highly"
     assert list(without.scores) == sorted(without.scores, reverse=True)
+    assert list(without.item_ids) == [i for i in with_seen.item_ids if i not in seen][:50]  # same order, seen dropped
 
 
 def test_retrieve_unknown_user_is_cold_start(retrieval) -> None:

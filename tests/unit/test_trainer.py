@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from funnel.ann import SearchParams
 from funnel.data import Dataset, Interactions, Items
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
 from funnel.tf import tf
@@ -18,7 +19,8 @@ from trainer.evaluate import embed_users, evaluate_release, factorized_top_k, re
 from trainer import export
 from trainer.export import candidate_tower_fingerprint, export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig
-from trainer.index import ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, exact_top_k, measure_recall
+from trainer.index import (ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, build_searcher, exact_top_k,
+                           measure_recall, search_ladder, tree_params, tune_search)
 from trainer.models import Histories, RetrievalConfig, evaluate_retrieval, item_tower, train_retrieval
 from trainer.pipeline import PipelineConfig, run
 from trainer.ranking import RankingConfig, evaluate_rmse, export_ranker, train_ranker
@@ -253,6 +255,7 @@ def test_brute_force_index_is_exact_and_survives_a_rename(trained, tmp_path):
     assert meta == {
         "candidate_tower_fingerprint": "fp", "num_items": NUM_ITEMS, "embedding_dim": DIM,
         "distance": "dot_product", "searcher": "brute_force", "recall_at_100": 1.0, "training_run": "r",
+        "search": {"leaves_to_search": None, "reorder_factor": None},
     }  # fmt: skip
     (tmp_path / "staging").rename(tmp_path / "published")
     index_dir = tmp_path / "published"
@@ -280,7 +283,23 @@ def test_tree_ah_index_for_large_catalogs_meets_recall_after_a_rename(tmp_path):
     assert meta["searcher"] == "tree_ah" and meta["recall_at_100"] >= 0.95
     (tmp_path / "a").rename(tmp_path / "b")
     searcher = _load(tmp_path / "b")
-    assert measure_recall(searcher, items, queries, 100) == meta["recall_at_100"]  # the same neighbours
+    served = SearchParams.from_index_meta(meta)  # what the retrieval service will search with
+    assert measure_recall(searcher, items, queries, 100, served) == meta["recall_at_100"]  # the same neighbours
+
+
+def test_search_tuning_picks_the_cheapest_setting_that_reaches_the_target():
+    items, queries = _clustered(5000, 16, seed=1), _clustered(300, 16, seed=2)
+    searcher, kind = build_searcher(items, IndexConfig(brute_force_max_items=1000))
+    params = tree_params(len(items))
+    ladder = search_ladder(params)
+    assert ladder[-1] == SearchParams(params.leaves_to_search, params.reorder / 100)  # the built-in setting last
+    assert [s.leaves_to_search for s in ladder] == sorted(s.leaves_to_search for s in ladder)
+    recalls = [measure_recall(searcher, items, queries, 100, s) for s in ladder]
+    for target in (0.5, 0.96, 0.985, 1.01):
+        chosen, recall = tune_search(searcher, items, queries, params, target)
+        first = next((i for i, r in enumerate(recalls) if r >= target), len(ladder) - 1)
+        assert (chosen, recall) == (ladder[first], recalls[first])
+    assert recalls[0] < 0.96 < 0.985 <= recalls[-1]  # the data makes the choice matter: cheap settings miss some
 
 
 def test_recall_gate_refuses_a_poor_index_and_writes_nothing(tmp_path):
