@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from funnel.artifacts import IdIndex
 from funnel.errors import InvalidArgument
 from funnel.limits import MAX_HISTORY, MAX_USER_ID_CHARS
 from funnel.release import validate_release_id
@@ -25,12 +26,11 @@ def count(name: str, value: int, maximum: int) -> int:
     return value
 
 
-def item_ids(values: Sequence[int], maximum: int, known: np.ndarray) -> np.ndarray:
-    """Non-empty, at most ``maximum``, every id in the sorted array ``known``."""
+def item_ids(values: Sequence[int], maximum: int, known: IdIndex) -> np.ndarray:
+    """Non-empty, at most ``maximum``, every id in ``known``."""
     count("item_ids length", len(values), maximum)
     ids = np.asarray(values, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(known, ids), len(known) - 1)
-    unknown = ids[known[pos] != ids]
+    unknown = ids[known.rows(ids) < 0]
     if len(unknown):
         raise InvalidArgument(f"item_ids must be in the release's catalog; unknown: {unknown[:10].tolist()}")
     return ids

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from funnel import validate
-from funnel.artifacts import read_popularity, read_seen
+from funnel.artifacts import IdIndex, read_popularity, read_seen
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, RANKER_DIR, Manifest
 from funnel.serving import ReleaseManager
@@ -32,7 +32,7 @@ class RankingRelease:
         self.release_id = manifest.release_id
         self.scorer = tf.saved_model.load(str(path / RANKER_DIR)).signatures["serving_default"]
         self.predicts_rating = "rating" in self.scorer.structured_outputs
-        self.known_items = np.sort(np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False).astype(np.int64))
+        self.known_items = IdIndex(np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False))
         self._warmup_users = read_seen(path).users()[:WARMUP_USERS]
         self._warmup_items = read_popularity(path).item_ids[:MAX_CANDIDATES]
 

@@ -12,7 +12,7 @@ import scann
 
 from funnel import validate
 from funnel.ann import SearchParams, search
-from funnel.artifacts import Popularity, SeenItems, pad_histories, read_popularity, read_seen
+from funnel.artifacts import IdIndex, Popularity, SeenItems, pad_histories, read_popularity, read_seen
 from funnel.errors import ReleaseError
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, SIDECAR, Manifest
@@ -74,8 +74,7 @@ class RetrievalRelease:
                 f"release {self.release_id}: index.json says {index_meta.get('num_items')} items, "
                 f"item_ids.npy holds {len(self.item_ids)}"
             )
-        self._rows_by_id = np.argsort(self.item_ids, kind="stable")  # item id -> index row, by binary search
-        self._sorted_ids = self.item_ids[self._rows_by_id]
+        self._rows = IdIndex(self.item_ids)
         self.query_tower = tf.saved_model.load(str(path / QUERY_TOWER_DIR)).signatures["serving_default"]
         # v2 towers read the user's history (user_id, history); v1 towers read only the user id.
         self.reads_history = "history" in self.query_tower.structured_input_signature[1]
@@ -83,7 +82,7 @@ class RetrievalRelease:
         self.popularity: Popularity = read_popularity(path)
 
     def embed(self, user_ids: list[str], histories: list[np.ndarray]) -> np.ndarray:
-        inputs = {"user_id": tf.constant(user_ids, dtype=tf.string)}
+        inputs = {"user_id": tf.constant(np.array(user_ids, dtype=object), dtype=tf.string)}
         if self.reads_history:
             inputs["history"] = tf.constant(pad_histories(histories))
         return self.query_tower(**inputs)["embedding"].numpy()
@@ -126,12 +125,15 @@ class RetrievalRelease:
         items; one membership test for the whole batch, on (query, row) keys."""
         seen_ids = np.concatenate(seen) if seen else _EMPTY
         owner = np.repeat(np.arange(len(seen), dtype=np.int64), [len(s) for s in seen])
-        pos = np.minimum(np.searchsorted(self._sorted_ids, seen_ids), len(self._sorted_ids) - 1)
-        known = self._sorted_ids[pos] == seen_ids  # seen ids outside the index cannot be found anyway
+        seen_rows = self._rows.rows(seen_ids)
+        known = seen_rows >= 0  # seen ids outside the index cannot be found anyway
         n = len(self.item_ids)
-        seen_keys = owner[known] * n + self._rows_by_id[pos[known]]
+        seen_keys = np.sort(owner[known] * n + seen_rows[known])
         found_keys = np.arange(len(rows), dtype=np.int64)[:, None] * n + rows
-        return (rows >= 0) & ~np.isin(found_keys, seen_keys)
+        if not len(seen_keys):
+            return rows >= 0
+        hit = seen_keys[np.minimum(np.searchsorted(seen_keys, found_keys), len(seen_keys) - 1)] == found_keys
+        return (rows >= 0) & ~hit
 
     def warmup(self) -> None:
         """Run real queries (known users, an unknown user) so the first request pays no tracing cost."""

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from funnel.artifacts import read_catalog, read_popularity, read_seen, write_catalog, write_popularity, write_seen
+import pytest
+
+from funnel.artifacts import (IdIndex, read_catalog, read_popularity, read_seen, write_catalog, write_popularity,
+                              write_seen)
 from funnel.data import Items
 
 
@@ -33,3 +36,20 @@ def test_popularity_order_ties_and_exclusion(tmp_path: Path) -> None:
     ids, scores = popularity.top(2, exclude=np.array([4, 1]))
     assert ids.tolist() == [9, 6]
     np.testing.assert_allclose(scores, [2 / 3, 1 / 3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("ids", [
+    np.array([5, 0, 9, 2], dtype=np.int64),  # small non-negative ids: the dense table
+    np.array([5, -3, 10**12, 2], dtype=np.int64),  # negative and huge ids: binary search
+])
+def test_id_index_gives_each_ids_row_and_minus_one_for_the_rest(ids: np.ndarray) -> None:
+    index = IdIndex(ids)
+    asked = np.concatenate([ids[::-1], [1, 11, -1, 10**13, -(10**13)]])
+    expected = [3, 2, 1, 0, -1, -1, -1, -1, -1]
+    assert index.rows(asked).tolist() == expected and index.rows(asked).dtype == np.int64
+    assert index.rows(np.zeros(0, np.int64)).tolist() == []
+    assert (index._dense is None) == (ids.min() < 0)
+
+
+def test_an_empty_id_index_knows_nothing() -> None:
+    assert IdIndex(np.zeros(0, np.int64)).rows(np.array([0, 3])).tolist() == [-1, -1]
