@@ -24,21 +24,29 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class RequestLog:
-    """Counts requests by (method, release, status) and logs the tally periodically: what this process served."""
+    """Counts requests by (method, release, status) and logs the tally periodically: what this process served,
+    and for batch calls how many queries they carried."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self._queries: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
-    def record(self, method: str, release_id: str, code: grpc.StatusCode) -> None:
+    def record(self, method: str, release_id: str, code: grpc.StatusCode, queries: int = 0) -> None:
+        key = (method, release_id or "-", code.name)
         with self._lock:
-            self._counts[(method, release_id or "-", code.name)] += 1
+            self._counts[key] += 1
+            if queries:
+                self._queries[key] += queries
 
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, collections.Counter()
-        for (method, release_id, code), n in sorted(counts.items()):
-            log.info("served %s release=%s status=%s count=%d", method, release_id, code, n)
+            queries, self._queries = self._queries, collections.Counter()
+        for key, n in sorted(counts.items()):
+            method, release_id, code = key
+            batch = f" queries={queries[key]} (mean batch {queries[key] / n:.1f})" if queries[key] else ""
+            log.info("served %s release=%s status=%s count=%d%s", method, release_id, code, n, batch)
 
     def start(self, interval: float) -> None:
         def loop() -> None:
@@ -68,7 +76,8 @@ def rpc(method: F) -> F:
             REQUESTS.record(name, release_id, grpc.StatusCode.INTERNAL)
             log.exception("unhandled error in %s", method.__qualname__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        REQUESTS.record(name, getattr(response, "release_id", release_id), grpc.StatusCode.OK)
+        REQUESTS.record(name, getattr(response, "release_id", release_id), grpc.StatusCode.OK,
+                        len(getattr(request, "queries", ())))
         return response
 
     return wrapper  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,14 +30,15 @@ class _Slot(Generic[Q, R]):
 class Coalescer(Generic[Q, R]):
     """Runs ``call(key, queries, timeout)`` for batches of queries submitted concurrently under the same key.
 
-    No timer: a request that finds fewer than ``max_in_flight`` batches running for its key leads a batch at
-    once (so a lone request waits for nothing); requests arriving meanwhile queue up and go out together as the
-    next batch, led by one of them, as soon as a running batch finishes. Batches hold at most ``max_batch``.
+    A request that finds fewer than ``max_in_flight`` batches running for its key leads a batch: it waits
+    ``window`` seconds (0: not at all, so a lone request waits for nothing) for others to join, then sends.
+    Requests arriving while batches run queue up and go out together as the next batch, led by one of them, as
+    soon as a running batch finishes. Batches hold at most ``max_batch``.
     """
 
     def __init__(self, call: Callable[[str, list[Q], float], Sequence[R]], max_batch: int = 32,
-                 max_in_flight: int = 2) -> None:
-        self._call, self.max_batch, self.max_in_flight = call, max_batch, max_in_flight
+                 max_in_flight: int = 2, window: float = 0.0) -> None:
+        self._call, self.max_batch, self.max_in_flight, self.window = call, max_batch, max_in_flight, window
         self._lock = threading.Lock()
         self._pending: dict[str, list[_Slot[Q, R]]] = {}
         self._in_flight: dict[str, int] = {}
@@ -48,6 +50,8 @@ class Coalescer(Generic[Q, R]):
             if self._in_flight.get(key, 0) < self.max_in_flight:
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
                 slot.lead = True
+        if slot.lead and self.window > 0:
+            time.sleep(min(self.window, timeout))  # let the requests right behind this one join its batch
         if not slot.lead and not slot.wake.wait(timeout):
             with self._lock:
                 if not slot.lead and not slot.finished:
@@ -99,10 +103,10 @@ class _RetrieveQuery:
 class BatchedRetrieval:
     """The gateway's RetrievalStage, coalescing concurrent calls into RetrieveBatch RPCs."""
 
-    def __init__(self, client: Any, max_batch: int = 32, max_in_flight: int = 2) -> None:
+    def __init__(self, client: Any, max_batch: int = 32, max_in_flight: int = 2, window: float = 0.0) -> None:
         self.client = client
         self._coalescer: Coalescer[_RetrieveQuery, StageCandidates] = Coalescer(
-            client.retrieve_batch, max_batch, max_in_flight)
+            client.retrieve_batch, max_batch, max_in_flight, window)
 
     def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool, timeout: float,
                  history: np.ndarray) -> StageCandidates:
@@ -115,10 +119,10 @@ class BatchedRetrieval:
 class BatchedRanking:
     """The gateway's RankingStage, coalescing concurrent calls into RankBatch RPCs."""
 
-    def __init__(self, client: Any, max_batch: int = 32, max_in_flight: int = 2) -> None:
+    def __init__(self, client: Any, max_batch: int = 32, max_in_flight: int = 2, window: float = 0.0) -> None:
         self.client = client
         self._coalescer: Coalescer[tuple[str, np.ndarray], StageScores] = Coalescer(
-            client.rank_batch, max_batch, max_in_flight)
+            client.rank_batch, max_batch, max_in_flight, window)
 
     def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores:
         if timeout <= 0:

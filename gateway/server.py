@@ -34,6 +34,8 @@ class GatewayConfig(ServiceConfig):
     ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
     max_batch: int = setting("FUNNEL_MAX_BATCH", 32, "requests coalesced into one stage call at most (1: no batching)")
     max_in_flight: int = setting("FUNNEL_MAX_IN_FLIGHT", 2, "stage batches running at once per release")
+    batch_window_ms: float = setting("FUNNEL_BATCH_WINDOW_MS", 0.0,
+                                     "ms a new stage batch waits for more requests before it is sent (0: none)")
     admin_token: str = setting("FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'")
 
 
@@ -85,12 +87,14 @@ def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease
     ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
     readiness = StageReadiness([retrieval.stage, ranking.stage])
 
+    window = config.batch_window_ms / 1000
+
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
         threading.Thread(target=_probe_forever, args=([retrieval, ranking], readiness, releases, config.poll_interval),
                          name="stage-readiness", daemon=True).start()
         gateway = Gateway(Router(releases, readiness),
-                          BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight),
-                          BatchedRanking(ranking, config.max_batch, config.max_in_flight),
+                          BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight, window),
+                          BatchedRanking(ranking, config.max_batch, config.max_in_flight, window),
                           Deadlines(config.retrieval_timeout, config.ranking_timeout))
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
         admin = Admin(releases.store, releases, readiness, [retrieval, ranking])

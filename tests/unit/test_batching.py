@@ -80,3 +80,18 @@ def test_a_waiting_request_times_out_on_its_own() -> None:
     leader.join(5)
     assert call.batches == [[1]]  # the timed-out query was withdrawn, never sent
     assert coalescer.submit("r1", 3, timeout=1) == 6  # and nothing is left stuck
+
+
+def test_a_window_lets_the_requests_right_behind_a_leader_join_its_batch() -> None:
+    call = SlowDouble()
+    coalescer = Coalescer(call, max_batch=8, max_in_flight=1, window=0.5)  # far longer than starting 3 threads
+    answers = run_concurrently(coalescer, [1, 2, 3])
+    assert answers == {1: 2, 2: 4, 3: 6}
+    assert [sorted(batch) for batch in call.batches] == [[1, 2, 3]]
+
+
+def test_a_window_never_outlasts_the_requests_deadline() -> None:
+    call = SlowDouble()
+    started = time.perf_counter()
+    assert Coalescer(call, window=30.0).submit("r1", 4, timeout=0.05) == 8
+    assert time.perf_counter() - started < 5

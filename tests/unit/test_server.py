@@ -29,9 +29,20 @@ class Response:
     release_id = "r1"
 
 
+class BatchRequest:
+    release_id = "r1"
+
+    def __init__(self, n: int) -> None:
+        self.queries = list(range(n))
+
+
 class Servicer:
     @rpc
     def Ok(self, request, context):
+        return Response()
+
+    @rpc
+    def Batch(self, request, context):
         return Response()
 
     @rpc
@@ -54,11 +65,14 @@ def test_status_mapping_and_request_log(caplog: pytest.LogCaptureFixture) -> Non
         servicer.Broken(Request(), context)
     assert context.code == grpc.StatusCode.INTERNAL and "secret" not in context.details
     assert "secret internal detail" in caplog.text  # the traceback goes to the log, not the caller
+    servicer.Batch(BatchRequest(3), context)
+    servicer.Batch(BatchRequest(6), context)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         REQUESTS.flush()
     lines = sorted(r.getMessage() for r in caplog.records)
     assert lines == [
+        "served Batch release=r1 status=OK count=2 queries=9 (mean batch 4.5)",
         "served Broken release=r1 status=INTERNAL count=1",
         "served Missing release=r1 status=NOT_FOUND count=1",
         "served Ok release=r1 status=OK count=1",
