@@ -142,12 +142,13 @@ def measure(server: InProcessServer, user_ids: list[str], concurrency: int, dura
     return merge([closed_loop(make_call, concurrency, duration)], concurrency, duration)
 
 
-def served_index_recall(release_dir: Path, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Recall@k of the release's serialized ScaNN searcher, searched as served, against ``exact`` (row numbers of
-    the exact top k)."""
+def served_index_recall(release_dir: Path, served: SearchParams, queries: np.ndarray, exact: np.ndarray,
+                        k: int) -> float:
+    """Recall@k of the release's serialized ScaNN searcher, searched with ``served``, against ``exact`` (row
+    numbers of the exact top k)."""
     searcher = scann.scann_ops_pybind.load_searcher(str(release_dir / INDEX_DIR / SCANN_DIR),
                                                     assets_backcompat_shim=False)
-    return recall_at_k(search(searcher, queries, k, served_search(release_dir))[0], exact, k)
+    return recall_at_k(search(searcher, queries, k, served)[0], exact, k)
 
 
 def layer_recall(layer: object, item_ids: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -188,7 +189,7 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
     k = min(RECALL_K, len(embeddings))
     exact = exact_top_k(embeddings, queries, k)  # once, for both recalls: at 1M items it is the costly part
     out["recall_queries"] = len(queries)
-    out["ann_recall_at_100"] = served_index_recall(release_dir, queries, exact, k)
+    out["ann_recall_at_100"] = served_index_recall(release_dir, served, queries, exact, k)
     out["tfrs_scann_recall_at_100"] = layer_recall(layers["scann"], models.item_ids, queries, exact, k)
     timings["recall_s"] = time.monotonic() - started
     out["timings"] = {key: round(value, 2) for key, value in timings.items()}

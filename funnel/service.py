@@ -82,6 +82,10 @@ def serve_service(
     create_server: Callable[[ServiceConfig, ReleaseManager[R], Health], tuple[grpc.Server, int]],
 ) -> None:
     """Run one stage process: load releases in the background, serve, drain on SIGTERM."""
+    if isinstance(config, ModelServiceConfig):
+        from funnel.tf import set_threads  # only model services load TensorFlow
+
+        set_threads(config.tf_threads)  # before the first op: releases load below
     health = Health(service_names)
     releases = release_manager(config, name, load)
     server, port = create_server(config, releases, health)

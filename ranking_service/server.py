@@ -10,7 +10,6 @@ from funnel.config import parse_config, setting
 from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
 from funnel.serving import ReleaseManager
 from funnel.service import ModelServiceConfig, create_service_server, serve_service
-from funnel.tf import set_threads
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
 from ranking_service.core import Ranker, RankingRelease
 
@@ -58,5 +57,4 @@ def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("ranking")
     config = parse_config(RankingConfig, argv)
-    set_threads(config.tf_threads)
     serve_service(config, "ranking", [SERVICE_NAME], RankingRelease, create_server)

@@ -10,7 +10,6 @@ from funnel.config import parse_config, setting
 from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
 from funnel.serving import ReleaseManager
 from funnel.service import ModelServiceConfig, create_service_server, serve_service
-from funnel.tf import set_threads
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_service.core import RetrievalRelease, Retriever
 
@@ -62,5 +61,4 @@ def create_server(config: RetrievalConfig, releases: ReleaseManager[RetrievalRel
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("retrieval")
     config = parse_config(RetrievalConfig, argv)
-    set_threads(config.tf_threads)
     serve_service(config, "retrieval", [SERVICE_NAME], RetrievalRelease, create_server)
