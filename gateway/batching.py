@@ -19,7 +19,7 @@ R = TypeVar("R")
 @dataclass
 class _Slot(Generic[Q, R]):
     query: Q
-    timeout: float
+    deadline: float  # time.monotonic() by which the request needs its answer
     wake: threading.Event = field(default_factory=threading.Event)  # answered, or asked to lead
     lead: bool = False
     finished: bool = False
@@ -33,7 +33,8 @@ class Coalescer(Generic[Q, R]):
     A request that finds fewer than ``max_in_flight`` batches running for its key leads a batch: it waits
     ``window`` seconds (0: not at all, so a lone request waits for nothing) for others to join, then sends.
     Requests arriving while batches run queue up and go out together as the next batch, led by one of them, as
-    soon as a running batch finishes. Batches hold at most ``max_batch``.
+    soon as a running batch finishes. Batches hold at most ``max_batch``. Time spent waiting counts against each
+    request's timeout: a batch is sent with the time its latest-deadline request has left.
     """
 
     def __init__(self, call: Callable[[str, list[Q], float], Sequence[R]], max_batch: int = 32,
@@ -44,7 +45,7 @@ class Coalescer(Generic[Q, R]):
         self._in_flight: dict[str, int] = {}
 
     def submit(self, key: str, query: Q, timeout: float) -> R:
-        slot: _Slot[Q, R] = _Slot(query, timeout)
+        slot: _Slot[Q, R] = _Slot(query, time.monotonic() + timeout)
         with self._lock:
             self._pending.setdefault(key, []).append(slot)
             if self._in_flight.get(key, 0) < self.max_in_flight:
@@ -71,7 +72,7 @@ class Coalescer(Generic[Q, R]):
             batch = self._pending[key][: self.max_batch]
             del self._pending[key][: len(batch)]
         try:
-            results = self._call(key, [s.query for s in batch], max(s.timeout for s in batch))
+            results = self._call(key, [s.query for s in batch], max(s.deadline for s in batch) - time.monotonic())
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
         except BaseException as exc:  # every request of the batch gets the batch's error

@@ -17,11 +17,13 @@ class SlowDouble:
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.delay, self.fail = delay, fail
         self.batches: list[list[int]] = []
+        self.timeouts: list[float] = []
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, key: str, queries: list[int], timeout: float) -> list[int]:
         self.batches.append(list(queries))
+        self.timeouts.append(timeout)
         self.gate.wait(10)
         time.sleep(self.delay)
         if self.fail:
@@ -95,3 +97,23 @@ def test_a_window_never_outlasts_the_requests_deadline() -> None:
     started = time.perf_counter()
     assert Coalescer(call, window=30.0).submit("r1", 4, timeout=0.05) == 8
     assert time.perf_counter() - started < 5
+
+
+def test_time_spent_waiting_for_a_batch_counts_against_the_requests_timeout() -> None:
+    call = SlowDouble()
+    call.gate.clear()  # the first batch hangs while the second request waits behind it
+    coalescer = Coalescer(call, max_in_flight=1)
+    leader = threading.Thread(target=coalescer.submit, args=("r1", 1, 5))
+    leader.start()
+    while len(call.batches) < 1:
+        time.sleep(0.005)
+    follower = threading.Thread(target=coalescer.submit, args=("r1", 2, 1.0))
+    follower.start()
+    while not coalescer._pending["r1"]:  # the follower is queued: its deadline is set
+        time.sleep(0.005)
+    time.sleep(0.3)
+    call.gate.set()
+    leader.join(5)
+    follower.join(5)
+    assert call.batches == [[1], [2]]
+    assert call.timeouts[1] <= 0.7  # not the 1.0 s it was submitted with
