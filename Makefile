@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test eval bench profile up down status stubs data clean
+.PHONY: demo test eval bench profile layouts up down status stubs data clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -36,6 +36,9 @@ bench: data  ## 1M synthetic catalog + MovieLens 100K: echo floor, in-process TF
 PROFILE_ROOT ?= var/artifacts
 profile: data  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)
 	$(PY) -m bench.profile --artifact-root $(PROFILE_ROOT) --out var/profile
+
+layouts: data  ## the shared and pinned CPU layouts side by side, loads alternating (serves PROFILE_ROOT's stable release)
+	$(PY) -m bench.layouts --artifact-root $(PROFILE_ROOT) --out var/layouts
 
 up: data  ## start the three services on 50051-50053 (trains a release first if there is none)
 	$(PY) -m funnel.cli up

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import grpc
@@ -45,15 +46,17 @@ def echo_once(address: str, payload: bytes, timeout: float = 5.0) -> bytes:
 
 
 class EchoProcess:
-    """An echo server in a child process: ``with EchoProcess(log) as echo: echo.address``."""
+    """An echo server in a child process (confined to ``cpus`` when given): ``with EchoProcess(log) as echo:
+    echo.address``."""
 
-    def __init__(self, log_path: Path, max_workers: int = 16, timeout: float = 60.0) -> None:
-        self.log_path, self.max_workers, self.timeout = log_path, max_workers, timeout
+    def __init__(self, log_path: Path, max_workers: int = 16, timeout: float = 60.0,
+                 cpus: Collection[int] | None = None) -> None:
+        self.log_path, self.max_workers, self.timeout, self.cpus = log_path, max_workers, timeout, cpus
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
 
     def __enter__(self) -> EchoProcess:
-        from funnel.stack import free_port
+        from funnel.stack import free_port, pin_to
 
         self.address = f"127.0.0.1:{free_port()}"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,8 @@ class EchoProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bench.echo", "--address", self.address, "--max-workers",
                  str(self.max_workers)],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=pin_to(self.cpus))
         deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,7 @@ class Part:
     stages: dict[str, list[float]] = field(default_factory=dict)  # stage name -> per-request ms
     flags: Counter = field(default_factory=Counter)  # e.g. "degraded", "cold_start"
     elapsed: float = 0.0  # seconds the window lasted
+    cpus: tuple[int, ...] = ()  # the CPUs the process was allowed to run on (empty: not recorded)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class LoadResult:
     latencies_ms: np.ndarray  # sorted, successful requests only
     stages: dict[str, np.ndarray]  # sorted per stage
     flags: dict[str, int]
+    cpus: tuple[int, ...] = ()  # every CPU a load-generator process was allowed to run on
 
     @property
     def rps(self) -> float:
@@ -87,6 +90,7 @@ class LoadResult:
             "p99_ms": round(self.p99, 3), "mean_ms": round(float(np.mean(self.latencies_ms)), 3)
             if len(self.latencies_ms) else float("nan"),
             "errors": self.errors, "error_codes": dict(self.error_codes), **{k: v for k, v in self.flags.items()},
+            "client_cpus": list(self.cpus),
         }
         for stage, values in self.stages.items():
             name = stage.removesuffix("_ms")
@@ -125,6 +129,7 @@ def merge(parts: Sequence[Part], concurrency: int, duration: float | None = None
         concurrency=concurrency, processes=len(parts), duration=window, requests=len(latencies),
         errors=sum(errors.values()), error_codes=dict(errors), latencies_ms=latencies,
         stages={k: np.sort(np.concatenate(v)) for k, v in stages.items()}, flags=dict(flags),
+        cpus=tuple(sorted({cpu for part in parts for cpu in part.cpus})),
     )
 
 
@@ -250,8 +255,11 @@ def _grpc_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], Non
 
 
 def _worker(target: Target, threads: int, duration: float, index: int, warmup: int,
-            ready: mp.Queue, go: mp.Event, start_at: mp.Value, results: mp.Queue) -> None:
+            ready: mp.Queue, go: mp.Event, start_at: mp.Value, results: mp.Queue,
+            cpus: frozenset[int] | None = None) -> None:
     try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # before the channel starts gRPC's threads, which inherit it
         make_call, close = _grpc_calls(target)
         warm = make_call(0)
         for n in range(warmup):  # connect and touch the code paths before the window opens
@@ -262,6 +270,7 @@ def _worker(target: Target, threads: int, duration: float, index: int, warmup: i
         ready.put(index)
         go.wait()
         part = closed_loop(make_call, threads, duration, start_at=start_at.value, first_request=index * 1_000_003)
+        part.cpus = tuple(sorted(os.sched_getaffinity(0)))
         close()
         results.put((index, part, None))
     except BaseException as exc:  # noqa: BLE001  (reported to the parent, which raises)
@@ -270,14 +279,16 @@ def _worker(target: Target, threads: int, duration: float, index: int, warmup: i
 
 
 def run_load(target: Target, concurrency: int, duration: float, processes: int = 2, warmup: int = 5,
-             start_delay: float = 0.2) -> LoadResult:
-    """Drive ``target`` with ``concurrency`` closed-loop clients over up to ``processes`` spawned processes for
-    ``duration`` seconds; the window opens at the same instant in every process, after all are connected."""
+             start_delay: float = 0.2, cpus: Collection[int] | None = None) -> LoadResult:
+    """Drive ``target`` with ``concurrency`` closed-loop clients over up to ``processes`` spawned processes
+    (confined to ``cpus`` when given) for ``duration`` seconds; the window opens at the same instant in every
+    process, after all are connected."""
     layout = split_threads(concurrency, processes)
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=_worker, args=(target, n, duration, i, warmup, ready, go, start_at, results),
+    allowed = frozenset(cpus) if cpus else None
+    procs = [ctx.Process(target=_worker, args=(target, n, duration, i, warmup, ready, go, start_at, results, allowed),
                          name=f"loadgen-{i}", daemon=True) for i, n in enumerate(layout)]
     for proc in procs:
         proc.start()

@@ -11,7 +11,11 @@
    concurrency for a fixed time: requests/s, p50, p99, errors, and per-stage times from RecommendResponse.timings;
 4. recall@100 of the served ScaNN index against exact search on sampled users;
 
-plus the time from starting the services to all SERVING (the load time) and their resident memory. The release
+plus the time from starting the services to all SERVING (the load time) and their resident memory.
+
+--layout shared (the default) lets every process run on every CPU. --layout pinned gives the server a client
+calls first (the echo server, Funnel's gateway) the lowest allowed CPU to itself and confines the load generator
+and the two stages to the others; the in-process TFRS runs stay on every CPU. The release
 is built with trainer.pipeline (real towers trained on the data; embedding size 64) and cached under --out by its
 parameters. It prints readable tables and, as the last line, one JSON object. Figures are reported, not asserted.
 
@@ -30,6 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from collections.abc import Collection
 
 from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
@@ -103,6 +109,18 @@ def run_inprocess(release_dir: Path, users_file: Path, concurrency: int, duratio
     return json.loads(lines[-1])
 
 
+LAYOUTS = ("shared", "pinned")
+
+
+def pinned_layout(available: Collection[int]) -> tuple[frozenset[int], frozenset[int]]:
+    """(front, rest) CPUs of the pinned layout: the lowest allowed CPU for the server clients call, the others for
+    the load generator and the stages."""
+    cpus = sorted(available)
+    if len(cpus) < 2:
+        raise ValueError(f"the pinned layout needs at least 2 allowed CPUs, got {cpus}")
+    return frozenset(cpus[:1]), frozenset(cpus[1:])
+
+
 def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     """Build or reuse the release for ``spec`` and measure everything; returns the result record."""
     from funnel.stack import start_stack, stop_stack
@@ -124,12 +142,13 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     median_user = sorted(users, key=len)[len(users) // 2]
     payload = recommend_payload(median_user, args.k)
     levels = sorted(set(args.concurrency) | {args.headline})
+    front, rest = pinned_layout(os.sched_getaffinity(0)) if args.layout == "pinned" else (None, None)
 
     echo: dict[int, LoadResult] = {}
-    with phases("echo floor"), EchoProcess(run_dir / "echo.log", args.server_workers) as server:
+    with phases("echo floor"), EchoProcess(run_dir / "echo.log", args.server_workers, cpus=front) as server:
         for c in levels:
             echo[c] = run_load(Target("echo", server.address, payload=payload), c, args.duration,
-                               args.client_processes)
+                               args.client_processes, cpus=rest)
         echo_rss = rss_mb(server.pid)
 
     with phases("in-process TFRS"):
@@ -140,14 +159,15 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     memory: dict[str, dict] = {}
     with phases("start services"):
         t0 = time.monotonic()
-        stack = start_stack(root, run_dir / "services", timeout=args.start_timeout)
+        stack = start_stack(root, run_dir / "services", timeout=args.start_timeout,
+                            cpus=front and {"gateway": front, "retrieval": rest, "ranking": rest})
         load_time = time.monotonic() - t0
     try:
         memory["serving"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
         target = Target("recommend", stack["gateway"].address, user_ids=tuple(users), k=args.k)
         with phases("Funnel load"):
             for c in levels:
-                funnel[c] = run_load(target, c, args.duration, args.client_processes)
+                funnel[c] = run_load(target, c, args.duration, args.client_processes, cpus=rest)
                 memory[f"after_c{c}"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
     finally:
         with phases("stop services"):
@@ -167,6 +187,8 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
         "concurrency": h,
         "duration_s": args.duration,
         "client_processes": args.client_processes,
+        "layout": args.layout,
+        "cpus": {"front": sorted(front), "rest": sorted(rest)} if front else None,
         "e2e_rps": round(e2e.rps, 2),
         "e2e_p50_ms": round(e2e.p50, 3),
         "e2e_p99_ms": round(e2e.p99, 3),
@@ -225,11 +247,18 @@ def _fmt(value: float, width: int, digits: int = 1) -> str:
     return f"{value:>{width}.{digits}f}" if value == value else f"{'-':>{width}}"  # NaN → "-"
 
 
+def _layout(r: dict) -> str:
+    cpus = r.get("cpus")
+    if not cpus:
+        return "every process on every CPU"
+    return f"pinned: echo server / gateway on CPU {cpus['front']}, load generator and stages on CPU {cpus['rest']}"
+
+
 def table(r: dict) -> str:
     """The readable report of one record."""
     lines = [f"== {r['dataset']}: {r['catalog_items']:,} items, {r['users']:,} users, {r['interactions']:,} "
              f"interactions; release {r['release_id']}; {r['duration_s']:g} s per measurement, "
-             f"{r['client_processes']} load-generator processes, same 2 cores",
+             f"{r['client_processes']} load-generator processes, same 2 cores, {_layout(r)}",
              f"{'what':<34} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"]
 
     def row(name: str, s: dict) -> None:
@@ -279,8 +308,9 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-HEADLINE_KEYS = ("catalog_items", "concurrency", "e2e_rps", "e2e_p50_ms", "e2e_p99_ms", "e2e_errors", "e2e_degraded",
-                 "echo_rps", "tfrs_bruteforce_rps", "tfrs_scann_rps", "ann_recall_at_100", "load_time_s", "rss_mb")
+HEADLINE_KEYS = ("catalog_items", "concurrency", "layout", "e2e_rps", "e2e_p50_ms", "e2e_p99_ms", "e2e_errors",
+                 "e2e_degraded", "echo_rps", "tfrs_bruteforce_rps", "tfrs_scann_rps", "ann_recall_at_100",
+                 "load_time_s", "rss_mb")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -303,6 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--headline", type=int, default=16, help="the concurrency of the JSON's top-level figures "
                         "and of the in-process TFRS runs")
     parser.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--layout", choices=LAYOUTS, default="shared", help="shared: every process on every CPU; "
+                        "pinned: the echo server or gateway alone on one CPU, the rest on the others")
     parser.add_argument("--server-workers", type=int, default=16, help="echo server threads (Funnel's default)")
     parser.add_argument("--request-users", type=int, default=1000, help="known users requested in turn")
     parser.add_argument("--recall-users", type=int, default=1000)
@@ -311,7 +343,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("FUNNEL_CACHE_DIR",
                                                                               ROOT / "var" / "cache")))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.layout == "pinned":
+        try:
+            pinned_layout(os.sched_getaffinity(0))
+        except ValueError as exc:
+            parser.error(str(exc))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

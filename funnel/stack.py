@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,17 @@ def wait_serving(service: ServiceProcess, timeout: float) -> None:
     raise TimeoutError(f"{service.name} at {service.address} not SERVING after {timeout:.0f}s:\n{service.log_tail()}")
 
 
+def pin_to(cpus: Collection[int] | None) -> Callable[[], None] | None:
+    """A subprocess ``preexec_fn`` confining the child, and every thread it starts, to ``cpus`` (None: no pin)."""
+    if not cpus:
+        return None
+    allowed = frozenset(cpus)
+    return lambda: os.sched_setaffinity(0, allowed)
+
+
 def start_service(name: str, address: str, artifact_root: Path, log_dir: Path,
-                  extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> ServiceProcess:
+                  extra_env: dict[str, str] | None = None, args: list[str] | None = None,
+                  cpus: Collection[int] | None = None) -> ServiceProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, "FUNNEL_ARTIFACT_ROOT": str(artifact_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
@@ -71,14 +81,16 @@ def start_service(name: str, address: str, artifact_root: Path, log_dir: Path,
         process = subprocess.Popen(
             [sys.executable, "-m", MODULES[name], "--address", address, *(args or [])],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=pin_to(cpus),
         )
     return ServiceProcess(name, address, process, log_path)
 
 
 def start_stack(artifact_root: Path, log_dir: Path, ports: dict[str, int] | None = None,
-                extra_env: dict[str, str] | None = None, timeout: float = 180.0) -> dict[str, ServiceProcess]:
-    """Start retrieval, ranking and gateway (each its own process) and wait until all three are SERVING."""
+                extra_env: dict[str, str] | None = None, timeout: float = 180.0,
+                cpus: Mapping[str, Collection[int]] | None = None) -> dict[str, ServiceProcess]:
+    """Start retrieval, ranking and gateway (each its own process, confined to ``cpus[name]`` when given) and
+    wait until all three are SERVING."""
     ports = ports or {name: free_port() for name in SERVICES}
     addresses = {name: f"127.0.0.1:{ports[name]}" for name in SERVICES}
     gateway_args = ["--retrieval-target", addresses["retrieval"], "--ranking-target", addresses["ranking"]]
@@ -86,7 +98,7 @@ def start_stack(artifact_root: Path, log_dir: Path, ports: dict[str, int] | None
     try:
         for name in SERVICES:
             stack[name] = start_service(name, addresses[name], artifact_root, log_dir, extra_env,
-                                        gateway_args if name == "gateway" else None)
+                                        gateway_args if name == "gateway" else None, (cpus or {}).get(name))
         for service in stack.values():
             wait_serving(service, timeout)
     except BaseException:

@@ -1,20 +1,23 @@
 """The benchmark harness's own behaviour: the synthetic generator, latency merging and percentiles, the closed
-loop, and an echo round trip (in-process and through a spawned load-generator process)."""
+loop, an echo round trip (in-process and through a spawned load-generator process), and the pinned layout."""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.build import BuildSpec
-from bench.echo import create_server, echo_once
+from bench.echo import EchoProcess, create_server, echo_once
+from bench.layouts import order
 from bench.loadgen import Part, Target, closed_loop, merge, percentile, run_load, split_threads
 from bench.profile import summarize
-from bench.run import goals
+from bench.run import goals, pinned_layout
 from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
 
 SMALL = SyntheticConfig(items=2_000, users=300, interactions_per_user=15, clusters=10, seed=7)
@@ -172,6 +175,32 @@ def test_load_generator_drives_the_echo_from_a_spawned_process(echo_address: str
     assert result.processes == 1 and result.concurrency == 2
     assert result.errors == 0 and result.requests > 10
     assert 0 < result.p50 <= result.p99 and result.rps == result.requests / 0.5
+
+
+def test_load_generator_runs_on_the_cpus_it_is_given(echo_address: str) -> None:
+    last = max(os.sched_getaffinity(0))
+    target = Target("echo", echo_address, payload=b"x")
+    assert run_load(target, concurrency=1, duration=0.2, processes=1).cpus == tuple(sorted(os.sched_getaffinity(0)))
+    assert run_load(target, concurrency=1, duration=0.2, processes=1, cpus={last}).cpus == (last,)
+
+
+def test_a_pinned_echo_process_runs_every_thread_on_its_cpus(tmp_path: Path) -> None:
+    first = min(os.sched_getaffinity(0))
+    with EchoProcess(tmp_path / "echo.log", max_workers=2, cpus={first}) as echo:
+        assert echo_once(echo.address, b"ping") == b"ping"
+        threads = os.listdir(f"/proc/{echo.pid}/task")
+        assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {first} for t in threads)
+
+
+def test_the_pinned_layout_gives_the_front_server_the_lowest_cpu_and_the_rest_the_others() -> None:
+    assert pinned_layout({0, 1}) == ({0}, {1})
+    assert pinned_layout([5, 2, 3]) == ({2}, {3, 5})
+    with pytest.raises(ValueError, match="at least 2 allowed CPUs, got \\[0\\]"):
+        pinned_layout({0})
+
+
+def test_layout_comparison_loads_both_layouts_each_round_alternating_which_goes_first() -> None:
+    assert order(3) == [(0, "shared"), (0, "pinned"), (1, "pinned"), (1, "shared"), (2, "shared"), (2, "pinned")]
 
 
 def test_load_generator_counts_failures_by_status() -> None:
