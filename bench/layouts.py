@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.loadgen import Target, run_load
 from bench.profile import SERVICES, cpu_seconds
-from bench.run import LAYOUTS, ROOT, pinned_layout, sample_users
+from bench.run import LAYOUTS, ROOT, pinned_layout, stable_users, stack_cpus
 
 
 def order(rounds: int) -> list[tuple[int, str]]:
@@ -28,7 +28,6 @@ def order(rounds: int) -> list[tuple[int, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from funnel.release import ArtifactStore
     from funnel.stack import start_stack, stop_stack
 
     parser = argparse.ArgumentParser(prog="python -m bench.layouts", description=__doc__,
@@ -44,19 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         front, rest = pinned_layout(os.sched_getaffinity(0))
     except ValueError as exc:
         parser.error(str(exc))
-    store = ArtifactStore(args.artifact_root)
-    stable = store.get_channel("stable")
-    if stable is None:
-        parser.error(f"expected a stable release in {args.artifact_root}, found none")
-    users = tuple(sample_users(store.release_dir(stable), 1000, seed=42))
-    plans = {"shared": (None, None), "pinned": ({"gateway": front, "retrieval": rest, "ranking": rest}, rest)}
+    stable, users = stable_users(parser, args.artifact_root)
+    plans = {"shared": (None, None), "pinned": (stack_cpus(front, rest), rest)}  # (services' CPUs, load's CPUs)
 
     stacks: dict[str, dict] = {}
     results: dict[str, list[dict]] = {name: [] for name in LAYOUTS}
     try:
         for name in LAYOUTS:
             stacks[name] = start_stack(args.artifact_root, args.out / name, cpus=plans[name][0])
-        targets = {name: Target("recommend", stack["gateway"].address, user_ids=users) for name, stack in stacks.items()}
+        targets = {name: Target("recommend", stack["gateway"].address, user_ids=tuple(users)) for name, stack in stacks.items()}
         for name in LAYOUTS:  # warm every path before measuring
             run_load(targets[name], args.concurrency, 3.0, args.client_processes, cpus=plans[name][1])
         for r, name in order(args.rounds):

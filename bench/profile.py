@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.loadgen import Target, run_load
-from bench.run import ROOT, sample_users
+from bench.run import ROOT, stable_users
 
 SERVICES = ("gateway", "retrieval", "ranking")
 
@@ -67,7 +67,6 @@ def record(executable: str, pid: int, duration: float, output: Path, rate: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from funnel.release import ArtifactStore
     from funnel.stack import start_stack, stop_stack
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
@@ -87,12 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if executable is None:
         parser.error("py-spy not found: it is pinned in requirements.txt, which `make profile` installs")
 
-    store = ArtifactStore(args.artifact_root)
-    stable = store.get_channel("stable")
-    if stable is None:
-        parser.error(f"expected a stable release in {args.artifact_root}, found none")
+    stable, users = stable_users(parser, args.artifact_root)
     args.out.mkdir(parents=True, exist_ok=True)
-    users = sample_users(store.release_dir(stable), 1000, seed=42)
     stack = start_stack(args.artifact_root, args.out / "services")
     try:
         target = Target("recommend", stack["gateway"].address, user_ids=tuple(users))

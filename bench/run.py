@@ -30,12 +30,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from collections.abc import Collection
 
 from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
@@ -65,6 +64,18 @@ def sample_users(release_dir: Path, n: int, seed: int) -> list[str]:
     known = read_seen(release_dir).users()
     pick = np.random.default_rng(seed).choice(len(known), min(n, len(known)), replace=False)
     return [known[i] for i in sorted(pick)]
+
+
+def stable_users(parser: argparse.ArgumentParser, artifact_root: Path, n: int = 1000) -> tuple[str, list[str]]:
+    """The stable release of ``artifact_root`` and ``n`` of its users (sample_users, seed 42); a usage error when
+    the root has no stable release."""
+    from funnel.release import ArtifactStore
+
+    store = ArtifactStore(artifact_root)
+    stable = store.get_channel("stable")
+    if stable is None:
+        parser.error(f"expected a stable release in {artifact_root}, found none")
+    return stable, sample_users(store.release_dir(stable), n, seed=42)
 
 
 def recommend_payload(user_id: str, k: int) -> bytes:
@@ -121,6 +132,11 @@ def pinned_layout(available: Collection[int]) -> tuple[frozenset[int], frozenset
     return frozenset(cpus[:1]), frozenset(cpus[1:])
 
 
+def stack_cpus(front: frozenset[int], rest: frozenset[int]) -> dict[str, frozenset[int]]:
+    """Where each Funnel service runs in the pinned layout: the gateway in front, the stages with the rest."""
+    return {"gateway": front, "retrieval": rest, "ranking": rest}
+
+
 def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     """Build or reuse the release for ``spec`` and measure everything; returns the result record."""
     from funnel.stack import start_stack, stop_stack
@@ -160,7 +176,7 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     with phases("start services"):
         t0 = time.monotonic()
         stack = start_stack(root, run_dir / "services", timeout=args.start_timeout,
-                            cpus=front and {"gateway": front, "retrieval": rest, "ranking": rest})
+                            cpus=stack_cpus(front, rest) if front else None)
         load_time = time.monotonic() - t0
     try:
         memory["serving"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
