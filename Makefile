@@ -31,7 +31,7 @@ eval: data  ## train on the seeds and temporal splits; print metrics against bas
 	$(PY) -m trainer.eval --out var/eval
 
 bench: data  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall
-	$(PY) -m bench.run --items 1000000 --users 100000 --duration 20 --also movielens-100k --layout pinned --out var/bench
+	$(PY) -m bench.run --items 1000000 --users 100000 --duration 20 --also movielens-100k --layout pinned --rounds 4 --out var/bench
 
 PROFILE_ROOT ?= var/artifacts
 profile: data  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)

@@ -15,9 +15,14 @@ plus the time from starting the services to all SERVING (the load time) and thei
 
 --layout shared (the default) lets every process run on every CPU. --layout pinned gives the server a client
 calls first (the echo server, Funnel's gateway) the lowest allowed CPU to itself and confines the load generator
-and the two stages to the others; the in-process TFRS runs stay on every CPU. The release
-is built with trainer.pipeline (real towers trained on the data; embedding size 64) and cached under --out by its
-parameters. It prints readable tables and, as the last line, one JSON object. Figures are reported, not asserted.
+and the two stages to the others; the in-process TFRS runs stay on every CPU. --rounds N measures the headline
+concurrency's floor, in-process TFRS and Funnel once more, side by side: N rounds alternating their order, so
+the ratios of their means compare one stretch of the machine (its speed drifts by tens of percent within
+minutes).
+
+The release is built with trainer.pipeline (real towers trained on the data; embedding size 64) and cached under
+--out by its parameters. It prints readable tables and, as the last line, one JSON object. Figures are reported,
+not asserted.
 
 This module imports no TensorFlow (the load generator's spawned processes import it as __mp_main__).
 """
@@ -137,6 +142,28 @@ def stack_cpus(front: frozenset[int], rest: frozenset[int]) -> dict[str, frozens
     return {"gateway": front, "retrieval": rest, "ranking": rest}
 
 
+def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, release_dir: Path, users_file: Path,
+                 seed: int, cpus: Collection[int] | None, log_path: Path) -> dict:
+    """The headline concurrency's floor, in-process TFRS and Funnel again, in ``args.rounds`` rounds of
+    ``args.duration / args.rounds`` s each, alternating their order; a ratio of the means compares one stretch
+    of the machine, however its speed drifts. Requests/s per round and their means."""
+    h, seconds = args.headline, args.duration / args.rounds
+    rounds: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        measured: dict[str, float] = {}
+        for step in ("echo", "tfrs", "e2e") if r % 2 == 0 else ("e2e", "tfrs", "echo"):
+            if step == "tfrs":
+                found = run_inprocess(release_dir, users_file, h, seconds, 1, seed, args.k, log_path)["results"]
+                measured["tfrs_bruteforce_rps"] = found[f"bruteforce@{h}"]["rps"]
+                measured["tfrs_scann_rps"] = found[f"scann@{h}"]["rps"]
+            else:
+                load = run_load(echo if step == "echo" else funnel, h, seconds, args.client_processes, cpus=cpus)
+                measured[f"{step}_rps"] = round(load.rps, 2)
+        rounds.append(measured)
+    means = {key: round(float(np.mean([m[key] for m in rounds])), 2) for key in rounds[0]}
+    return {"rounds": args.rounds, "seconds_per_measurement": seconds, "per_round": rounds} | means
+
+
 def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     """Build or reuse the release for ``spec`` and measure everything; returns the result record."""
     from funnel.stack import start_stack, stop_stack
@@ -185,6 +212,12 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
             for c in levels:
                 funnel[c] = run_load(target, c, args.duration, args.client_processes, cpus=rest)
                 memory[f"after_c{c}"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
+        side = None
+        if args.rounds:
+            with phases("side by side"), EchoProcess(run_dir / "echo-side.log", args.server_workers,
+                                                      cpus=front) as server:
+                side = side_by_side(args, Target("echo", server.address, payload=payload), target, release_dir,
+                                    users_file, spec.seed, rest, run_dir / "inprocess-side.log")
     finally:
         with phases("stop services"):
             exit_codes = stop_stack(stack)
@@ -218,6 +251,7 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
         "tfrs_scann_rps": sc["rps"],
         "tfrs_scann_p99_ms": sc["p99_ms"],
         "ann_recall_at_100": round(tfrs["ann_recall_at_100"], 4),
+        "side_by_side": side,
         "tfrs_scann_layer_recall_at_100": round(tfrs["tfrs_scann_recall_at_100"], 4),
         "load_time_s": round(load_time, 2),
         "rss_mb": {name: m["rss_mb"] for name, m in final_memory.items()},
@@ -255,6 +289,11 @@ def goals(r: dict) -> dict:
         "ann_recall_at_100 >= 0.95": (r["ann_recall_at_100"], r["ann_recall_at_100"] >= 0.95),
         "load_time_s < 30": (r["load_time_s"], r["load_time_s"] < 30),
     }
+    side = r.get("side_by_side")
+    if side:  # the same ratios from the alternating rounds, which the machine's drift does not skew
+        for key, factor in (("echo_rps", 0.33), ("tfrs_bruteforce_rps", 5), ("tfrs_scann_rps", 1.5)):
+            value = ratio(side["e2e_rps"], side[key])
+            checks[f"side by side: e2e_rps >= {factor:g} x {key}"] = (value, value >= factor)
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()} | {
         "applies": r["catalog_items"] >= GOALS_ITEMS and r["concurrency"] == 16}
 
@@ -287,6 +326,12 @@ def table(r: dict) -> str:
     row("TFRS in-process: ScaNN+ranker", r["tfrs"]["results"][f"scann@{r['concurrency']}"])
     for c, s in r["e2e_by_concurrency"].items():
         row("Funnel via gateway", s)
+    side = r.get("side_by_side")
+    if side:
+        lines.append(f"side by side at concurrency {r['concurrency']}, {side['rounds']} alternating rounds of "
+                     f"{side['seconds_per_measurement']:g} s, mean req/s: echo {side['echo_rps']:.1f}, TFRS "
+                     f"BruteForce+ranker {side['tfrs_bruteforce_rps']:.1f}, TFRS ScaNN+ranker "
+                     f"{side['tfrs_scann_rps']:.1f}, Funnel {side['e2e_rps']:.1f}")
     lines.append("")
     lines.append(f"{'Funnel stage times (ms)':<24} {'conc':>4} {'retr mean':>9} {'retr p99':>9} {'rank mean':>9} "
                  f"{'rank p99':>9} {'gw mean':>8} {'gw p99':>8} {'client-gw p50':>13} {'degraded':>8}")
@@ -318,9 +363,10 @@ def table(r: dict) -> str:
         "goals" + ("" if r["goals"]["applies"] else f" (stated for {GOALS_ITEMS:,} items at concurrency 16; "
                    "shown for reference)") + ":",
     ]
+    width = max(len(name) for name in r["goals"])
     for name, g in r["goals"].items():
         if name != "applies":
-            lines.append(f"  {'met ' if g['met'] else 'MISS'}  {name:<38} {g['value']}")
+            lines.append(f"  {'met ' if g['met'] else 'MISS'}  {name:<{width}} {g['value']}")
     return "\n".join(lines)
 
 
@@ -351,6 +397,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
     parser.add_argument("--layout", choices=LAYOUTS, default="shared", help="shared: every process on every CPU; "
                         "pinned: the echo server or gateway alone on one CPU, the rest on the others")
+    parser.add_argument("--rounds", type=int, default=0, help="also measure the headline concurrency's floor, "
+                        "in-process TFRS and Funnel side by side in this many alternating rounds of "
+                        "duration / rounds seconds each (0: not)")
     parser.add_argument("--server-workers", type=int, default=16, help="echo server threads (Funnel's default)")
     parser.add_argument("--request-users", type=int, default=1000, help="known users requested in turn")
     parser.add_argument("--recall-users", type=int, default=1000)
@@ -391,9 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             "dataset", "users", "interactions", "embedding_dim", "duration_s", "client_processes", "e2e_by_concurrency",
             "echo_by_concurrency", "peak_rss_mb", "release_id", "phase_seconds", "goals", "run_dir",
             "tfrs_bruteforce_p99_ms", "tfrs_scann_p99_ms", "echo_p50_ms", "echo_p99_ms",
-            "tfrs_scann_layer_recall_at_100")}
+            "tfrs_scann_layer_recall_at_100", "side_by_side")}
     if extra is not None:
-        final[extra["dataset"]] = {key: extra[key] for key in HEADLINE_KEYS} | {"run_dir": extra["run_dir"]}
+        final[extra["dataset"]] = {key: extra[key] for key in HEADLINE_KEYS} | {
+            "side_by_side": extra["side_by_side"], "run_dir": extra["run_dir"]}
     (out / "latest.json").write_text(json.dumps(final, indent=2) + "\n")
     print(json.dumps(final), flush=True)
     return 0
