@@ -11,53 +11,46 @@ pinned layout's gain and how many rounds it won; the last line is JSON. Figures 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from bench.loadgen import Target, run_load
 from bench.profile import SERVICES, cpu_seconds
-from bench.run import LAYOUTS, ROOT, pinned_layout, stable_users, stack_cpus
+from bench.run import LAYOUTS, ROOT, CpuLayout, alternating, stable_users, stack_parser
 
 
 def order(rounds: int) -> list[tuple[int, str]]:
     """(round, layout) in load order: each round loads both layouts, alternating which goes first."""
-    return [(r, name) for r in range(rounds) for name in (LAYOUTS if r % 2 == 0 else LAYOUTS[::-1])]
+    return alternating(LAYOUTS, rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
     from funnel.stack import start_stack, stop_stack
 
-    parser = argparse.ArgumentParser(prog="python -m bench.layouts", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifact-root", type=Path, required=True, help="a root whose stable release to serve")
+    parser = stack_parser("python -m bench.layouts", __doc__, ROOT / "var" / "layouts")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "var" / "layouts")
     args = parser.parse_args(argv)
     try:
-        front, rest = pinned_layout(os.sched_getaffinity(0))
+        layouts = {name: CpuLayout.of(name, os.sched_getaffinity(0)) for name in LAYOUTS}
     except ValueError as exc:
         parser.error(str(exc))
     stable, users = stable_users(parser, args.artifact_root)
-    plans = {"shared": (None, None), "pinned": (stack_cpus(front, rest), rest)}  # (services' CPUs, load's CPUs)
 
     stacks: dict[str, dict] = {}
     results: dict[str, list[dict]] = {name: [] for name in LAYOUTS}
     try:
         for name in LAYOUTS:
-            stacks[name] = start_stack(args.artifact_root, args.out / name, cpus=plans[name][0])
+            stacks[name] = start_stack(args.artifact_root, args.out / name, cpus=layouts[name].services)
         targets = {name: Target("recommend", stack["gateway"].address, user_ids=tuple(users)) for name, stack in stacks.items()}
         for name in LAYOUTS:  # warm every path before measuring
-            run_load(targets[name], args.concurrency, 3.0, args.client_processes, cpus=plans[name][1])
+            run_load(targets[name], args.concurrency, 3.0, args.client_processes, cpus=layouts[name].rest)
         for r, name in order(args.rounds):
             pids = {service: stacks[name][service].process.pid for service in SERVICES}
             before = {service: cpu_seconds(pid) for service, pid in pids.items()}
-            load = run_load(targets[name], args.concurrency, args.duration, args.client_processes, cpus=plans[name][1])
+            load = run_load(targets[name], args.concurrency, args.duration, args.client_processes,
+                            cpus=layouts[name].rest)
             cpu_ms = {service: round(1000 * (cpu_seconds(pid) - before[service]) / max(load.requests, 1), 2)
                       for service, pid in pids.items()}
             results[name].append({"round": r, "rps": round(load.rps, 1), "p99_ms": round(load.p99, 2),
@@ -75,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in summary.items():
         print(f"{name:<6} mean {s['mean_rps']:7.1f} req/s, mean p99 {s['mean_p99_ms']:6.1f} ms")
     print(f"pinned vs shared: {gain:+.1%} req/s, won {wins} of {args.rounds} rounds "
-          f"(gateway on CPU {sorted(front)}, load generator and stages on CPU {sorted(rest)})")
+          f"(gateway on CPU {sorted(layouts['pinned'].front or ())}, load generator and stages on CPU "
+          f"{sorted(layouts['pinned'].rest or ())})")
     print(json.dumps({"release_id": stable, "concurrency": args.concurrency, "rounds": results, "summary": summary,
                       "pinned_gain": round(gain, 4), "pinned_wins": wins}))
     return 0

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.loadgen import Target, run_load
-from bench.run import ROOT, stable_users
+from bench.run import ROOT, stable_users, stack_parser
 
 SERVICES = ("gateway", "retrieval", "ranking")
 
@@ -69,18 +69,13 @@ def record(executable: str, pid: int, duration: float, output: Path, rate: int, 
 def main(argv: list[str] | None = None) -> int:
     from funnel.stack import start_stack, stop_stack
 
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifact-root", type=Path, required=True, help="a root whose stable release to serve")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser = stack_parser("python -m bench.profile", __doc__, ROOT / "var" / "profile")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load, all sampled")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--gil", action=argparse.BooleanOptionalAction, default=True,
                         help="sample only the thread holding the GIL: the Python work that serializes a service "
                         "(default); --no-gil samples every thread that is not idle")
-    parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--top", type=int, default=12, help="functions listed per service and measure")
-    parser.add_argument("--out", type=Path, default=ROOT / "var" / "profile")
     args = parser.parse_args(argv)
     executable = py_spy()
     if executable is None:

@@ -35,8 +35,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Collection
-from dataclasses import replace
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +137,44 @@ def pinned_layout(available: Collection[int]) -> tuple[frozenset[int], frozenset
     return frozenset(cpus[:1]), frozenset(cpus[1:])
 
 
-def stack_cpus(front: frozenset[int], rest: frozenset[int]) -> dict[str, frozenset[int]]:
-    """Where each Funnel service runs in the pinned layout: the gateway in front, the stages with the rest."""
-    return {"gateway": front, "retrieval": rest, "ranking": rest}
+@dataclass(frozen=True)
+class CpuLayout:
+    """Where a measurement's processes run: ``front`` for the server clients call (echo server or gateway),
+    ``rest`` for the load generator and the stages; None for both in the shared layout (every CPU)."""
+
+    name: str
+    front: frozenset[int] | None = None
+    rest: frozenset[int] | None = None
+
+    @classmethod
+    def of(cls, name: str, available: Collection[int]) -> CpuLayout:
+        """Layout ``name`` over the CPUs ``available``; ValueError when it cannot be laid out there."""
+        if name not in LAYOUTS:
+            raise ValueError(f"expected a layout in {LAYOUTS}, got {name!r}")
+        return cls(name) if name == "shared" else cls(name, *pinned_layout(available))
+
+    @property
+    def services(self) -> dict[str, frozenset[int]] | None:
+        """funnel.stack.start_stack's ``cpus``: the gateway in front, the stages with the rest."""
+        if self.front is None or self.rest is None:
+            return None
+        return {"gateway": self.front, "retrieval": self.rest, "ranking": self.rest}
+
+
+def alternating(names: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, name) in measuring order: every name once a round, the order reversed every other round, so a
+    drift of the machine's speed weighs on all of them alike."""
+    return [(r, name) for r in range(rounds) for name in (names if r % 2 == 0 else names[::-1])]
+
+
+def stack_parser(prog: str, doc: str | None, out: Path) -> argparse.ArgumentParser:
+    """The arguments every tool serving a root's stable release under load shares."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact-root", type=Path, required=True, help="a root whose stable release to serve")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
 
 
 def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, release_dir: Path, users_file: Path,
@@ -148,18 +183,15 @@ def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, release
     ``args.duration / args.rounds`` s each, alternating their order; a ratio of the means compares one stretch
     of the machine, however its speed drifts. Requests/s per round and their means."""
     h, seconds = args.headline, args.duration / args.rounds
-    rounds: list[dict[str, float]] = []
-    for r in range(args.rounds):
-        measured: dict[str, float] = {}
-        for step in ("echo", "tfrs", "e2e") if r % 2 == 0 else ("e2e", "tfrs", "echo"):
-            if step == "tfrs":
-                found = run_inprocess(release_dir, users_file, h, seconds, 1, seed, args.k, log_path)["results"]
-                measured["tfrs_bruteforce_rps"] = found[f"bruteforce@{h}"]["rps"]
-                measured["tfrs_scann_rps"] = found[f"scann@{h}"]["rps"]
-            else:
-                load = run_load(echo if step == "echo" else funnel, h, seconds, args.client_processes, cpus=cpus)
-                measured[f"{step}_rps"] = round(load.rps, 2)
-        rounds.append(measured)
+    rounds: list[dict[str, float]] = [{} for _ in range(args.rounds)]
+    for r, step in alternating(("echo", "tfrs", "e2e"), args.rounds):
+        if step == "tfrs":
+            found = run_inprocess(release_dir, users_file, h, seconds, 1, seed, args.k, log_path)["results"]
+            rounds[r]["tfrs_bruteforce_rps"] = found[f"bruteforce@{h}"]["rps"]
+            rounds[r]["tfrs_scann_rps"] = found[f"scann@{h}"]["rps"]
+        else:
+            load = run_load(echo if step == "echo" else funnel, h, seconds, args.client_processes, cpus=cpus)
+            rounds[r][f"{step}_rps"] = round(load.rps, 2)
     means = {key: round(float(np.mean([m[key] for m in rounds])), 2) for key in rounds[0]}
     return {"rounds": args.rounds, "seconds_per_measurement": seconds, "per_round": rounds} | means
 
@@ -185,7 +217,7 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     median_user = sorted(users, key=len)[len(users) // 2]
     payload = recommend_payload(median_user, args.k)
     levels = sorted(set(args.concurrency) | {args.headline})
-    front, rest = pinned_layout(os.sched_getaffinity(0)) if args.layout == "pinned" else (None, None)
+    front, rest = args.cpu_layout.front, args.cpu_layout.rest
 
     echo: dict[int, LoadResult] = {}
     with phases("echo floor"), EchoProcess(run_dir / "echo.log", args.server_workers, cpus=front) as server:
@@ -203,7 +235,7 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     with phases("start services"):
         t0 = time.monotonic()
         stack = start_stack(root, run_dir / "services", timeout=args.start_timeout,
-                            cpus=stack_cpus(front, rest) if front else None)
+                            cpus=args.cpu_layout.services)
         load_time = time.monotonic() - t0
     try:
         memory["serving"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
@@ -409,11 +441,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("FUNNEL_CACHE_DIR",
                                                                               ROOT / "var" / "cache")))
     args = parser.parse_args(argv)
-    if args.layout == "pinned":
-        try:
-            pinned_layout(os.sched_getaffinity(0))
-        except ValueError as exc:
-            parser.error(str(exc))
+    try:
+        args.cpu_layout = CpuLayout.of(args.layout, os.sched_getaffinity(0))
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
