@@ -33,9 +33,10 @@ class GatewayConfig(ServiceConfig):
     retrieval_timeout: float = setting("FUNNEL_RETRIEVAL_TIMEOUT", 1.0, "seconds allowed for retrieval per request")
     ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
     max_batch: int = setting("FUNNEL_MAX_BATCH", 32, "requests coalesced into one stage call at most (1: no batching)")
-    max_in_flight: int = setting("FUNNEL_MAX_IN_FLIGHT", 2, "stage batches running at once per release")
-    batch_window_ms: float = setting("FUNNEL_BATCH_WINDOW_MS", 0.0,
-                                     "ms a new stage batch waits for more requests before it is sent (0: none)")
+    max_in_flight: int = setting("FUNNEL_MAX_IN_FLIGHT", 1, "stage batches running at once per release")
+    batch_window_ms: float = setting("FUNNEL_BATCH_WINDOW_MS", 3.0,
+                                     "ms at most a new stage batch waits to gather as many requests as the previous "
+                                     "one held (0: never)")
     admin_token: str = setting("FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'")
 
 

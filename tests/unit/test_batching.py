@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from gateway.batching import Coalescer
@@ -84,19 +85,91 @@ def test_a_waiting_request_times_out_on_its_own() -> None:
     assert coalescer.submit("r1", 3, timeout=1) == 6  # and nothing is left stuck
 
 
-def test_a_window_lets_the_requests_right_behind_a_leader_join_its_batch() -> None:
+def batch_of_three(coalescer: Coalescer, call: SlowDouble) -> None:
+    """Drive ``coalescer`` (max_in_flight=1) through a batch of three: three requests queue behind a hung one."""
+    call.gate.clear()
+    leader = threading.Thread(target=coalescer.submit, args=("r1", 0, 5))
+    leader.start()
+    while len(call.batches) < 1:
+        time.sleep(0.005)
+    followers = [threading.Thread(target=coalescer.submit, args=("r1", q, 5)) for q in (1, 2, 3)]
+    for thread in followers:
+        thread.start()
+    while len(coalescer._pending["r1"]) < 3:
+        time.sleep(0.005)
+    call.gate.set()
+    for thread in (leader, *followers):
+        thread.join(10)
+    assert call.batches[-1] == [1, 2, 3]
+
+
+def test_a_window_never_delays_light_traffic() -> None:
     call = SlowDouble()
-    coalescer = Coalescer(call, max_batch=8, max_in_flight=1, window=0.5)  # far longer than starting 3 threads
-    answers = run_concurrently(coalescer, [1, 2, 3])
-    assert answers == {1: 2, 2: 4, 3: 6}
-    assert [sorted(batch) for batch in call.batches] == [[1, 2, 3]]
+    coalescer = Coalescer(call, max_in_flight=1, window=30.0)
+    started = time.perf_counter()
+    assert [coalescer.submit("r1", q, timeout=60) for q in (1, 2)] == [2, 4]  # each the only one: batches of one
+    assert time.perf_counter() - started < 5
+
+
+def test_a_window_gathers_as_many_requests_as_the_previous_batch_without_waiting_it_out() -> None:
+    call = SlowDouble()
+    coalescer = Coalescer(call, max_batch=8, max_in_flight=1, window=30.0)
+    batch_of_three(coalescer, call)
+    started = time.perf_counter()
+    answers = run_concurrently(coalescer, [4, 5, 6])
+    assert answers == {4: 8, 5: 10, 6: 12}
+    assert sorted(call.batches[-1]) == [4, 5, 6] and len(call.batches) == 3
+    assert time.perf_counter() - started < 5  # the third request ended the gathering, not the 30 s window
+
+
+def test_a_window_that_gathers_fewer_lowers_the_next_batchs_aim() -> None:
+    call = SlowDouble()
+    coalescer = Coalescer(call, max_in_flight=1, window=1.0)
+    batch_of_three(coalescer, call)
+    started = time.perf_counter()
+    assert coalescer.submit("r1", 7, timeout=60) == 14  # aims for three, waits out the window alone
+    alone = time.perf_counter() - started
+    assert coalescer.submit("r1", 8, timeout=60) == 16  # aims for one: goes at once
+    assert alone >= 0.9 and time.perf_counter() - started - alone < alone
 
 
 def test_a_window_never_outlasts_the_requests_deadline() -> None:
     call = SlowDouble()
+    coalescer = Coalescer(call, max_in_flight=1, window=30.0)
+    batch_of_three(coalescer, call)
     started = time.perf_counter()
-    assert Coalescer(call, window=30.0).submit("r1", 4, timeout=0.05) == 8
+    assert coalescer.submit("r1", 4, timeout=0.05) == 8
     assert time.perf_counter() - started < 5
+
+
+def test_a_leader_whose_request_another_leaders_batch_took_waits_for_that_answer() -> None:
+    call = SlowDouble(delay=0.5)
+    coalescer = Coalescer(call, max_batch=8, max_in_flight=2, window=30.0)
+    coalescer._last_batch["r1"] = 2  # a batch of two went before: both requests below lead, aiming for two
+    started, cpu = time.perf_counter(), time.process_time()
+    answers = run_concurrently(coalescer, [1, 2])
+    assert answers == {1: 2, 2: 4}
+    assert [sorted(batch) for batch in call.batches] == [[1, 2]]  # one batch; the other leader sent nothing
+    assert time.perf_counter() - started < 5  # did not wait out its window
+    assert time.process_time() - cpu < 0.25  # nor spun through the batch's 0.5 s
+
+
+def test_requests_holding_equal_arrays_stay_apart() -> None:
+    call = SlowDouble()
+    call.gate.clear()  # the first batch hangs; two requests with equal arrays queue behind it
+    coalescer: Coalescer = Coalescer(call, max_in_flight=1)
+    threading.Thread(target=coalescer.submit, args=("r1", np.array([1, 2]), 5)).start()
+    while len(call.batches) < 1:
+        time.sleep(0.005)
+    patient = threading.Thread(target=coalescer.submit, args=("r1", np.array([3, 4]), 5))
+    patient.start()
+    while len(coalescer._pending["r1"]) < 1:
+        time.sleep(0.005)
+    with pytest.raises(StageUnavailable, match="no answer within"):
+        coalescer.submit("r1", np.array([3, 4]), timeout=0.1)  # withdraws itself, not its equal neighbour
+    assert len(coalescer._pending["r1"]) == 1
+    call.gate.set()
+    patient.join(10)
 
 
 def test_time_spent_waiting_for_a_batch_counts_against_the_requests_timeout() -> None:
