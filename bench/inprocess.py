@@ -25,9 +25,10 @@ import funnel.tf  # noqa: F401  (selects Keras 2 before TensorFlow and TFRS load
 from bench.loadgen import LoadResult, closed_loop, merge
 from bench.run import sample_users
 from funnel.ann import SearchParams, search
-from funnel.artifacts import SeenItems, pad_histories, read_seen
+from funnel.artifacts import SeenItems, read_seen
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
+from retrieval_service.core import embed_queries
 from trainer.evaluate import load_signature, run_batched
 from trainer.index import INDEX_JSON, SCANN_DIR, exact_top_k, recall_at_k, tree_params
 
@@ -64,10 +65,7 @@ def load_models(release_dir: Path) -> Models:
 
 
 def embed_users(models: Models, user_ids: list[str]) -> np.ndarray:
-    inputs = {"user_id": tf.constant(user_ids, dtype=tf.string)}
-    if models.reads_history:
-        inputs["history"] = tf.constant(pad_histories([models.seen.get(u) for u in user_ids]))
-    return models.query_tower(**inputs)["embedding"].numpy()
+    return embed_queries(models.query_tower, models.reads_history, user_ids, [models.seen.get(u) for u in user_ids])
 
 
 def embed_catalog(models: Models) -> np.ndarray:
@@ -114,10 +112,7 @@ class InProcessServer:
 
     def recommend(self, user_id: str) -> np.ndarray:
         history = self.models.seen.get(user_id)
-        inputs = {"user_id": tf.constant([user_id])}
-        if self.models.reads_history:
-            inputs["history"] = tf.constant(pad_histories([history]))
-        query = self.models.query_tower(**inputs)["embedding"]
+        query = embed_queries(self.models.query_tower, self.models.reads_history, [user_id], [history])
         want = min(self.num_candidates + len(history), self.catalog_size)
         _, ids = self.layer(query, k=want)
         ids = ids.numpy()[0]

@@ -2,6 +2,9 @@
 
 import os
 import sys
+from collections.abc import Sequence
+
+import numpy as np
 
 if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
     raise RuntimeError("TensorFlow was imported before funnel.tf set TF_USE_LEGACY_KERAS=1; import funnel.tf first")
@@ -14,7 +17,12 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
 
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["tf"]
+__all__ = ["tf", "string_tensor"]
+
+
+def string_tensor(values: Sequence[str]) -> tf.Tensor:
+    """A tf.string vector of Python strings (or a numpy array of them), as the serving signatures read ids."""
+    return tf.constant(np.asarray(values, dtype=object), dtype=tf.string)
 
 
 def set_threads(threads: int) -> None:

@@ -13,7 +13,7 @@ from funnel.artifacts import IdIndex, read_popularity, read_seen
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, RANKER_DIR, Manifest
 from funnel.serving import ReleaseManager
-from funnel.tf import tf
+from funnel.tf import string_tensor, tf
 
 WARMUP_USERS = 4
 
@@ -43,8 +43,7 @@ class RankingRelease:
         """Scores for many users' candidates with one call of the (pairwise) scorer."""
         counts = [len(items) for _, items in queries]
         out = self.scorer(
-            user_id=tf.constant(np.repeat(np.array([user_id for user_id, _ in queries], dtype=object), counts),
-                                dtype=tf.string),
+            user_id=string_tensor(np.repeat(np.array([user_id for user_id, _ in queries], dtype=object), counts)),
             item_id=tf.constant(np.concatenate([items for _, items in queries]), dtype=tf.int64),
         )
         bounds = np.cumsum(counts)[:-1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from funnel.errors import ReleaseError
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, QUERY_TOWER_DIR, SIDECAR, Manifest
 from funnel.serving import ReleaseManager
-from funnel.tf import tf
+from funnel.tf import string_tensor, tf
 
 WARMUP_USERS = 8
 
@@ -48,6 +48,15 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ReleaseError(f"{path}: unreadable metadata: {exc}") from None
+
+
+def embed_queries(query_tower: Callable[..., dict[str, tf.Tensor]], reads_history: bool, user_ids: Sequence[str],
+                  histories: Sequence[np.ndarray]) -> np.ndarray:
+    """[len(user_ids), D] query embeddings from one call of an exported query tower's serving signature."""
+    inputs = {"user_id": string_tensor(user_ids)}
+    if reads_history:
+        inputs["history"] = tf.constant(pad_histories(histories))
+    return query_tower(**inputs)["embedding"].numpy()
 
 
 class RetrievalRelease:
@@ -82,10 +91,7 @@ class RetrievalRelease:
         self.popularity: Popularity = read_popularity(path)
 
     def embed(self, user_ids: list[str], histories: list[np.ndarray]) -> np.ndarray:
-        inputs = {"user_id": tf.constant(np.array(user_ids, dtype=object), dtype=tf.string)}
-        if self.reads_history:
-            inputs["history"] = tf.constant(pad_histories(histories))
-        return self.query_tower(**inputs)["embedding"].numpy()
+        return embed_queries(self.query_tower, self.reads_history, user_ids, histories)
 
     def retrieve(self, user_id: str, num_candidates: int, exclude_seen: bool,
                  history: np.ndarray | None = None) -> Candidates:
