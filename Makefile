@@ -38,10 +38,11 @@ profile: data  ## py-spy each service under load at concurrency 16 (serves PROFI
 	$(PY) -m bench.profile --artifact-root $(PROFILE_ROOT) --out var/profile
 
 layouts: data  ## the shared and pinned CPU layouts side by side, loads alternating (serves PROFILE_ROOT's stable release)
-	$(PY) -m bench.layouts --artifact-root $(PROFILE_ROOT) --out var/layouts
+	$(PY) -m bench.compare --artifact-root $(PROFILE_ROOT) --out var/layouts
 
-up: data  ## start the three services on 50051-50053 (trains a release first if there is none)
-	$(PY) -m funnel.cli up
+LAYOUT ?= shared
+up: data  ## start the three services on 50051-50053 (trains a release first if there is none); LAYOUT=pinned gives the gateway a CPU of its own
+	$(PY) -m funnel.cli up --layout $(LAYOUT)
 
 down:
 	$(PY) -m funnel.cli down

@@ -7,7 +7,8 @@ serves each request the way Funnel does: the query tower on the user's id and st
 ``num_candidates + |seen|`` from the layer, the user's seen items dropped, the first ``num_candidates`` scored by
 the ranker, the best ``k`` returned. Client threads in this same process drive it closed-loop for a fixed time.
 It then measures recall@100 of the release's serialized ScaNN index (what retrieval_service serves) against exact
-numpy search. The last stdout line is a JSON object.
+numpy search, and prints the result as one JSON line. With ``--serve-rounds`` it then stays up, models loaded:
+each line written to its stdin (seconds) measures both layers again and prints another JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -153,7 +155,8 @@ def layer_recall(layer: object, item_ids: np.ndarray, queries: np.ndarray, exact
 
 
 def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration: float, recall_users: int,
-        seed: int, k: int, num_candidates: int) -> dict:
+        seed: int, k: int, num_candidates: int) -> tuple[dict, dict[str, InProcessServer]]:
+    """The result record, and the loaded servers by layer name for more measurements."""
     timings: dict[str, float] = {}
     started = time.monotonic()
     models = load_models(release_dir)
@@ -169,8 +172,8 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
                  "query_tower_reads_history": models.reads_history, "ranker_inputs": list(models.ranker_inputs),
                  "scann_layer": scann_params(len(models.item_ids), served), "served_search": served.to_json(),
                  "results": {}}
-    for name, layer in layers.items():
-        server = InProcessServer(models, layer, k, num_candidates)
+    servers = {name: InProcessServer(models, layer, k, num_candidates) for name, layer in layers.items()}
+    for name, server in servers.items():
         for c in concurrency:
             started = time.monotonic()
             out["results"][f"{name}@{c}"] = measure(server, user_ids, c, duration).summary()
@@ -188,7 +191,19 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
     out["tfrs_scann_recall_at_100"] = layer_recall(layers["scann"], models.item_ids, queries, exact, k)
     timings["recall_s"] = time.monotonic() - started
     out["timings"] = {key: round(value, 2) for key, value in timings.items()}
-    return out
+    return out, servers
+
+
+def serve_rounds(servers: dict[str, InProcessServer], user_ids: list[str], concurrency: int, lines: TextIO,
+                 out: TextIO) -> None:
+    """For each line of ``lines`` (seconds), measure every layer again at ``concurrency`` for that long and write
+    one JSON line {"<layer>@<concurrency>": summary}, until ``lines`` ends."""
+    for line in lines:
+        seconds = float(line)
+        found = {f"{name}@{concurrency}": measure(server, user_ids, concurrency, seconds).summary()
+                 for name, server in servers.items()}
+        out.write(json.dumps(found) + "\n")
+        out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--num-candidates", type=int, default=100)
+    parser.add_argument("--serve-rounds", action="store_true",
+                        help="after the result line, stay up: each stdin line (seconds) measures every layer again "
+                             "at the first concurrency and prints a JSON line; stdin's end stops")
     args = parser.parse_args(argv)
     user_ids = json.loads(args.users_file.read_text())
-    result = run(args.release_dir, user_ids, args.concurrency, args.duration, args.recall_users, args.seed,
-                 args.k, args.num_candidates)
+    result, servers = run(args.release_dir, user_ids, args.concurrency, args.duration, args.recall_users, args.seed,
+                          args.k, args.num_candidates)
     print(json.dumps(result), flush=True)
+    if args.serve_rounds:
+        serve_rounds(servers, user_ids, args.concurrency[0], sys.stdin, sys.stdout)
     return 0
 
 

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ import numpy as np
 from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
 from bench.loadgen import LoadResult, Target, run_load
+from funnel.stack import LAYOUTS, CpuLayout, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS_ITEMS = 1_000_000  # the catalog size the goals are stated for
@@ -110,55 +111,58 @@ class Phases:
         return _Phase()
 
 
-def run_inprocess(release_dir: Path, users_file: Path, concurrency: int, duration: float, recall_users: int,
-                  seed: int, k: int, log_path: Path) -> dict:
-    """bench.inprocess in its own process (TensorFlow stays out of this one); its last stdout line is JSON."""
-    command = [sys.executable, "-m", "bench.inprocess", "--release-dir", str(release_dir), "--users-file",
-               str(users_file), "--concurrency", str(concurrency), "--duration", str(duration),
-               "--recall-users", str(recall_users), "--seed", str(seed), "-k", str(k)]
-    with open(log_path, "wb") as log:
-        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    lines = done.stdout.decode(errors="replace").strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"in-process TFRS run failed (exit {done.returncode}); log {log_path}:\n{tail}")
-    return json.loads(lines[-1])
+class InProcessTFRS:
+    """bench.inprocess in its own process (TensorFlow stays out of this one), kept up with its models loaded:
+    ``result`` is its full measurement; ``again(seconds)`` measures both layers once more (the side-by-side
+    rounds), without loading anything afresh. ``with InProcessTFRS(...) as tfrs: ...``."""
 
+    def __init__(self, release_dir: Path, users_file: Path, concurrency: int, duration: float, recall_users: int,
+                 seed: int, k: int, log_path: Path) -> None:
+        command = [sys.executable, "-m", "bench.inprocess", "--release-dir", str(release_dir), "--users-file",
+                   str(users_file), "--concurrency", str(concurrency), "--duration", str(duration),
+                   "--recall-users", str(recall_users), "--seed", str(seed), "-k", str(k), "--serve-rounds"]
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self._log)
+        try:
+            self.result: dict = self._read()
+        except BaseException:
+            self.close()
+            raise
 
-LAYOUTS = ("shared", "pinned")
+    def _read(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(60)
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"in-process TFRS run failed (exit {self.process.returncode}); log {self.log_path}:\n"
+                               f"{tail}")
+        return json.loads(line)
 
+    def again(self, seconds: float) -> dict:
+        """{"bruteforce@<c>": summary, "scann@<c>": summary} of ``seconds`` more at the same concurrency."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{seconds}\n".encode())
+        self.process.stdin.flush()
+        return self._read()
 
-def pinned_layout(available: Collection[int]) -> tuple[frozenset[int], frozenset[int]]:
-    """(front, rest) CPUs of the pinned layout: the lowest allowed CPU for the server clients call, the others for
-    the load generator and the stages."""
-    cpus = sorted(available)
-    if len(cpus) < 2:
-        raise ValueError(f"the pinned layout needs at least 2 allowed CPUs, got {cpus}")
-    return frozenset(cpus[:1]), frozenset(cpus[1:])
+    def close(self) -> None:
+        """End its rounds (stdin closes) and wait for it to exit; SIGTERM, then SIGKILL, after a minute."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_process(self.process, grace=10)
+        self._log.close()
 
+    def __enter__(self) -> InProcessTFRS:
+        return self
 
-@dataclass(frozen=True)
-class CpuLayout:
-    """Where a measurement's processes run: ``front`` for the server clients call (echo server or gateway),
-    ``rest`` for the load generator and the stages; None for both in the shared layout (every CPU)."""
-
-    name: str
-    front: frozenset[int] | None = None
-    rest: frozenset[int] | None = None
-
-    @classmethod
-    def of(cls, name: str, available: Collection[int]) -> CpuLayout:
-        """Layout ``name`` over the CPUs ``available``; ValueError when it cannot be laid out there."""
-        if name not in LAYOUTS:
-            raise ValueError(f"expected a layout in {LAYOUTS}, got {name!r}")
-        return cls(name) if name == "shared" else cls(name, *pinned_layout(available))
-
-    @property
-    def services(self) -> dict[str, frozenset[int]] | None:
-        """funnel.stack.start_stack's ``cpus``: the gateway in front, the stages with the rest."""
-        if self.front is None or self.rest is None:
-            return None
-        return {"gateway": self.front, "retrieval": self.rest, "ranking": self.rest}
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def alternating(names: Sequence[str], rounds: int) -> list[tuple[int, str]]:
@@ -177,16 +181,16 @@ def stack_parser(prog: str, doc: str | None, out: Path) -> argparse.ArgumentPars
     return parser
 
 
-def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, release_dir: Path, users_file: Path,
-                 seed: int, cpus: Collection[int] | None, log_path: Path) -> dict:
-    """The headline concurrency's floor, in-process TFRS and Funnel again, in ``args.rounds`` rounds of
-    ``args.duration / args.rounds`` s each, alternating their order; a ratio of the means compares one stretch
-    of the machine, however its speed drifts. Requests/s per round and their means."""
+def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, tfrs: InProcessTFRS,
+                 cpus: Collection[int] | None) -> dict:
+    """The headline concurrency's floor, in-process TFRS (``tfrs``, models already loaded) and Funnel again, in
+    ``args.rounds`` rounds of ``args.duration / args.rounds`` s each, alternating their order; a ratio of the
+    means compares one stretch of the machine, however its speed drifts. Requests/s per round and their means."""
     h, seconds = args.headline, args.duration / args.rounds
     rounds: list[dict[str, float]] = [{} for _ in range(args.rounds)]
     for r, step in alternating(("echo", "tfrs", "e2e"), args.rounds):
         if step == "tfrs":
-            found = run_inprocess(release_dir, users_file, h, seconds, 1, seed, args.k, log_path)["results"]
+            found = tfrs.again(seconds)
             rounds[r]["tfrs_bruteforce_rps"] = found[f"bruteforce@{h}"]["rps"]
             rounds[r]["tfrs_scann_rps"] = found[f"scann@{h}"]["rps"]
         else:
@@ -226,33 +230,34 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
                                args.client_processes, cpus=rest)
         echo_rss = rss_mb(server.pid)
 
-    with phases("in-process TFRS"):
-        tfrs = run_inprocess(release_dir, users_file, args.headline, args.duration, args.recall_users, spec.seed,
-                             args.k, run_dir / "inprocess.log")
-
+    with phases("in-process TFRS"):  # stays up, idle, for the side-by-side rounds
+        inprocess = InProcessTFRS(release_dir, users_file, args.headline, args.duration, args.recall_users,
+                                  spec.seed, args.k, run_dir / "inprocess.log")
     funnel: dict[int, LoadResult] = {}
     memory: dict[str, dict] = {}
-    with phases("start services"):
-        t0 = time.monotonic()
-        stack = start_stack(root, run_dir / "services", timeout=args.start_timeout,
-                            cpus=args.cpu_layout.services)
-        load_time = time.monotonic() - t0
-    try:
-        memory["serving"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
-        target = Target("recommend", stack["gateway"].address, user_ids=tuple(users), k=args.k)
-        with phases("Funnel load"):
-            for c in levels:
-                funnel[c] = run_load(target, c, args.duration, args.client_processes, cpus=rest)
-                memory[f"after_c{c}"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
-        side = None
-        if args.rounds:
-            with phases("side by side"), EchoProcess(run_dir / "echo-side.log", args.server_workers,
-                                                      cpus=front) as server:
-                side = side_by_side(args, Target("echo", server.address, payload=payload), target, release_dir,
-                                    users_file, spec.seed, rest, run_dir / "inprocess-side.log")
-    finally:
-        with phases("stop services"):
-            exit_codes = stop_stack(stack)
+    with inprocess:
+        tfrs = inprocess.result
+        with phases("start services"):
+            t0 = time.monotonic()
+            stack = start_stack(root, run_dir / "services", timeout=args.start_timeout,
+                                cpus=args.cpu_layout.services)
+            load_time = time.monotonic() - t0
+        try:
+            memory["serving"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
+            target = Target("recommend", stack["gateway"].address, user_ids=tuple(users), k=args.k)
+            with phases("Funnel load"):
+                for c in levels:
+                    funnel[c] = run_load(target, c, args.duration, args.client_processes, cpus=rest)
+                    memory[f"after_c{c}"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
+            side = None
+            if args.rounds:
+                with phases("side by side"), EchoProcess(run_dir / "echo-side.log", args.server_workers,
+                                                          cpus=front) as server:
+                    side = side_by_side(args, Target("echo", server.address, payload=payload), target, inprocess,
+                                        rest)
+        finally:
+            with phases("stop services"):
+                exit_codes = stop_stack(stack)
 
     h = args.headline
     e2e, floor = funnel[h], echo[h]

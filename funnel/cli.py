@@ -158,6 +158,11 @@ def _pid_file(name: str) -> Path:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    try:
+        layout = stack.CpuLayout.of(args.layout, os.sched_getaffinity(0))
+    except ValueError as exc:
+        print(f"error: --layout {args.layout}: {exc}", file=sys.stderr)
+        return 2
     artifact_root = _artifact_root(args.artifact_root)
     store = ArtifactStore(artifact_root)
     if store.get_channel("stable") is None:
@@ -168,7 +173,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if running:
         print(f"error: already running ({', '.join(running)}); run `make down` first", file=sys.stderr)
         return 1
-    services = stack.start_stack(artifact_root, VAR / "log", ports=stack.DEFAULT_PORTS)
+    services = stack.start_stack(artifact_root, VAR / "log", ports=stack.DEFAULT_PORTS, cpus=layout.services)
     for name, service in services.items():
         _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
         _pid_file(name).write_text(f"{service.process.pid}\n")
@@ -222,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "demo":
             p.add_argument("--user-id", default="42")
             p.add_argument("-k", type=int, default=10)
+        else:
+            p.add_argument("--layout", choices=stack.LAYOUTS, default="shared",
+                           help="shared: every service on every CPU; pinned: the gateway alone on the lowest CPU, "
+                                "the stages on the others (faster on a small machine; needs 2 CPUs)")
         p.set_defaults(run=run)
     sub.add_parser("down", help="stop the services started by `up`").set_defaults(run=_cmd_down)
 

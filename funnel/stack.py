@@ -63,6 +63,43 @@ def wait_serving(service: ServiceProcess, timeout: float) -> None:
     raise TimeoutError(f"{service.name} at {service.address} not SERVING after {timeout:.0f}s:\n{service.log_tail()}")
 
 
+LAYOUTS = ("shared", "pinned")
+
+
+def pinned_layout(available: Collection[int]) -> tuple[frozenset[int], frozenset[int]]:
+    """(front, rest) CPUs of the pinned layout: the lowest allowed CPU for the server clients call, the others for
+    the stages (and a load generator on the same machine)."""
+    cpus = sorted(available)
+    if len(cpus) < 2:
+        raise ValueError(f"the pinned layout needs at least 2 allowed CPUs, got {cpus}")
+    return frozenset(cpus[:1]), frozenset(cpus[1:])
+
+
+@dataclass(frozen=True)
+class CpuLayout:
+    """Where a stack's processes run: ``front`` for the server clients call (the gateway, or a benchmark's echo
+    server), ``rest`` for the stages (and a load generator on the same machine); None for both in the shared
+    layout (every CPU)."""
+
+    name: str
+    front: frozenset[int] | None = None
+    rest: frozenset[int] | None = None
+
+    @classmethod
+    def of(cls, name: str, available: Collection[int]) -> CpuLayout:
+        """Layout ``name`` over the CPUs ``available``; ValueError when it cannot be laid out there."""
+        if name not in LAYOUTS:
+            raise ValueError(f"expected a layout in {LAYOUTS}, got {name!r}")
+        return cls(name) if name == "shared" else cls(name, *pinned_layout(available))
+
+    @property
+    def services(self) -> dict[str, frozenset[int]] | None:
+        """funnel.stack.start_stack's ``cpus``: the gateway in front, the stages with the rest."""
+        if self.front is None or self.rest is None:
+            return None
+        return {"gateway": self.front, "retrieval": self.rest, "ranking": self.rest}
+
+
 def pin_to(cpus: Collection[int] | None) -> Callable[[], None] | None:
     """A subprocess ``preexec_fn`` confining the child, and every thread it starts, to ``cpus`` (None: no pin)."""
     if not cpus:

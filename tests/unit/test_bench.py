@@ -3,6 +3,8 @@ loop, an echo round trip (in-process and through a spawned load-generator proces
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
 import time
@@ -13,12 +15,13 @@ import numpy as np
 import pytest
 
 from bench.build import BuildSpec
+from bench.compare import DEFAULT_VARIANTS, Variant, parse_variants
 from bench.echo import EchoProcess, create_server, echo_once
-from bench.layouts import order
 from bench.loadgen import Part, Target, closed_loop, merge, percentile, run_load, split_threads
 from bench.profile import summarize
-from bench.run import goals, pinned_layout
+from bench.run import alternating, goals
 from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
+from funnel.stack import pinned_layout
 
 SMALL = SyntheticConfig(items=2_000, users=300, interactions_per_user=15, clusters=10, seed=7)
 
@@ -213,8 +216,24 @@ def test_the_pinned_layout_gives_the_front_server_the_lowest_cpu_and_the_rest_th
         pinned_layout({0})
 
 
-def test_layout_comparison_loads_both_layouts_each_round_alternating_which_goes_first() -> None:
-    assert order(3) == [(0, "shared"), (0, "pinned"), (1, "pinned"), (1, "shared"), (2, "shared"), (2, "pinned")]
+def test_side_by_side_order_loads_every_variant_each_round_alternating_which_goes_first() -> None:
+    assert alternating(("a", "b"), 3) == [(0, "a"), (0, "b"), (1, "b"), (1, "a"), (2, "a"), (2, "b")]
+
+
+def test_compared_variants_default_to_the_two_layouts_and_parse_name_layout_and_settings() -> None:
+    assert parse_variants(None) == DEFAULT_VARIANTS == (Variant("shared", "shared"), Variant("pinned", "pinned"))
+    assert parse_variants([["now", "pinned"], ["wide", "pinned", "FUNNEL_MAX_IN_FLIGHT=2", "X=a=b"]]) == (
+        Variant("now", "pinned"), Variant("wide", "pinned", {"FUNNEL_MAX_IN_FLIGHT": "2", "X": "a=b"}))
+    with pytest.raises(ValueError, match="expected a layout in"):
+        parse_variants([["a", "tight"], ["b", "pinned"]])
+    with pytest.raises(ValueError, match="expected ENV=VALUE settings, got \\['=1', 'FLAG'\\]"):
+        parse_variants([["a", "pinned", "=1", "FLAG"], ["b", "pinned"]])
+    with pytest.raises(ValueError, match="at least two variants with distinct names"):
+        parse_variants([["a", "pinned"], ["a", "shared"]])
+    with pytest.raises(ValueError, match="at least two variants"):
+        parse_variants([["a", "pinned"]])
+    with pytest.raises(ValueError, match="expected NAME LAYOUT"):
+        parse_variants([["a"], ["b", "pinned"]])
 
 
 def test_load_generator_counts_failures_by_status() -> None:
@@ -236,3 +255,24 @@ def test_profile_summary_counts_self_and_inclusive_samples_per_frame() -> None:
     assert summary["self"] == [("score (b.py:2)", 0.6), ("parse (c.py:3)", 0.3)]
     assert summary["inclusive"] == [("serve (a.py:1)", 1.0), ("score (b.py:2)", 0.6)]
     assert summarize("", top=3) == {"samples": 0, "self": [], "inclusive": []}
+
+
+def test_the_in_process_worker_measures_every_layer_again_for_each_line_until_its_input_ends() -> None:
+    from bench.inprocess import serve_rounds
+
+    class Sleeper:
+        def __init__(self) -> None:
+            self.users: list[str] = []
+
+        def recommend(self, user_id: str) -> None:
+            self.users.append(user_id)
+            time.sleep(0.002)
+
+    servers = {"bruteforce": Sleeper(), "scann": Sleeper()}
+    out = io.StringIO()
+    serve_rounds(servers, ["u1", "u2"], 2, io.StringIO("0.2\n0.1\n"), out)  # type: ignore[arg-type]
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [sorted(found) for found in lines] == [["bruteforce@2", "scann@2"]] * 2
+    assert all(found[key]["requests"] > 0 and found[key]["concurrency"] == 2 for found in lines for key in found)
+    assert lines[0]["scann@2"]["duration_s"] == 0.2 and lines[1]["scann@2"]["duration_s"] == 0.1
+    assert set(servers["scann"].users) == {"u1", "u2"}
