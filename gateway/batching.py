@@ -103,12 +103,13 @@ class Coalescer(Generic[Q, R]):
         return True
 
     def _hand_off(self, key: str) -> None:
-        """Ask the oldest waiting request to lead the next batch, or give the in-flight place back."""
+        """Ask the oldest waiting follower to lead the next batch, or give the in-flight place back (a request
+        already leading holds a place of its own)."""
         with self._lock:
-            waiting = self._pending[key]
-            if waiting:
-                waiting[0].lead = True
-                waiting[0].wake.set()
+            follower = next((s for s in self._pending[key] if not s.lead), None)
+            if follower is not None:
+                follower.lead = True
+                follower.wake.set()
             else:
                 self._in_flight[key] -= 1
 

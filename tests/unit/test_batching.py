@@ -190,3 +190,25 @@ def test_time_spent_waiting_for_a_batch_counts_against_the_requests_timeout() ->
     follower.join(5)
     assert call.batches == [[1], [2]]
     assert call.timeouts[1] <= 0.7  # not the 1.0 s it was submitted with
+
+
+def test_a_finished_batch_hands_its_place_to_a_follower_never_to_a_request_already_leading() -> None:
+    call = SlowDouble()
+    call.gate.clear()  # the first batch hangs
+    coalescer = Coalescer(call, max_batch=8, max_in_flight=2, window=30.0)
+    first = threading.Thread(target=coalescer.submit, args=("r1", 1, 10))
+    first.start()
+    while len(call.batches) < 1:
+        time.sleep(0.005)
+    coalescer._last_batch["r1"] = 3  # the next leader gathers three
+    answers = {}
+    gatherer = threading.Thread(target=lambda: answers.update({2: coalescer.submit("r1", 2, 10)}))
+    gatherer.start()  # leads the second place, gathering
+    while not coalescer._pending.get("r1"):
+        time.sleep(0.005)
+    call.gate.set()  # the first batch ends with only a leader waiting: its place goes back
+    first.join(10)
+    assert coalescer._in_flight["r1"] == 1
+    answers.update(run_concurrently(coalescer, [3, 4]))  # the gatherer's batch fills up and goes
+    gatherer.join(10)
+    assert answers == {2: 4, 3: 6, 4: 8} and coalescer._in_flight["r1"] == 0  # no place lost
