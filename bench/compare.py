@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.loadgen import Target, run_load
-from bench.profile import SERVICES, cpu_seconds
+from bench.profile import stack_cpu_seconds
 from bench.run import ROOT, alternating, stable_users, stack_parser
-from funnel.stack import LAYOUTS, CpuLayout
+from funnel.stack import LAYOUTS, CpuLayout, start_stack, stop_stack
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,6 @@ def parse_variants(groups: Sequence[Sequence[str]] | None) -> tuple[Variant, ...
 
 
 def main(argv: list[str] | None = None) -> int:
-    from funnel.stack import start_stack, stop_stack
-
     parser = stack_parser("python -m bench.compare", __doc__, ROOT / "var" / "compare")
     parser.add_argument("--variant", nargs="+", action="append", metavar="NAME LAYOUT [ENV=VALUE]",
                         help="a stack to compare (repeat; default: the shared and the pinned layout)")
@@ -91,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:  # warm every path before measuring
             run_load(targets[name], args.concurrency, 3.0, args.client_processes, cpus=layouts[name].rest)
         for r, name in alternating(names, args.rounds):
-            pids = {service: stacks[name][service].process.pid for service in SERVICES}
-            before = {service: cpu_seconds(pid) for service, pid in pids.items()}
+            before = stack_cpu_seconds(stacks[name])
             load = run_load(targets[name], args.concurrency, args.duration, args.client_processes,
                             cpus=layouts[name].rest)
-            cpu_ms = {service: round(1000 * (cpu_seconds(pid) - before[service]) / max(load.requests, 1), 2)
-                      for service, pid in pids.items()}
+            cpu_ms = {service: round(1000 * (seconds - before[service]) / max(load.requests, 1), 2)
+                      for service, seconds in stack_cpu_seconds(stacks[name]).items()}
             results[name].append({"round": r, "rps": round(load.rps, 1), "p99_ms": round(load.p99, 2),
                                   "errors": load.errors, "cpu_ms_per_request": cpu_ms})
             print(f"round {r} {name:<8} {load.rps:7.1f} req/s  p50 {load.p50:6.1f} ms  p99 {load.p99:6.1f} ms  "

@@ -20,7 +20,7 @@ import grpc
 
 from bench.loadgen import ECHO_METHOD
 from funnel.server import build_server
-from funnel.stack import stop_process
+from funnel.stack import free_port, pin_to, stop_process
 
 SERVICE, METHOD = ECHO_METHOD.strip("/").split("/")
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +56,6 @@ class EchoProcess:
         self.address = ""
 
     def __enter__(self) -> EchoProcess:
-        from funnel.stack import free_port, pin_to
-
         self.address = f"127.0.0.1:{free_port()}"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

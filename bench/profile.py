@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.loadgen import Target, run_load
 from bench.run import ROOT, stable_users, stack_parser
+from funnel.stack import ServiceProcess, start_stack, stop_stack
 
 SERVICES = ("gateway", "retrieval", "ranking")
 
@@ -52,6 +53,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
+def stack_cpu_seconds(stack: dict[str, ServiceProcess]) -> dict[str, float]:
+    """cpu_seconds of each of a stack's services."""
+    return {name: cpu_seconds(stack[name].process.pid) for name in SERVICES}
+
+
 def py_spy() -> str | None:
     """The py-spy executable: next to this interpreter (the venv), else on PATH."""
     local = Path(sys.executable).parent / "py-spy"
@@ -67,8 +73,6 @@ def record(executable: str, pid: int, duration: float, output: Path, rate: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from funnel.stack import start_stack, stop_stack
-
     parser = stack_parser("python -m bench.profile", __doc__, ROOT / "var" / "profile")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load, all sampled")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
@@ -89,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         run_load(target, args.concurrency, 3.0, args.client_processes)  # warm every path before sampling
         spies = {name: record(executable, stack[name].process.pid, args.duration, args.out / f"{name}.txt", args.rate,
                               args.gil) for name in SERVICES}
-        before = {name: cpu_seconds(stack[name].process.pid) for name in SERVICES}
+        before = stack_cpu_seconds(stack)
         load = run_load(target, args.concurrency, args.duration, args.client_processes)
-        cpu = {name: round(cpu_seconds(stack[name].process.pid) - before[name], 2) for name in SERVICES}
+        cpu = {name: round(seconds - before[name], 2) for name, seconds in stack_cpu_seconds(stack).items()}
         for name, spy in spies.items():
             _, err = spy.communicate(timeout=args.duration + 60)
             if spy.returncode != 0:

@@ -44,7 +44,7 @@ import numpy as np
 from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
 from bench.loadgen import LoadResult, Target, run_load
-from funnel.stack import LAYOUTS, CpuLayout, stop_process
+from funnel.stack import LAYOUTS, CpuLayout, start_stack, stop_process, stop_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS_ITEMS = 1_000_000  # the catalog size the goals are stated for
@@ -202,8 +202,6 @@ def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, tfrs: I
 
 def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     """Build or reuse the release for ``spec`` and measure everything; returns the result record."""
-    from funnel.stack import start_stack, stop_stack
-
     phases = Phases()
     started = time.monotonic()
     root = out / "releases" / spec.key()
