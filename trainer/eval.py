@@ -39,6 +39,7 @@ from trainer.report import SplitResult, as_text, split_summary, table, write_rep
 from trainer.split import SPLITS, make_split
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "var" / "eval"
+DEFAULT_SPLITS = ("seeds", "temporal")  # "validation" is for tuning, on request
 PIPELINE_CANDIDATES = 100  # the pipeline retrieves this many unseen items, then ranks them with the ranker
 FUNNEL_RETRIEVAL, FUNNEL_PIPELINE = "Funnel retrieval", f"Funnel pipeline (rank top {PIPELINE_CANDIDATES})"
 POPULARITY, EASE = "Popularity", f"EASE (λ={EASE_LAMBDA:g})"
@@ -196,7 +197,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get(CACHE_ENV, "var/cache")),
                         help=f"dataset download cache [env {CACHE_ENV}]")  # fmt: skip
     parser.add_argument("--data", default="movielens-100k", help=f"dataset spec: {DATASET_SPECS}")
-    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default %(default)s)")
+    parser.add_argument("--splits", default=",".join(DEFAULT_SPLITS),
+                        help=f"comma-separated splits from {', '.join(SPLITS)} (default %(default)s)")  # fmt: skip
     parser.add_argument("--epochs", type=int, help="training epochs for each model (default: the trainer's)")
     parser.add_argument("--max-users", type=int, help="evaluate on the interactions of this many users only")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The Funnel ranker: feature-aware SVD++ rating regression multi-tasked with a "which item do they watch" softmax."""
+"""The Funnel ranker: SVD++ rating regression multi-tasked with a "which item do they watch" softmax, plus iALS."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from funnel.data import Dataset, Interactions
 from funnel.tf import tf
 from trainer.baselines import rmse
 from trainer.export import save_module
+from trainer.ials import fit_ials, unseen_spread
 from trainer.models import EpochLog, seed_everything
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
@@ -34,6 +35,13 @@ class RankingConfig:
     engagement_weight: float = 0.3  # loss = MSE(rating) + engagement_weight * cross-entropy(watched item)
     engagement_l2: float = 0.02  # L2 on the engagement vectors, relative to the cross-entropy
     score_rating_weight: float = 0.5  # served score = engagement logit + score_rating_weight * predicted rating
+    # ... + ials_weight * the iALS score in units of its spread over users' unseen items (0: no iALS term)
+    ials_weight: float = 0.75
+    ials_dim: int = 128
+    ials_alpha: float = 2.0  # an interaction's confidence is 1 + alpha, a missing one's 1
+    ials_l2: float = 30.0
+    ials_iterations: int = 10
+    ials_max_items: int = 50_000  # larger catalogs get no iALS term (its exact solves cost O(items * dim^3))
     learning_rate: float = 1e-3
     optimizer: str = "adam"  # or "adagrad", whose updates touch only the batch's rows (large catalogs)
     batch_size: int = 1024
@@ -45,10 +53,13 @@ class RankingConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "batch_size", "epochs", "full_softmax_max_items"):
+        for name in ("embedding_dim", "batch_size", "epochs", "full_softmax_max_items", "ials_dim", "ials_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
-        for name in ("l2", "bias_l2", "engagement_weight", "engagement_l2", "score_rating_weight"):
+        for name in (
+            "l2", "bias_l2", "engagement_weight", "engagement_l2", "score_rating_weight", "ials_weight", "ials_alpha",
+            "ials_l2", "ials_max_items",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"expected {name} >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -239,10 +250,27 @@ def _rating(user: dict[str, tf.Tensor], item: dict[str, tf.Tensor], global_mean:
 def _combine(
     user: dict[str, tf.Tensor], item: dict[str, tf.Tensor], global_mean: tf.Tensor, score_rating_weight: float
 ) -> dict[str, tf.Tensor]:
-    """{"rating": clipped predicted rating [B], "score": engagement logit + weight * rating [B]} per pairwise row."""
+    """{"rating": clipped predicted rating [B], "score": engagement logit + weight * rating (+ the scaled iALS score,
+    when the parts hold iALS factors) [B]} per pairwise row."""
     rating = tf.clip_by_value(_rating(user, item, global_mean), *RATING_RANGE)
-    engagement = tf.reduce_sum(user["engagement"] * item["vector"], axis=1) + item["engagement_bias"]
-    return {"rating": rating, "score": engagement + score_rating_weight * rating}
+    score = tf.reduce_sum(user["engagement"] * item["vector"], axis=1) + item["engagement_bias"]
+    if "ials" in user:
+        score += tf.reduce_sum(user["ials"] * item["ials"], axis=1)
+    return {"rating": rating, "score": score + score_rating_weight * rating}
+
+
+def ials_factors(tables: Tables, config: RankingConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """iALS (user [U, d], item [I, d]) factors of the training history, the user side scaled so that their product
+    is ``ials_weight`` per unit of its spread over users' unseen items; None when the config has no iALS term, the
+    catalog is larger than ``ials_max_items`` or no user has an unseen item."""
+    if config.ials_weight == 0 or tables.num_items - 1 > config.ials_max_items:
+        return None
+    users, items = fit_ials(
+        tables.history, tables.num_users, tables.num_items, dim=config.ials_dim, alpha=config.ials_alpha,
+        l2=config.ials_l2, iterations=config.ials_iterations, seed=config.seed,
+    )  # fmt: skip
+    spread = unseen_spread(users, items, tables.history, config.seed)
+    return None if spread == 0 else (users * np.float32(config.ials_weight / spread), items)
 
 
 class RankingModel(tfrs.Model):
@@ -251,12 +279,16 @@ class RankingModel(tfrs.Model):
     Rating (MSE): mean + user bias + item bias + <user vector, item vector>, the user vector holding the SVD++
     history term. Engagement (softmax cross-entropy over the whole catalog, the user's other history items
     masked; in-batch with logQ correction for large catalogs): <user engagement vector, item vector> + item
-    engagement bias, i.e. which item the user watched.
+    engagement bias, i.e. which item the user watched. The served score may add a fixed iALS term (``ials``: the
+    user and item factors from `ials_factors`), fitted before and apart from the two tasks.
     """
 
-    def __init__(self, tables: Tables, config: RankingConfig) -> None:
+    def __init__(
+        self, tables: Tables, config: RankingConfig, ials: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:  # fmt: skip
         super().__init__()
         self.tables, self.config = tables, config
+        self.ials = None if ials is None else tuple(tf.constant(factors) for factors in ials)
         dim = config.embedding_dim
         self.user_bias = _Side(tables, True, 1, config, "user_bias")
         self.item_bias = _Side(tables, False, 1, config, "item_bias")
@@ -286,18 +318,24 @@ class RankingModel(tfrs.Model):
         )
 
     def user_parts(self, rows: tf.Tensor, entries: tf.Tensor | None = None) -> tuple[dict, dict]:
-        """Per-user terms {"bias" [B], "vector" [B, D], "engagement" [B, D]} and their L2 penalty terms."""
+        """Per-user terms {"bias" [B], "vector" [B, D], "engagement" [B, D], with iALS "ials" [B, d]} and their L2
+        penalty terms."""
         bias, bias_terms = self.user_bias(rows)
         vector, vector_terms = self.user_vector(rows, entries)
         engagement, engagement_terms = self.user_engagement(rows, entries)
         parts = {"bias": bias[:, 0], "vector": vector, "engagement": engagement}
+        if self.ials is not None:
+            parts["ials"] = tf.gather(self.ials[0], rows)
         return parts, {"bias": bias_terms, "vector": vector_terms, "engagement": engagement_terms}
 
     def item_parts(self, rows: tf.Tensor) -> tuple[dict, dict]:
-        """Per-item terms {"bias" [B], "vector" [B, D], "engagement_bias" [B]} and their L2 penalty terms."""
+        """Per-item terms {"bias" [B], "vector" [B, D], "engagement_bias" [B], with iALS "ials" [B, d]} and their L2
+        penalty terms."""
         bias, bias_terms = self.item_bias(rows)
         vector, vector_terms = self.item_vector(rows)
         parts = {"bias": bias[:, 0], "vector": vector, "engagement_bias": self.item_engagement_bias(rows)[0][:, 0]}
+        if self.ials is not None:
+            parts["ials"] = tf.gather(self.ials[1], rows)
         return parts, {"bias": bias_terms, "vector": vector_terms}
 
     def call(self, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -365,7 +403,7 @@ def train_ranker(
     """
     seed_everything(config.seed)
     tables = build_tables(train, dataset)
-    model = RankingModel(tables, config)
+    model = RankingModel(tables, config, ials_factors(tables, config))
     model.compile(optimizer=OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate))
     model.fit(
         _batches(tables, train, config.batch_size, config.seed),

@@ -1,4 +1,4 @@
-"""Train/test splits as index arrays over interactions in file order: the TFRS tutorials' shuffle, or by time."""
+"""Train/test splits as index arrays over interactions in file order: the tutorials' shuffle, by time, or to tune."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from funnel.data import Interactions
 from funnel.tf import tf
 
 SHUFFLE_BUFFER = 100_000
-SPLITS = ("seeds", "temporal")
+SPLITS = ("seeds", "temporal", "validation")
+VALIDATION_FRACTION = 0.1  # of the seeds split's training part
+VALIDATION_SEED = 0
 
 
 def _check(n: int, train_fraction: float) -> None:
@@ -41,10 +43,25 @@ def temporal_split(timestamps: np.ndarray, train_fraction: float = 0.8) -> tuple
     return order[:num_train], order[num_train:]
 
 
+def validation_split(n: int, seed: int = 42, fraction: float = VALIDATION_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Return (fit_idx, validation_idx) int64 arrays: the seeds split's training part cut again, a seeded
+    ``fraction`` of it (VALIDATION_SEED) held out to tune on, both in the training part's order. The seeds split's
+    test part is in neither."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"expected fraction strictly between 0 and 1, got {fraction}")
+    train, _ = seeds_split(n, seed=seed)
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(train))
+    held = int(len(train) * fraction)
+    return train[np.sort(order[held:])], train[np.sort(order[:held])]
+
+
 def make_split(name: str, interactions: Interactions, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, test_idx) of split ``name``: "seeds" (the seeded shuffle) or "temporal" (train on the past)."""
+    """(train_idx, test_idx) of split ``name``: "seeds" (the seeded shuffle), "temporal" (train on the past) or
+    "validation" (the seeds split's training part, cut again to tune on)."""
     if name == "seeds":
         return seeds_split(len(interactions), seed=seed)
+    if name == "validation":
+        return validation_split(len(interactions), seed=seed)
     if name == "temporal":
         return temporal_split(interactions.timestamps)
     raise ValueError(f"expected a split in {SPLITS}, got {name!r}")

@@ -24,7 +24,7 @@ from trainer.baselines import (
     rank_by_scores,
     top_k_unseen,
 )
-from trainer.split import make_split, seeds_split, temporal_split
+from trainer.split import make_split, seeds_split, temporal_split, validation_split
 
 
 def _interactions(users: list[str], items: list[int], ratings: list[float] | None = None) -> Interactions:
@@ -143,8 +143,25 @@ def test_make_split_dispatches_by_name():
         assert got.tolist() == want.tolist()
     train, test = make_split("temporal", interactions)
     assert train.tolist() == [9, 8, 7, 6, 5, 4, 3, 2] and test.tolist() == [1, 0]
+    for got, want in zip(make_split("validation", interactions, seed=5), validation_split(10, seed=5)):
+        assert got.tolist() == want.tolist()
     with pytest.raises(ValueError, match="'random'"):
         make_split("random", interactions)
+
+
+def test_validation_split_holds_out_part_of_the_seeds_training_part_only():
+    fit, held = validation_split(1000, seed=42)
+    train, test = seeds_split(1000, seed=42)
+    assert (len(fit), len(held)) == (720, 80)
+    assert sorted(fit.tolist() + held.tolist()) == sorted(train.tolist())  # a partition of the training part
+    assert not set(held.tolist()) & set(test.tolist())
+    position = {index: k for k, index in enumerate(train.tolist())}
+    for part in (fit, held):  # in the training part's order
+        assert np.all(np.diff([position[i] for i in part.tolist()]) > 0)
+    assert all(a.tolist() == b.tolist() for a, b in zip(validation_split(1000, seed=42), (fit, held)))
+    assert validation_split(1000, seed=7)[1].tolist() != held.tolist()  # it follows the seeds split's seed
+    with pytest.raises(ValueError, match="fraction"):
+        validation_split(1000, fraction=1.0)
 
 
 # ----------------------------------------------------------------------------------------------------- end to end
@@ -176,3 +193,5 @@ def test_eval_rejects_unknown_or_repeated_splits(capsys):
         with pytest.raises(SystemExit):
             evaluation.parse_args(flags)
     assert evaluation.parse_args(["--splits", "temporal"]).splits == ["temporal"]
+    assert evaluation.parse_args(["--splits", "validation"]).splits == ["validation"]
+    assert evaluation.parse_args([]).splits == ["seeds", "temporal"]  # validation only on request

@@ -12,6 +12,7 @@ import pytest
 from funnel.data import Dataset, Interactions, Items, Users
 from funnel.release import SIDECAR
 from funnel.tf import tf
+from trainer.ials import fit_ials, unseen_spread
 from trainer.ranking import RankingConfig, RankingModel, evaluate_rmse, export_ranker, predict, train_ranker
 from trainer.split import seeds_split
 
@@ -106,24 +107,82 @@ def test_rating_and_engagement_both_prefer_the_users_group(trained):
 
 def test_large_catalogs_learn_engagement_from_in_batch_negatives(trained):
     train = trained["train"]
-    large = replace(CONFIG, full_softmax_max_items=NUM_ITEMS - 1, optimizer="adagrad", learning_rate=0.1)  # as bench
+    small = NUM_ITEMS - 1  # the catalog counts as large, as bench's 1M items do
+    large = replace(CONFIG, full_softmax_max_items=small, ials_max_items=small, optimizer="adagrad", learning_rate=0.1)
     model = train_ranker(train, trained["data"], large, verbose=False)
     assert not model.full_softmax and trained["model"].full_softmax
     assert model.user_vector.per_batch and not trained["model"].user_vector.per_batch
+    assert trained["model"].ials is not None and model.ials is None  # bench: 1M items, over ials_max_items
     rating_gaps, engagement_gaps = group_gaps(model, train)
     assert np.mean(engagement_gaps > 0.0) > 0.9, engagement_gaps
 
 
-def test_score_is_engagement_logit_plus_weighted_rating(trained):
+def test_score_is_engagement_logit_plus_weighted_rating_plus_scaled_ials(trained):
     model = trained["model"]
     tables = model.tables
     users = tf.constant(tables.user_rows(np.repeat(["user0", "user5"], NUM_ITEMS)))
     items = tf.constant(tables.item_rows(np.tile(ITEM_IDS, 2)))
     user, item = model.user_parts(users)[0], model.item_parts(items)[0]
     logit = tf.reduce_sum(user["engagement"] * item["vector"], axis=1) + item["engagement_bias"]
+    ials = tf.reduce_sum(user["ials"] * item["ials"], axis=1).numpy()
     out = served(trained["serve"], np.repeat(["user0", "user5"], NUM_ITEMS), np.tile(ITEM_IDS, 2))
-    np.testing.assert_allclose(out["score"], logit.numpy() + model.config.score_rating_weight * out["rating"], atol=1e-4)
+    expected = logit.numpy() + ials + model.config.score_rating_weight * out["rating"]
+    np.testing.assert_allclose(out["score"], expected, atol=1e-4)
     assert np.std(out["score"] - out["rating"]) > 0.1  # the score is not the rating shifted
+    # The iALS term's spread over a user's unseen items is about ials_weight.
+    train = trained["train"]
+    unseen = [~np.isin(ITEM_IDS, train.item_ids[train.user_ids == u]) for u in ("user0", "user5")]
+    spreads = [np.std(ials[k * NUM_ITEMS : (k + 1) * NUM_ITEMS][unseen[k]]) for k in range(2)]
+    assert 0.3 * CONFIG.ials_weight < np.mean(spreads) < 3 * CONFIG.ials_weight, spreads
+    unscaled = train_ranker(train, trained["data"], replace(CONFIG, epochs=1, ials_weight=0.0), verbose=False)
+    assert unscaled.ials is None and "ials" not in unscaled.user_parts(users)[0]
+
+
+def planted_pairs(train: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """(user row, item row) pairs of the synthetic training data (users 0..47, items 0..63), and each user's group."""
+    users = np.array([int(u.removeprefix("user")) for u in train.user_ids])
+    return np.stack([users, (train.item_ids - 500) // 7], axis=1), np.arange(NUM_USERS) % GROUPS
+
+
+def test_ials_ranks_a_users_unseen_own_group_items_first(trained):
+    pairs, groups = planted_pairs(trained["train"])
+    users, items = fit_ials(pairs, NUM_USERS + 2, NUM_ITEMS + 1, dim=8, alpha=2.0, l2=1.0, iterations=10, seed=0)
+    assert users.shape == (NUM_USERS + 2, 8) and items.shape == (NUM_ITEMS + 1, 8)
+    assert not users[NUM_USERS:].any() and not items[NUM_ITEMS:].any()  # rows without pairs stay zero
+    scores = users[:NUM_USERS] @ items[:NUM_ITEMS].T
+    seen = np.zeros_like(scores, dtype=bool)
+    seen[pairs[:, 0], pairs[:, 1]] = True
+    own = (np.arange(NUM_ITEMS) // PER_GROUP)[None, :] == groups[:, None]
+    gaps = [scores[u][own[u] & ~seen[u]].mean() - scores[u][~own[u] & ~seen[u]].mean() for u in range(NUM_USERS)]
+    assert np.mean(np.array(gaps) > 0) > 0.9, gaps
+    again = fit_ials(pairs, NUM_USERS + 2, NUM_ITEMS + 1, dim=8, alpha=2.0, l2=1.0, iterations=10, seed=0)
+    np.testing.assert_array_equal(users, again[0])
+
+
+def test_ials_fit_solves_each_side_exactly():
+    """One user, two items, one interaction: with the item factors fixed, the user's factor is the weighted ridge
+    solution (1 + alpha) y / (|y|^2 (1 + alpha) + l2), and so on; checked on its fixed point in one dimension."""
+    pairs = np.array([[0, 0]])
+    users, items = fit_ials(pairs, 1, 2, dim=1, alpha=3.0, l2=0.5, iterations=50, seed=1)
+    x, y = float(users[0, 0]), float(items[0, 0])
+    assert abs(x) > 0.5  # not the trivial fixed point 0 (the nonzero one is x = y = sqrt(0.875))
+    np.testing.assert_allclose(x, 4.0 * y / (4.0 * y * y + 0.5), rtol=1e-5)
+    np.testing.assert_allclose(y, 4.0 * x / (4.0 * x * x + 0.5), rtol=1e-5)
+    assert items[1, 0] == 0.0
+
+
+@pytest.mark.parametrize("pairs, message", [(np.zeros((0, 2)), "got none"), (np.array([[0, 5]]), "within 2 users")])
+def test_ials_fit_rejects_bad_pairs(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        fit_ials(pairs, 2, 3, dim=2, alpha=1.0, l2=1.0, iterations=1, seed=0)
+
+
+def test_unseen_spread_is_the_std_over_users_unseen_items_with_pairs():
+    users = np.array([[1.0], [2.0], [0.0]], np.float32)
+    items = np.array([[0.0], [1.0], [3.0], [5.0]], np.float32)  # item 0 has no pairs, so it is never counted
+    pairs = np.array([[0, 1], [1, 2], [0, 3]])
+    # user 0 saw items 1 and 3, leaving 2 (score 3); user 1 saw 2, leaving 1 and 3 (2 and 10); user 2 has no pairs.
+    assert unseen_spread(users, items, pairs, seed=0) == pytest.approx(np.std([3.0, 2.0, 10.0]))
 
 
 def test_export_serves_the_contract_and_the_models_numbers(trained):
@@ -180,7 +239,11 @@ def test_training_is_deterministic():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("embedding_dim", 0), ("epochs", 0), ("l2", -1.0), ("learning_rate", 0.0), ("optimizer", "sgd")]
+    "field, value",
+    [
+        ("embedding_dim", 0), ("epochs", 0), ("l2", -1.0), ("learning_rate", 0.0), ("optimizer", "sgd"),
+        ("ials_dim", 0), ("ials_weight", -0.5), ("ials_alpha", -1.0), ("ials_max_items", -1),
+    ],  # fmt: skip
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
