@@ -49,7 +49,7 @@ def fit_ials(
 
 def unseen_spread(users: np.ndarray, items: np.ndarray, pairs: np.ndarray, seed: int) -> float:
     """Standard deviation of <x_u, y_i> over the unseen items (those with pairs) of a seeded sample of the users
-    with pairs: the spread an iALS score has across the items a user could be recommended."""
+    with pairs: the spread an iALS score has across the items a user could be recommended; 0 when there are none."""
     sample = np.unique(pairs[:, 0])
     if len(sample) > SPREAD_SAMPLE_USERS:
         sample = np.sort(np.random.default_rng(seed).choice(sample, SPREAD_SAMPLE_USERS, replace=False))
@@ -58,4 +58,4 @@ def unseen_spread(users: np.ndarray, items: np.ndarray, pairs: np.ndarray, seed:
     unseen = np.ones_like(scores, dtype=bool)
     chosen = pairs[np.isin(pairs[:, 0], sample)]
     unseen[np.searchsorted(sample, chosen[:, 0]), np.searchsorted(known, chosen[:, 1])] = False
-    return float(scores[unseen].std())
+    return float(scores[unseen].std()) if unseen.any() else 0.0

@@ -134,8 +134,8 @@ def test_score_is_engagement_logit_plus_weighted_rating_plus_scaled_ials(trained
     unseen = [~np.isin(ITEM_IDS, train.item_ids[train.user_ids == u]) for u in ("user0", "user5")]
     spreads = [np.std(ials[k * NUM_ITEMS : (k + 1) * NUM_ITEMS][unseen[k]]) for k in range(2)]
     assert 0.3 * CONFIG.ials_weight < np.mean(spreads) < 3 * CONFIG.ials_weight, spreads
-    unscaled = train_ranker(train, trained["data"], replace(CONFIG, epochs=1, ials_weight=0.0), verbose=False)
-    assert unscaled.ials is None and "ials" not in unscaled.user_parts(users)[0]
+    without = train_ranker(train, trained["data"], replace(CONFIG, epochs=1, ials_weight=0.0), verbose=False)
+    assert without.ials is None and "ials" not in without.user_parts(users)[0]
 
 
 def planted_pairs(train: Interactions) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +183,8 @@ def test_unseen_spread_is_the_std_over_users_unseen_items_with_pairs():
     pairs = np.array([[0, 1], [1, 2], [0, 3]])
     # user 0 saw items 1 and 3, leaving 2 (score 3); user 1 saw 2, leaving 1 and 3 (2 and 10); user 2 has no pairs.
     assert unseen_spread(users, items, pairs, seed=0) == pytest.approx(np.std([3.0, 2.0, 10.0]))
+    everything = np.array([[0, 1], [0, 2], [0, 3], [1, 1], [1, 2], [1, 3]])
+    assert unseen_spread(users, items, everything, seed=0) == 0.0  # nobody has an unseen item left
 
 
 def test_export_serves_the_contract_and_the_models_numbers(trained):
