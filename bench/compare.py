@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             stacks[v.name] = start_stack(args.artifact_root, args.out / v.name, extra_env=v.env,
                                          cpus=layouts[v.name].services)
-        targets = {name: Target("recommend", stack["gateway"].address, user_ids=tuple(users)) for name, stack in stacks.items()}
+        targets = {name: Target("recommend", stack["gateway"].address, user_ids=tuple(users))
+                   for name, stack in stacks.items()}
         for name in names:  # warm every path before measuring
             run_load(targets[name], args.concurrency, 3.0, args.client_processes, cpus=layouts[name].rest)
         for r, name in alternating(names, args.rounds):

@@ -138,22 +138,15 @@ def test_score_is_engagement_logit_plus_weighted_rating_plus_scaled_ials(trained
     assert without.ials is None and "ials" not in without.user_parts(users)[0]
 
 
-def planted_pairs(train: Interactions) -> tuple[np.ndarray, np.ndarray]:
-    """(user row, item row) pairs of the synthetic training data (users 0..47, items 0..63), and each user's group."""
-    users = np.array([int(u.removeprefix("user")) for u in train.user_ids])
-    return np.stack([users, (train.item_ids - 500) // 7], axis=1), np.arange(NUM_USERS) % GROUPS
-
-
 def test_ials_ranks_a_users_unseen_own_group_items_first(trained):
-    pairs, groups = planted_pairs(trained["train"])
+    train = trained["train"]
+    # (user row, item row) pairs: user k is "user{k}", item row k is ITEM_IDS[k].
+    pairs = np.stack([[int(u.removeprefix("user")) for u in train.user_ids], (train.item_ids - 500) // 7], axis=1)
     users, items = fit_ials(pairs, NUM_USERS + 2, NUM_ITEMS + 1, dim=8, alpha=2.0, l2=1.0, iterations=10, seed=0)
     assert users.shape == (NUM_USERS + 2, 8) and items.shape == (NUM_ITEMS + 1, 8)
     assert not users[NUM_USERS:].any() and not items[NUM_ITEMS:].any()  # rows without pairs stay zero
     scores = users[:NUM_USERS] @ items[:NUM_ITEMS].T
-    seen = np.zeros_like(scores, dtype=bool)
-    seen[pairs[:, 0], pairs[:, 1]] = True
-    own = (np.arange(NUM_ITEMS) // PER_GROUP)[None, :] == groups[:, None]
-    gaps = [scores[u][own[u] & ~seen[u]].mean() - scores[u][~own[u] & ~seen[u]].mean() for u in range(NUM_USERS)]
+    gaps = [unseen_group_gap(train, f"user{u}", scores[u]) for u in range(NUM_USERS)]
     assert np.mean(np.array(gaps) > 0) > 0.9, gaps
     again = fit_ials(pairs, NUM_USERS + 2, NUM_ITEMS + 1, dim=8, alpha=2.0, l2=1.0, iterations=10, seed=0)
     np.testing.assert_array_equal(users, again[0])
