@@ -121,6 +121,15 @@ class SeenItems:
             return self._items[:0]
         return self._items[self._indptr[i] : self._indptr[i + 1]]
 
+    def contains(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """bool per (user_ids[i], item_ids[i]) pair: the user interacted with the item."""
+        items = np.asarray(item_ids, dtype=np.int64)
+        out = np.zeros(len(items), dtype=bool)
+        for i, (user_id, item_id) in enumerate(zip(np.asarray(user_ids).astype(str), items)):
+            seen = self.get(user_id)  # sorted
+            out[i] = len(seen) > 0 and seen[min(int(np.searchsorted(seen, item_id)), len(seen) - 1)] == item_id
+        return out
+
 
 def write_seen(release_dir: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
     users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)

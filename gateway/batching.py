@@ -143,10 +143,11 @@ class BatchedRanking:
 
     def __init__(self, client: Any, max_batch: int, max_in_flight: int, window: float) -> None:
         self.client = client
-        self._coalescer: Coalescer[tuple[str, np.ndarray], StageScores] = Coalescer(
+        self._coalescer: Coalescer[tuple[str, np.ndarray, np.ndarray], StageScores] = Coalescer(
             client.rank_batch, max_batch, max_in_flight, window)
 
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores:
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float,
+             history: np.ndarray) -> StageScores:
         if timeout <= 0:
             raise StageUnavailable("ranking", "the request's deadline left no time for this stage")
-        return self._coalescer.submit(release_id, (user_id, item_ids), timeout)
+        return self._coalescer.submit(release_id, (user_id, item_ids, history), timeout)

@@ -90,14 +90,15 @@ class GrpcRanking(StageClient):
     def __init__(self, channel: grpc.Channel, target: str = "") -> None:
         super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target)
 
-    def rank_batch(self, release_id: str, queries: list[tuple[str, np.ndarray]], timeout: float
+    def rank_batch(self, release_id: str, queries: list[tuple[str, np.ndarray, np.ndarray]], timeout: float
                    ) -> list[StageScores]:
-        """One RankBatch for (user_id, item_ids) queries."""
+        """One RankBatch for (user_id, item_ids, history) queries; an empty history means the stored one."""
         request = ranking_pb2.RankBatchRequest(release_id=release_id, queries=[
-            ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=user_id), item_ids=items.tolist())
-            for user_id, items in queries])
+            ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=user_id, history_item_ids=history.tolist()),
+                                  item_ids=items.tolist())
+            for user_id, items, history in queries])
         response = _call("ranking", self._stub.RankBatch, request, timeout)
-        if [len(r.scores) for r in response.results] != [len(items) for _, items in queries]:
+        if [len(r.scores) for r in response.results] != [len(items) for _, items, _ in queries]:
             raise StageUnavailable("ranking", "the batch's scores do not match its queries")
         return [StageScores(response.release_id, np.asarray(r.scores, dtype=np.float32),
                             np.asarray(r.ratings, dtype=np.float32) if len(r.ratings) else None)

@@ -52,7 +52,8 @@ class RetrievalStage(Protocol):
 
 
 class RankingStage(Protocol):
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float) -> StageScores: ...
+    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float,
+             history: np.ndarray) -> StageScores: ...
 
 
 class GatewayRelease:
@@ -219,8 +220,8 @@ class Gateway:
             ids, retrieval_scores = found.item_ids, found.scores
         except StageUnavailable as exc:
             result.degraded_reasons.append(str(exc))
-            result.cold_start = user_id not in release.seen and not len(history)
             seen = history if len(history) else release.seen.get(user_id)
+            result.cold_start = not any(int(item) in release.catalog for item in seen)
             ids, retrieval_scores = release.popularity.top(num_candidates, seen if exclude_seen else None)
         result.retrieval_ms = (time.perf_counter() - t0) * 1000
 
@@ -229,7 +230,7 @@ class Gateway:
             t1 = time.perf_counter()
             try:
                 ranked = self.ranking.rank(release.release_id, user_id, ids,
-                                           self.deadlines.cap(self.deadlines.ranking, remaining()))
+                                           self.deadlines.cap(self.deadlines.ranking, remaining()), history)
                 self._check_release("ranking", release.release_id, ranked.release_id)
                 result.ranking_release_id, scores, ratings = ranked.release_id, ranked.scores, ranked.ratings
             except StageUnavailable as exc:

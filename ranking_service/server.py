@@ -30,14 +30,16 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
 
     @rpc
     def Rank(self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext) -> ranking_pb2.RankResponse:
-        ranked = self.ranker.rank(request.release_id, request.user.user_id, request.item_ids)
+        ranked = self.ranker.rank(request.release_id, request.user.user_id, request.item_ids,
+                                  request.user.history_item_ids)
         ratings = ranked.ratings.tolist() if ranked.ratings is not None else []
         return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist(), ratings=ratings)
 
     @rpc
     def RankBatch(self, request: ranking_pb2.RankBatchRequest, context: grpc.ServicerContext
                   ) -> ranking_pb2.RankBatchResponse:
-        ranked = self.ranker.rank_batch(request.release_id, [(q.user.user_id, q.item_ids) for q in request.queries])
+        ranked = self.ranker.rank_batch(request.release_id,
+                                        [(q.user.user_id, q.item_ids, q.user.history_item_ids) for q in request.queries])
         return ranking_pb2.RankBatchResponse(release_id=request.release_id, results=[
             ranking_pb2.RankResult(scores=r.scores.tolist(), ratings=r.ratings.tolist() if r.ratings is not None else [])
             for r in ranked])

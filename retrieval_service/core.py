@@ -108,7 +108,7 @@ class RetrievalRelease:
         for i, query in enumerate(queries):
             history = query.history if len(query.history) else self.seen.get(query.user_id)
             excluded = history if query.exclude_seen else history[:0]
-            if query.user_id not in self.seen and not (self.reads_history and len(history)):
+            if self._cold(query.user_id, history):
                 ids, scores = self.popularity.top(query.num_candidates, excluded)
                 results[i] = Candidates(self.release_id, ids, scores, cold_start=True)
             else:
@@ -125,6 +125,13 @@ class RetrievalRelease:
                 n, mask = queries[i].num_candidates, keep[row]
                 results[i] = Candidates(self.release_id, ids[row][mask][:n], scores[row][mask][:n], False)
         return results  # type: ignore[return-value]
+
+    def _cold(self, user_id: str, history: np.ndarray) -> bool:
+        """A history-reading tower needs at least one history item in the index (the user id alone says nothing);
+        a v1 tower needs a user it was trained on."""
+        if self.reads_history:
+            return not (self._rows.rows(history) >= 0).any()
+        return user_id not in self.seen
 
     def _unseen(self, rows: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
         """bool [len(seen), k]: which found rows (index rows, -1 for none) are real and not in that query's seen

@@ -20,16 +20,20 @@ from trainer.index import RecallTooLow
 from trainer.models import RetrievalConfig
 from trainer.pipeline import ONLY_CHOICES, PipelineConfig, RolloutRefused, run
 from trainer.ranking import RankingConfig
+from trainer.split import RECENT_FRACTION, SPLITS
 
 ROOT_ENV, CACHE_ENV = "FUNNEL_ARTIFACT_ROOT", "FUNNEL_CACHE_DIR"
 ADMIN_TARGET_ENV, ADMIN_TOKEN_ENV = "FUNNEL_ADMIN_TARGET", "FUNNEL_ADMIN_TOKEN"
 EXIT_OK, EXIT_ERROR, EXIT_GATE_REFUSED, EXIT_ROLLOUT_REFUSED = 0, 1, 3, 4  # argparse exits 2 on a usage error
 
 DESCRIPTION = """\
-The trainer job: train -> evaluate the exported models on held-out data -> gate against the stable release ->
-publish -> start the rollout as candidate. Runs once, or every --every seconds until SIGTERM/SIGINT."""
+The trainer job: train -> evaluate the exported models on held-out data (by default each user's most recent
+interactions) -> gate against the stable release -> train again on all the data -> publish -> start the rollout as
+candidate. The release's seen items and stored histories always cover every interaction it was given. Runs once,
+or every --every seconds until SIGTERM/SIGINT."""
 EPILOG = f"""\
-gate: the new and the stable release are both evaluated through their exported models on the same held-out split;
+gate: the new (held-out) models and the stable release are both evaluated through their exported models on the
+held-out interactions the stable release was not given (none when the data is the same: the gate then passes);
 the new one is refused, and nothing is published, when
   recall@100       < stable recall@100       - --max-recall-drop     (default {GateConfig.max_recall_drop}, absolute)
   ranking RMSE     > stable ranking RMSE     + --max-rmse-increase (default {GateConfig.max_rmse_increase}, absolute)
@@ -81,6 +85,17 @@ def parse_args(
         "'index' re-indexes the catalog with the stable candidate tower; the other parts are copied "
         "(default: train both models)",
     )  # fmt: skip
+    parser.add_argument(
+        "--split", choices=SPLITS, default=PipelineConfig.split,
+        help="the held-out part the models are evaluated and gated on: 'recent' holds out each user's most recent "
+        f"{RECENT_FRACTION:.0%} of interactions (default), 'seeds' the TFRS tutorials' seeded shuffle, 'temporal' "
+        "everything after one global time cut",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-refit", dest="refit", action="store_false",
+        help="publish the evaluated models, trained without the held-out part (default: after the gate, train again "
+        "on every interaction with the same settings and publish those)",
+    )  # fmt: skip
     parser.add_argument("--no-gate", action="store_true", help="publish without comparing to the stable release")
     parser.add_argument(
         "--max-recall-drop", type=float, default=GateConfig.max_recall_drop, metavar="X",
@@ -122,6 +137,8 @@ def parse_args(
         data=args.data,
         cache_dir=Path(args.cache_dir),
         max_users=args.max_users,
+        split=args.split,
+        refit=args.refit,
         release_id=args.release_id,
         set_stable=args.set_stable,
         only=args.only,

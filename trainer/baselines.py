@@ -1,4 +1,4 @@
-"""Offline baselines (global mean, popularity, EASE) and the top-K metrics they share with Funnel's; numpy only."""
+"""Offline baselines (global mean, popularity, item-kNN, EASE, iALS) and the top-K metrics they share with Funnel's."""
 
 from __future__ import annotations
 
@@ -159,8 +159,41 @@ def popularity_scorer(counts: np.ndarray) -> Scorer:
     return lambda rows: np.broadcast_to(counts, (len(rows), len(counts)))
 
 
-def ease_scorer(data: EvalSet, weights: np.ndarray, cold_scores: np.ndarray) -> Scorer:
-    """History rows times EASE weights; a user with no training history gets ``cold_scores`` (popularity)."""
+def item_similarity(history: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+    """Item-item cosine similarity of the binary history's columns, co-counts / (|i| |j| + shrink), float64 with a
+    zero diagonal; an item nobody has is similar to nothing."""
+    if shrink < 0:
+        raise ValueError(f"expected a shrink >= 0, got {shrink}")
+    x = np.asarray(history, dtype=np.float64)
+    gram = x.T @ x
+    norms = np.sqrt(np.diag(gram))
+    denominator = np.outer(norms, norms) + shrink
+    similarity = np.divide(gram, denominator, out=np.zeros_like(gram), where=denominator > 0)
+    np.fill_diagonal(similarity, 0.0)
+    return similarity
+
+
+def keep_neighbors(similarity: np.ndarray, neighbors: int | None) -> np.ndarray:
+    """Each row's ``neighbors`` most similar items (ties by column), the rest zeroed; None keeps every item."""
+    if neighbors is None or neighbors >= similarity.shape[1]:
+        return similarity
+    if neighbors < 1:
+        raise ValueError(f"expected neighbors >= 1 (or None for all), got {neighbors}")
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbors]
+    kept = np.zeros_like(similarity)
+    np.put_along_axis(kept, top, np.take_along_axis(similarity, top, axis=1), axis=1)
+    return kept
+
+
+def item_knn_weights(history: np.ndarray, neighbors: int | None = None, shrink: float = 0.0) -> np.ndarray:
+    """Item-kNN weights: row i holds item i's ``neighbors`` most cosine-similar items (see item_similarity), so a
+    history row times them sums, for each item, the similarity of the user's items that count it as a neighbor."""
+    return keep_neighbors(item_similarity(history, shrink), neighbors)
+
+
+def item_item_scorer(data: EvalSet, weights: np.ndarray, cold_scores: np.ndarray) -> Scorer:
+    """History rows times item-item weights (EASE, item-kNN); a user with no training history gets ``cold_scores``
+    (popularity)."""
 
     def score(rows: np.ndarray) -> np.ndarray:
         history = data.seen[rows]
@@ -171,11 +204,57 @@ def ease_scorer(data: EvalSet, weights: np.ndarray, cold_scores: np.ndarray) -> 
     return score
 
 
+def ials_factors(history: np.ndarray, *, factors: int, regularization: float, alpha: float, iterations: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(user factors [rows, factors], item factors [columns, factors]) of the binary user x item ``history`` from
+    implicit's CPU AlternatingLeastSquares (confidence 1 + alpha on interactions), on 2 threads, seeded.
+
+    Needs the optional ``implicit`` package (a bench/eval extra, not a project dependency).
+    """
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from scipy.sparse import csr_matrix
+        from threadpoolctl import threadpool_limits
+    except ImportError as error:
+        raise ImportError(f"expected the 'implicit' package for the iALS baseline (pip install implicit==0.7.3), "
+                          f"got: {error}") from error  # fmt: skip
+    with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads on top only contend
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                        iterations=iterations, num_threads=2, random_state=seed)  # fmt: skip
+        model.fit(csr_matrix(np.asarray(history, dtype=np.float32)), show_progress=False)
+    return np.asarray(model.user_factors, dtype=np.float64), np.asarray(model.item_factors, dtype=np.float64)
+
+
+def factor_scorer(data: EvalSet, user_rows: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
+                  cold_scores: np.ndarray) -> Scorer:  # fmt: skip
+    """User factors times item factors; EvalSet row r is factor row ``user_rows[r]``, -1 for a user without factors,
+    who gets ``cold_scores`` (popularity) as does a user with no training history."""
+    if item_factors.shape[0] != len(data.items):
+        raise ValueError(f"expected item factors for {len(data.items)} catalog items, got {item_factors.shape[0]}")
+    cold = data.cold | (np.asarray(user_rows) < 0)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        scores = user_factors[np.maximum(user_rows[rows], 0)] @ item_factors.T
+        scores[cold[rows]] = cold_scores
+        return scores
+
+    return score
+
+
+def user_rows(train: Interactions, data: EvalSet) -> np.ndarray:
+    """The training_matrix row of each EvalSet user (int64), -1 for a user not in ``train``."""
+    users = np.unique(train.user_ids)
+    if not len(users):
+        return np.full(len(data.users), -1, dtype=np.int64)
+    rows = np.minimum(np.searchsorted(users, data.users), len(users) - 1)
+    return np.where(users[rows] == data.users, rows, -1).astype(np.int64)
+
+
 def rank_baselines(train: Interactions, data: EvalSet, lam: float = EASE_LAMBDA) -> dict[str, Positions]:
     """Positions of the test pairs under popularity and EASE, both with cold-start users ranked by popularity."""
     counts = popularity_counts(train, data.items)
     weights = ease_weights(training_matrix(train, data.items), lam)
     return {
         "popularity": rank_by_scores(popularity_scorer(counts), data),
-        "ease": rank_by_scores(ease_scorer(data, weights, counts), data),
+        "ease": rank_by_scores(item_item_scorer(data, weights, counts), data),
     }

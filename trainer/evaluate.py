@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from funnel.artifacts import pad_histories
 from funnel.data import Interactions
 from funnel.errors import ReleaseError
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
@@ -66,6 +67,29 @@ def embed_users(query_tower: Signature, user_ids: np.ndarray, histories: Histori
     return np.concatenate(parts)
 
 
+def rank_pairs(ranker: Signature, pairs: Interactions, histories: Histories, batch: int) -> np.ndarray:
+    """The ranker's rating prediction (its "rating" output when it has one, else "score") of each (user, item) pair;
+    a ranker whose signature reads ``history`` (v2) gets each user's items from ``histories`` and their pairs as one
+    row of candidates, a v1 ranker the pairs alone."""
+    output = "rating" if "rating" in ranker.structured_outputs else "score"
+    if "history" not in ranker.structured_input_signature[1]:
+        return run_batched(ranker, output, batch, user_id=pairs.user_ids, item_id=pairs.item_ids)
+    users, pair_user = np.unique(np.asarray(pairs.user_ids).astype(str), return_inverse=True)
+    order = np.argsort(pair_user, kind="stable")
+    bounds = np.searchsorted(pair_user[order], np.arange(len(users) + 1))
+    predicted = np.empty(len(pairs), dtype=np.float64)
+    step = max(1, batch // 64)  # users per call
+    for start in range(0, len(users), step):
+        rows = range(start, min(start + step, len(users)))
+        candidates = [pairs.item_ids[order[bounds[r] : bounds[r + 1]]] for r in rows]
+        out = ranker(user_id=tf.constant(users[start : start + len(rows)]),
+                     history=tf.constant(histories.padded(users[start : start + len(rows)])),
+                     item_id=tf.constant(pad_histories(candidates)))[output].numpy()  # fmt: skip
+        for k, r in enumerate(rows):
+            predicted[order[bounds[r] : bounds[r + 1]]] = out[k, : bounds[r + 1] - bounds[r]]
+    return predicted
+
+
 def _shares(better: np.ndarray) -> dict[str, float]:
     return {f"top_{k}": float(np.mean(better < k)) for k in TOP_KS}
 
@@ -120,14 +144,11 @@ def evaluate_release(
     max_pairs: int | None = None, seed: int = 42,
 ) -> Evaluation:  # fmt: skip
     """Retrieval top-K through the query and candidate towers over the index's items, with the users' training
-    items (``histories``, also the v2 query tower's input) counted and excluded, on ``test`` or, with
+    items (``histories``, also the v2 query tower's and ranker's input) counted and excluded, on ``test`` or, with
     ``max_pairs``, on a sample of that many of its pairs drawn with ``seed``; the ranker's RMSE on all of ``test``
     (its "rating" output when it has one, else "score")."""
     release_dir = Path(release_dir)
-    ranker = load_signature(release_dir, RANKER_DIR)
-    rating = "rating" if "rating" in ranker.structured_outputs else "score"
-    predicted = run_batched(ranker, rating, batch_size, user_id=test.user_ids, item_id=test.item_ids)
-    ranker_rmse = rmse(predicted, test.ratings)
+    ranker_rmse = rmse(rank_pairs(load_signature(release_dir, RANKER_DIR), test, histories, batch_size), test.ratings)
     if max_pairs is not None and max_pairs < len(test):
         test = test.take(np.sort(np.random.default_rng(seed).choice(len(test), max_pairs, replace=False)))
     query_tower = load_signature(release_dir, QUERY_TOWER_DIR)

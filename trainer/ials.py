@@ -16,12 +16,11 @@ def _grouped(pairs: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _solve(fixed: np.ndarray, indptr: np.ndarray, columns: np.ndarray, alpha: float, l2: float) -> np.ndarray:
     """Each row's exact least-squares factor given the other side's ``fixed`` factors; rows without pairs get 0."""
-    dim = fixed.shape[1]
-    gram = fixed.T @ fixed + l2 * np.eye(dim)  # the unobserved cells, confidence 1 and target 0, of every row
-    out = np.zeros((len(indptr) - 1, dim))
+    unobserved = gram(fixed, l2)  # the unobserved cells, confidence 1 and target 0, of every row
+    out = np.zeros((len(indptr) - 1, fixed.shape[1]))
     for row in np.flatnonzero(np.diff(indptr)):
         observed = fixed[columns[indptr[row] : indptr[row + 1]]]
-        out[row] = np.linalg.solve(gram + alpha * observed.T @ observed, (1.0 + alpha) * observed.sum(axis=0))
+        out[row] = np.linalg.solve(unobserved + alpha * observed.T @ observed, (1.0 + alpha) * observed.sum(axis=0))
     return out
 
 
@@ -44,7 +43,14 @@ def fit_ials(
     for _ in range(iterations):
         users = _solve(items, *by_user, alpha, l2)
         items = _solve(users, *by_item, alpha, l2)
+    users = _solve(items, *by_user, alpha, l2)  # against the final items, as a served fold-in computes them
     return users.astype(np.float32), items.astype(np.float32)
+
+
+def gram(items: np.ndarray, l2: float) -> np.ndarray:
+    """YᵀY + l2·I (float64): the part of every user's normal equations that the unobserved cells contribute."""
+    items = np.asarray(items, dtype=np.float64)
+    return items.T @ items + l2 * np.eye(items.shape[1])
 
 
 def unseen_spread(users: np.ndarray, items: np.ndarray, pairs: np.ndarray, seed: int) -> float:

@@ -1,10 +1,11 @@
-"""The trainer job: load → split → train, export, index → evaluate → gate → publish → start the rollout."""
+"""The trainer job: load → split → train, export, index → evaluate → gate → refit on all → publish → rollout."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ import grpc
 import numpy as np
 
 from funnel.admin_client import AdminClient
-from funnel.artifacts import write_catalog, write_popularity, write_seen
+from funnel.artifacts import read_seen, write_catalog, write_popularity, write_seen
 from funnel.data import Dataset, Interactions, load_dataset
 from funnel.errors import ReleaseError
 from funnel.release import (
@@ -28,7 +29,7 @@ from funnel.release import (
     RolloutState,
     new_release_id,
 )
-from trainer.evaluate import embed_users, evaluate_release, load_signature, run_batched
+from trainer.evaluate import Evaluation, embed_users, evaluate_release, load_signature, run_batched
 from trainer.export import export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig, check_gate
 from trainer.index import INDEX_JSON, IndexConfig, build_index
@@ -48,7 +49,8 @@ class PipelineConfig:
     data: str = "movielens-100k"
     cache_dir: Path = Path("var/cache")
     max_users: int | None = None  # None: every user
-    split: str = "seeds"  # "seeds": the tutorials' seeded shuffle; "temporal": train on the earliest 80%
+    split: str = "recent"  # held out to evaluate and gate: "recent" (each user's latest 20%), "seeds", "temporal"
+    refit: bool = True  # after the gate, train again on every interaction and publish that
     release_id: str | None = None  # None: generated
     set_stable: bool | None = None  # None: only when the store has no stable release yet
     only: str | None = None  # "index" or "ranker": rebuild that part of the stable release; None: train both models
@@ -131,10 +133,10 @@ def _copy_parts(source: Path, target: Path, parts: tuple[str, ...]) -> None:
 
 
 def _index_from_towers(
-    release_dir: Path, user_vocab: np.ndarray, item_vocab: np.ndarray, train_items: Histories, config: IndexConfig
+    release_dir: Path, user_vocab: np.ndarray, item_vocab: np.ndarray, histories: Histories, config: IndexConfig
 ) -> None:
     """Build index/ from the release's exported towers: the catalog through the candidate tower, recall queries
-    through the query tower (with each user's training items as history); the index carries the candidate tower's
+    through the query tower (with each user's items as history); the index carries the candidate tower's
     fingerprint and training run."""
     query_meta, candidate_meta = _sidecar(release_dir / QUERY_TOWER_DIR), _sidecar(release_dir / CANDIDATE_TOWER_DIR)
     fingerprint = candidate_meta["candidate_tower_fingerprint"]
@@ -148,7 +150,7 @@ def _index_from_towers(
         release_dir / INDEX_DIR,
         item_vocab,
         run_batched(load_signature(release_dir, CANDIDATE_TOWER_DIR), "embedding", batch, item_id=item_vocab),
-        embed_users(load_signature(release_dir, QUERY_TOWER_DIR), user_vocab, train_items, batch),
+        embed_users(load_signature(release_dir, QUERY_TOWER_DIR), user_vocab, histories, batch),
         candidate_fingerprint=fingerprint,
         training_run=candidate_meta["training_run"],
         config=config,
@@ -166,87 +168,117 @@ def _start_rollout(target: str, token: str | None, release_id: str, fraction: fl
         ) from None
 
 
+class _Job:
+    """One run's state: its config, the dataset, the stable release it builds on or gates against, phase timings."""
+
+    def __init__(self, config: PipelineConfig, dataset: Dataset, base_dir: Path | None, stable_id: str | None) -> None:
+        self.config, self.dataset, self.base_dir, self.stable_id = config, dataset, base_dir, stable_id
+        self.timings: dict[str, float] = {}
+        self.histories: dict[str, dict[str, list[float]]] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        print(f"[trainer] {name} ...", flush=True)
+        start = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - start
+        print(f"[trainer] {name} done in {self.timings[name]:.1f} s", flush=True)
+
+    def build(self, target: Path, data: Interactions, label: str) -> dict[str, str]:
+        """Train (or copy from stable, with --only) the towers, index and ranker on ``data`` into ``target``; the
+        training runs of the parts. ``label`` names the phases ("held-out" or "refit" models)."""
+        config, runs = self.config, {}
+        histories = Histories(data.user_ids, data.item_ids)  # the query tower's history input, as served
+        item_vocab = self.dataset.items.item_ids  # the whole catalog is retrievable
+        if config.only == "ranker":
+            print(f"[trainer] copying {', '.join(RETRIEVAL_PARTS)} from stable release {self.stable_id}", flush=True)
+            _copy_parts(self.base_dir, target, RETRIEVAL_PARTS)
+        else:
+            if config.only == "index":
+                print(f"[trainer] copying the towers and ranker from stable release {self.stable_id}", flush=True)
+                _copy_parts(self.base_dir, target, (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, RANKER_DIR))
+            else:
+                runs["retrieval"] = f"retrieval-{new_release_id()}"
+                with self.phase(f"train retrieval ({label})"):
+                    retrieval = train_retrieval(_features(data), item_vocab, config.retrieval, histories=histories)
+                self.histories[f"retrieval ({label})"] = _history(retrieval)
+                with self.phase(f"export towers ({label})"):
+                    fingerprint = export_candidate_tower(
+                        retrieval.candidate_tower, target / CANDIDATE_TOWER_DIR, training_run=runs["retrieval"]
+                    )
+                    export_query_tower(
+                        retrieval.query_tower, target / QUERY_TOWER_DIR,
+                        candidate_fingerprint=fingerprint, training_run=runs["retrieval"],
+                    )  # fmt: skip
+            with self.phase(f"build index ({label})"):
+                _index_from_towers(target, np.unique(data.user_ids), item_vocab, histories, config.index)
+        if config.only != "index":
+            runs["ranking"] = f"ranking-{new_release_id()}"
+            with self.phase(f"train ranking ({label})"):
+                ranking = train_ranker(data, self.dataset, config.ranking)
+            self.histories[f"ranking ({label})"] = _history(ranking)
+            with self.phase(f"export ranker ({label})"):
+                export_ranker(ranking, target / RANKER_DIR, training_run=runs["ranking"])
+        return runs
+
+    def evaluate(self, models: Path, train: Interactions, test: Interactions) -> tuple[Evaluation, dict | None]:
+        """The held-out models' evaluation on ``test`` and the gate's record (None when there is no gate); raises
+        GateRefused. The gate compares both releases on the held-out interactions the stable release was not given
+        (a stable release refitted on all its data has seen the rest)."""
+        config, histories = self.config, Histories(train.user_ids, train.item_ids)
+        options = {"batch_size": config.eval_batch_size, "max_pairs": config.eval_max_pairs, "seed": config.seed}
+        with self.phase("evaluate held-out models"):
+            evaluation = evaluate_release(models, test, histories, **options)
+        if config.gate is None or self.stable_id is None:
+            print(f"[trainer] gate skipped: {'--no-gate' if self.stable_id else 'no stable release yet'}", flush=True)
+            return evaluation, None
+        assert self.base_dir is not None
+        unseen = test.take(~read_seen(self.base_dir).contains(test.user_ids, test.item_ids))
+        if not len(unseen):
+            print(f"[trainer] gate skipped: stable release {self.stable_id} was given every held-out interaction "
+                  "(the same data): nothing to compare on", flush=True)  # fmt: skip
+            return evaluation, {"stable_release_id": self.stable_id, "passed": True, "compared_pairs": 0}
+        with self.phase(f"gate against stable release {self.stable_id} on {len(unseen)} held-out interactions"):
+            new = evaluation if len(unseen) == len(test) else evaluate_release(models, unseen, histories, **options)
+            stable = evaluate_release(self.base_dir, unseen, histories, **options)
+        record = check_gate(new, stable, self.stable_id, config.gate)  # raises GateRefused
+        return evaluation, {**record, "compared_pairs": len(unseen)}
+
+
 def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResult:
     """Run the whole job on ``dataset`` (default: load ``config.data``), publish one release and start its rollout.
+
+    Train on the split's training part, evaluate those models on its held-out part and gate them against the
+    stable release; then (``config.refit``) train again on every interaction with the same settings and publish
+    that. The release's seen items, stored histories and popularity always cover every interaction.
 
     Raises GateRefused (nothing published) when the release is worse than stable beyond ``config.gate``, and
     RolloutRefused (the release stays published) when the admin service refuses the rollout.
     """
-    timings: dict[str, float] = {}
-    histories: dict[str, dict[str, list[float]]] = {}
-
-    @contextlib.contextmanager
-    def phase(name: str) -> Iterator[None]:
-        print(f"[trainer] {name} ...", flush=True)
-        start = time.monotonic()
-        yield
-        timings[name] = time.monotonic() - start
-        print(f"[trainer] {name} done in {timings[name]:.1f} s", flush=True)
-
     store = ArtifactStore(config.artifact_root)
     stable_id = store.get_channel("stable")
     gated = config.gate is not None and stable_id is not None
     base_dir, base_runs = _stable_base(store, stable_id, config.only) if config.only or gated else (None, {})
     with store.new_release(config.release_id) as writer:  # fails now, not after training, on a duplicate id
-        with phase("load data"):
-            if dataset is None:
-                dataset = load_dataset(config.data, config.cache_dir)
-            if config.max_users is not None:
-                dataset = dataset.subset_users(config.max_users)
-            print(f"[trainer] dataset {dataset.name}: {len(dataset.interactions)} interactions, "
-                  f"{len(dataset.items)} items", flush=True)  # fmt: skip
-
-        with phase("split"):
-            train_idx, test_idx = make_split(config.split, dataset.interactions, seed=config.seed)
-            train, test = dataset.interactions.take(train_idx), dataset.interactions.take(test_idx)
-            user_vocab = np.unique(train.user_ids)  # users never seen in training get the out-of-vocabulary row
-            item_vocab = dataset.items.item_ids  # the whole catalog is retrievable
-            train_items = Histories(train.user_ids, train.item_ids)  # the query tower's history input, as served
-            print(f"[trainer] {len(train)} train / {len(test)} test interactions, {len(user_vocab)} users", flush=True)
+        job = _Job(config, _load(config, dataset), base_dir, stable_id)
+        dataset = job.dataset
+        everything = dataset.interactions
+        with job.phase("split"):
+            train_idx, test_idx = make_split(config.split, everything, seed=config.seed)
+            train, test = everything.take(train_idx), everything.take(test_idx)
+            print(f"[trainer] {config.split} split: {len(train)} train / {len(test)} held-out interactions, "
+                  f"{len(np.unique(train.user_ids))} users", flush=True)  # fmt: skip
 
         runs = dict(base_runs) if config.only else {}  # a part copied from stable keeps the run it came from
-        if config.only == "ranker":
-            print(f"[trainer] copying {', '.join(RETRIEVAL_PARTS)} from stable release {stable_id}", flush=True)
-            _copy_parts(base_dir, writer.dir, RETRIEVAL_PARTS)
+        if config.refit:
+            with tempfile.TemporaryDirectory(dir=store.staging_dir, prefix=f"{writer.release_id}.held-out.") as held:
+                job.build(Path(held), train, "held-out")
+                evaluation, gate = job.evaluate(Path(held), train, test)
+            runs.update(job.build(writer.dir, everything, "refit"))
         else:
-            if config.only == "index":
-                print(f"[trainer] copying the towers and ranker from stable release {stable_id}", flush=True)
-                _copy_parts(base_dir, writer.dir, (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, RANKER_DIR))
-            else:
-                runs["retrieval"] = f"retrieval-{new_release_id()}"
-                with phase("train retrieval"):
-                    retrieval = train_retrieval(_features(train), item_vocab, config.retrieval, histories=train_items)
-                histories["retrieval"] = _history(retrieval)
-                with phase("export towers"):
-                    fingerprint = export_candidate_tower(
-                        retrieval.candidate_tower, writer.dir / CANDIDATE_TOWER_DIR, training_run=runs["retrieval"]
-                    )
-                    export_query_tower(
-                        retrieval.query_tower, writer.dir / QUERY_TOWER_DIR,
-                        candidate_fingerprint=fingerprint, training_run=runs["retrieval"],
-                    )  # fmt: skip
-            with phase("build index"):
-                _index_from_towers(writer.dir, user_vocab, item_vocab, train_items, config.index)
-        if config.only != "index":
-            runs["ranking"] = f"ranking-{new_release_id()}"
-            with phase("train ranking"):
-                ranking = train_ranker(train, dataset, config.ranking)
-            histories["ranking"] = _history(ranking)
-            with phase("export ranker"):
-                export_ranker(ranking, writer.dir / RANKER_DIR, training_run=runs["ranking"])
-
-        evaluation_options = {
-            "batch_size": config.eval_batch_size, "max_pairs": config.eval_max_pairs, "seed": config.seed
-        }  # fmt: skip
-        with phase("evaluate"):
-            evaluation = evaluate_release(writer.dir, test, train_items, **evaluation_options)
-        gate = None
-        if gated:
-            with phase(f"evaluate stable release {stable_id}"):
-                stable_evaluation = evaluate_release(base_dir, test, train_items, **evaluation_options)
-            gate = check_gate(evaluation, stable_evaluation, stable_id, config.gate)  # raises GateRefused
-        else:
-            print(f"[trainer] gate skipped: {'--no-gate' if stable_id else 'no stable release yet'}", flush=True)
+            runs.update(job.build(writer.dir, train, "held-out"))
+            evaluation, gate = job.evaluate(writer.dir, train, test)
+        published = everything if config.refit else train
 
         index_meta = json.loads((writer.dir / INDEX_DIR / INDEX_JSON).read_text(encoding="utf-8"))
         metrics = {
@@ -255,16 +287,21 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
             "num_train": len(train),
             "num_test": len(test),
             "gate": gate,
-        }
-        with phase("publish"):
+            "trained_on": {
+                "interactions": len(published), "users": len(np.unique(published.user_ids)),
+                "until_timestamp": int(published.timestamps.max()), "refit": config.refit,
+            },
+        }  # fmt: skip
+        with job.phase("publish"):
             write_catalog(writer.dir, dataset.items)
-            write_seen(writer.dir, train.user_ids, train.item_ids)
-            write_popularity(writer.dir, train.item_ids)
+            write_seen(writer.dir, everything.user_ids, everything.item_ids)
+            write_popularity(writer.dir, everything.item_ids)
             run_config = {
                 "data": config.data,
                 "dataset": dataset.name,
                 "max_users": config.max_users,
                 "split": config.split,
+                "refit": config.refit,
                 "only": config.only,
                 "base_release": stable_id if config.only else None,
                 "gate": None if config.gate is None else asdict(config.gate),
@@ -279,7 +316,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
             )
 
     print(f"[trainer] published release {release_id} in {store.releases_dir}", flush=True)
-    _print_summary(metrics, timings)
+    _print_summary(metrics, job.timings)
     make_stable = config.set_stable if config.set_stable is not None else stable_id is None
     rollout = None
     if make_stable:
@@ -292,13 +329,25 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
     else:
         print(f"[trainer] channel stable stays at {stable_id}; no admin target, so start the rollout with:\n"
               f"  funnel rollout start {release_id} --fraction {config.rollout_fraction:g}", flush=True)  # fmt: skip
-    return PipelineResult(release_id, metrics, make_stable, rollout, timings, histories)
+    return PipelineResult(release_id, metrics, make_stable, rollout, job.timings, job.histories)
+
+
+def _load(config: PipelineConfig, dataset: Dataset | None) -> Dataset:
+    if dataset is None:
+        dataset = load_dataset(config.data, config.cache_dir)
+    if config.max_users is not None:
+        dataset = dataset.subset_users(config.max_users)
+    print(f"[trainer] dataset {dataset.name}: {len(dataset.interactions)} interactions, "
+          f"{len(dataset.items)} items", flush=True)  # fmt: skip
+    return dataset
 
 
 def _print_summary(metrics: dict[str, Any], timings: dict[str, float]) -> None:
     top_k = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in metrics["retrieval_top_k"].items())
-    print(f"Evaluation of the exported models on {metrics['num_test']} held-out interactions "
-          f"(trained on {metrics['num_train']}):")  # fmt: skip
+    trained_on = metrics["trained_on"]
+    print(f"Evaluation of models trained on {metrics['num_train']} interactions, on {metrics['num_test']} held-out "
+          f"ones; the published models were trained on {trained_on['interactions']} "
+          f"({'refit on all' if trained_on['refit'] else 'the held-out models, --no-refit'}):")  # fmt: skip
     recall = "  ".join(f"recall@{k.split('_')[1]} {v:.4f}" for k, v in metrics["retrieval_recall"].items())
     print(f"  retrieval (factorized top-k accuracy over the catalog): {top_k}")
     print(f"  retrieval (recall over the catalog, the user's training items excluded): {recall}")

@@ -12,7 +12,7 @@ from funnel.data import Dataset, Interactions
 from funnel.tf import tf
 from trainer.baselines import rmse
 from trainer.export import save_module
-from trainer.ials import fit_ials, unseen_spread
+from trainer.ials import fit_ials, gram, unseen_spread
 from trainer.models import EpochLog, seed_everything
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
@@ -48,6 +48,9 @@ class RankingConfig:
     epochs: int = 22
     full_softmax_max_items: int = 50_000  # larger catalogs: in-batch engagement softmax with logQ correction
     history: bool = True  # SVD++ implicit term: the user's training items' "y" embeddings
+    # The user id's own embedding in the rating and engagement vectors; without it a user is their features and
+    # history alone, as a user unknown to the release but sending a history is served (the bias keeps its id term)
+    user_id_vectors: bool = True
     user_features: bool = True  # age group, gender, occupation
     item_features: bool = True  # genres, release-year bucket
     seed: int = 42
@@ -192,6 +195,7 @@ class _Side(tf.keras.layers.Layer):
         self.trained = tf.constant(tables.user_trained if user else tables.item_trained)
         count = tables.num_users if user else tables.num_items
         self.ids = tf.keras.layers.Embedding(count, dim, embeddings_initializer=init, name="id")
+        self.drop_ids = user and dim > 1 and not config.user_id_vectors
         self.categories: list[tuple[tf.Tensor, tf.keras.layers.Embedding]] = []
         if user and config.user_features:
             for column, size in enumerate(tables.user_category_sizes):
@@ -220,17 +224,22 @@ class _Side(tf.keras.layers.Layer):
             self.history_weight = tf.constant(1.0 / np.sqrt(np.maximum(counts, 1)), tf.float32)  # per user row
             self.y = self.add_weight(name="history", shape=(tables.num_items, dim), initializer=init)
 
-    def call(self, rows: tf.Tensor, entries: tf.Tensor | None = None) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    def call(
+        self, rows: tf.Tensor, entries: tf.Tensor | None = None, with_history: bool = True
+    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """(vector [B, dim], its terms for the L2 penalty); ``entries`` (positions in the history, -1 for none) leave
-        each training row's own item out of its user's history term, as it will be at serving time."""
+        each training row's own item out of its user's history term, as it will be at serving time. Without
+        ``with_history`` the SVD++ history term is left out (the served ranker adds it from the request's history)."""
         own = self.ids(rows) * tf.gather(self.trained, rows)[:, None]
+        if self.drop_ids:
+            own = tf.zeros_like(own)
         terms = [own]
         for index, embedding in self.categories:
             category = tf.gather(index, rows)
             terms.append(embedding(category) * tf.cast(category > 0, own.dtype)[:, None])
         if self.genres is not None:
             terms.append(self.genre_weights(tf.gather(self.genres, rows)))
-        if self.history is not None:
+        if self.history is not None and with_history:
             if self.per_batch:
                 implicit = tf.reduce_sum(tf.gather(self.y, tf.gather(self.history, rows)), axis=1)
             else:
@@ -243,26 +252,39 @@ class _Side(tf.keras.layers.Layer):
 
 
 def _rating(user: dict[str, tf.Tensor], item: dict[str, tf.Tensor], global_mean: tf.Tensor) -> tf.Tensor:
-    """mean + user bias + item bias + <user vector, item vector> per pairwise row."""
-    return global_mean + user["bias"] + item["bias"] + tf.reduce_sum(user["vector"] * item["vector"], axis=1)
+    """mean + user bias + item bias + <user vector, item vector> per pairwise row (user and item parts of the same
+    shape, or user parts that broadcast over a query's candidates)."""
+    return global_mean + user["bias"] + item["bias"] + tf.reduce_sum(user["vector"] * item["vector"], axis=-1)
 
 
 def _combine(
     user: dict[str, tf.Tensor], item: dict[str, tf.Tensor], global_mean: tf.Tensor, score_rating_weight: float
 ) -> dict[str, tf.Tensor]:
-    """{"rating": clipped predicted rating [B], "score": engagement logit + weight * rating (+ the scaled iALS score,
-    when the parts hold iALS factors) [B]} per pairwise row."""
+    """{"rating": clipped predicted rating, "score": engagement logit + weight * rating (+ the scaled iALS score,
+    when the parts hold iALS factors)} per pairwise row (see _rating for the shapes)."""
     rating = tf.clip_by_value(_rating(user, item, global_mean), *RATING_RANGE)
-    score = tf.reduce_sum(user["engagement"] * item["vector"], axis=1) + item["engagement_bias"]
+    score = tf.reduce_sum(user["engagement"] * item["vector"], axis=-1) + item["engagement_bias"]
     if "ials" in user:
-        score += tf.reduce_sum(user["ials"] * item["ials"], axis=1)
+        score += tf.reduce_sum(user["ials"] * item["ials"], axis=-1)
     return {"rating": rating, "score": score + score_rating_weight * rating}
 
 
-def ials_factors(tables: Tables, config: RankingConfig) -> tuple[np.ndarray, np.ndarray] | None:
-    """iALS (user [U, d], item [I, d]) factors of the training history, the user side scaled so that their product
-    is ``ials_weight`` per unit of its spread over users' unseen items; None when the config has no iALS term, the
-    catalog is larger than ``ials_max_items`` or no user has an unseen item."""
+@dataclass(frozen=True)
+class IalsTerm:
+    """The iALS part of the served score: <scale · x_u, y_i>, with x_u the exact least-squares user factor given the
+    user's history and the item factors (a fold-in, which the served ranker computes from the request's history)."""
+
+    users: np.ndarray  # float32 [U, d]: the training users' factors, already times ``scale``
+    items: np.ndarray  # float32 [I, d]
+    gram: np.ndarray  # float32 [d, d]: YᵀY + l2·I
+    alpha: float
+    scale: float  # ials_weight / the score's spread over users' unseen items
+
+
+def ials_factors(tables: Tables, config: RankingConfig) -> IalsTerm | None:
+    """The iALS term fitted to the training history, scaled so that it is ``ials_weight`` per unit of its spread
+    over users' unseen items; None when the config has no iALS term, the catalog is larger than ``ials_max_items``
+    or no user has an unseen item."""
     if config.ials_weight == 0 or tables.num_items - 1 > config.ials_max_items:
         return None
     users, items = fit_ials(
@@ -270,7 +292,11 @@ def ials_factors(tables: Tables, config: RankingConfig) -> tuple[np.ndarray, np.
         l2=config.ials_l2, iterations=config.ials_iterations, seed=config.seed,
     )  # fmt: skip
     spread = unseen_spread(users, items, tables.history, config.seed)
-    return None if spread == 0 else (users * np.float32(config.ials_weight / spread), items)
+    if spread == 0:
+        return None
+    scale = config.ials_weight / spread
+    return IalsTerm(users * np.float32(scale), items, gram(items, config.ials_l2).astype(np.float32),
+                    config.ials_alpha, scale)  # fmt: skip
 
 
 class RankingModel(tfrs.Model):
@@ -284,11 +310,11 @@ class RankingModel(tfrs.Model):
     """
 
     def __init__(
-        self, tables: Tables, config: RankingConfig, ials: tuple[np.ndarray, np.ndarray] | None = None
+        self, tables: Tables, config: RankingConfig, ials: IalsTerm | None = None
     ) -> None:  # fmt: skip
         super().__init__()
-        self.tables, self.config = tables, config
-        self.ials = None if ials is None else tuple(tf.constant(factors) for factors in ials)
+        self.tables, self.config, self.ials_term = tables, config, ials
+        self.ials = None if ials is None else (tf.constant(ials.users), tf.constant(ials.items))
         dim = config.embedding_dim
         self.user_bias = _Side(tables, True, 1, config, "user_bias")
         self.item_bias = _Side(tables, False, 1, config, "item_bias")
@@ -436,31 +462,60 @@ def evaluate_rmse(model: RankingModel, test: Interactions) -> float:
 
 
 class _RankerServing(tf.Module):
-    """serving_default(user_id, item_id) -> {"score", "rating"}: id lookups into per-user and per-item tables
-    computed once from the trained model (features and training history included); unknown ids use row 0."""
+    """serving_default(user_id [B], history [B, L], item_id [B, C]) -> {"score", "rating"} [B, C]: per-user and
+    per-item tables computed once from the trained model, the user side without its history terms, which are
+    computed from ``history`` (the SVD++ term and the iALS fold-in). Unknown ids use row 0; unknown history ids and
+    padding are ignored, so a user unknown to the release is ranked by their history alone."""
 
     def __init__(self, model: RankingModel) -> None:
         super().__init__()
-        tables = model.tables
-        users = model.user_parts(tf.range(tables.num_users, dtype=tf.int64))[0]
+        tables, config = model.tables, model.config
+        all_users = tf.range(tables.num_users, dtype=tf.int64)
+        users = {
+            "bias": model.user_bias(all_users)[0][:, 0],
+            "vector": model.user_vector(all_users, with_history=False)[0],
+            "engagement": model.user_engagement(all_users, with_history=False)[0],
+        }
         items = model.item_parts(tf.range(tables.num_items, dtype=tf.int64))[0]
         self.users = {key: tf.Variable(value, trainable=False, name=f"user_{key}") for key, value in users.items()}
         self.items = {key: tf.Variable(value, trainable=False, name=f"item_{key}") for key, value in items.items()}
+        self.history_terms = {}  # user part -> the "y" table its SVD++ history term sums
+        if model.user_vector.history is not None:
+            self.history_terms = {
+                key: tf.Variable(side.y, trainable=False, name=f"history_{key}")
+                for key, side in (("vector", model.user_vector), ("engagement", model.user_engagement))
+            }
+        ials = model.ials_term
+        self.ials_gram = None if ials is None else tf.Variable(ials.gram, trainable=False, name="ials_gram")
+        self.ials_alpha, self.ials_scale = (0.0, 0.0) if ials is None else (ials.alpha, ials.scale)
         self.user_index = _index(tf.constant(tables.user_ids, tf.string))
         self.item_index = _index(tf.constant(tables.item_ids, tf.int64))
         self.global_mean = tf.Variable(tables.global_mean, trainable=False, dtype=tf.float32, name="global_mean")
-        self.score_rating_weight = model.config.score_rating_weight
+        self.score_rating_weight = config.score_rating_weight
 
     @tf.function(
         input_signature=[
             tf.TensorSpec([None], tf.string, name="user_id"),
-            tf.TensorSpec([None], tf.int64, name="item_id"),
+            tf.TensorSpec([None, None], tf.int64, name="history"),
+            tf.TensorSpec([None, None], tf.int64, name="item_id"),
         ]
     )
-    def serve(self, user_id: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        users, items = self.user_index.lookup(user_id), self.item_index.lookup(item_id)
-        user = {key: tf.gather(table, users) for key, table in self.users.items()}
-        item = {key: tf.gather(table, items) for key, table in self.items.items()}
+    def serve(self, user_id: tf.Tensor, history: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        users = self.user_index.lookup(user_id)
+        user = {key: tf.gather(table, users)[:, None] for key, table in self.users.items()}  # [B, 1, ...]
+        rows = self.item_index.lookup(history)  # [B, L]; 0: padding or unknown
+        known = tf.cast(rows > 0, tf.float32)[:, :, None]
+        weight = tf.math.rsqrt(tf.maximum(tf.reduce_sum(known, axis=1), 1.0))  # [B, 1]: 1 / sqrt(history length)
+        for key, table in self.history_terms.items():
+            implicit = weight * tf.reduce_sum(tf.gather(table, rows) * known, axis=1)
+            user[key] = user[key] + implicit[:, None]
+        if self.ials_gram is not None:
+            observed = tf.gather(self.items["ials"], rows) * known  # [B, L, d]
+            normal = self.ials_gram + self.ials_alpha * tf.einsum("bld,ble->bde", observed, observed)
+            target = (1.0 + self.ials_alpha) * tf.reduce_sum(observed, axis=1)[:, :, None]
+            user["ials"] = self.ials_scale * tf.transpose(tf.linalg.solve(normal, target), [0, 2, 1])  # [B, 1, d]
+        candidates = self.item_index.lookup(item_id)
+        item = {key: tf.gather(table, candidates) for key, table in self.items.items()}  # [B, C, ...]
         return _combine(user, item, self.global_mean, self.score_rating_weight)
 
 
@@ -471,6 +526,7 @@ def _index(keys: tf.Tensor) -> tf.lookup.StaticHashTable:
 
 
 def export_ranker(model: RankingModel, directory: Path, *, training_run: str) -> None:
-    """SavedModel: serving_default(user_id: string [None], item_id: int64 [None])
-    -> {"score": float32 [None], "rating": float32 [None]}, plus the funnel.json sidecar {"training_run": ...}."""
+    """SavedModel: serving_default(user_id: string [B], history: int64 [B, L], item_id: int64 [B, C])
+    -> {"score": float32 [B, C], "rating": float32 [B, C]} (history and candidates right-padded with -1), plus the
+    funnel.json sidecar {"training_run": ...}."""
     save_module(_RankerServing(model), Path(directory), {"training_run": training_run})

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class RankingServiceStub:
-    """The MLP scorer: a user and candidate items in, one score per item out.
+    """The ranker: a user (with their stored or given history) and candidate items in, one score per item out.
     """
 
     def __init__(self, channel):
@@ -59,7 +59,7 @@ class RankingServiceStub:
 
 
 class RankingServiceServicer:
-    """The MLP scorer: a user and candidate items in, one score per item out.
+    """The ranker: a user (with their stored or given history) and candidate items in, one score per item out.
     """
 
     def Rank(self, request, context):
@@ -120,7 +120,7 @@ def add_RankingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RankingService:
-    """The MLP scorer: a user and candidate items in, one score per item out.
+    """The ranker: a user (with their stored or given history) and candidate items in, one score per item out.
     """
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import grpc
@@ -17,13 +18,14 @@ from funnel.release import INDEX_DIR, ArtifactStore
 from funnel.service import release_manager
 from funnel.tf import tf
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from ranking_service.core import RankingRelease
+from ranking_service.core import RankingRelease, RankQuery
 from ranking_service.server import RankingConfig
 from ranking_service.server import create_server as create_ranking_server
 from retrieval_service.core import RetrievalRelease
 from retrieval_service.server import RetrievalConfig
 from retrieval_service.server import create_server as create_retrieval_server
 from tests.conftest import RELEASE, clone_release
+from trainer.export import save_module
 
 
 def start(create, config_class, load, root: Path):
@@ -90,16 +92,45 @@ def test_retrieve_bad_input(retrieval, kwargs, code, message) -> None:
     assert info.value.code() == code and message in info.value.details()
 
 
-def test_rank_scores_match_the_saved_model(ranking, artifact_root) -> None:
-    stub = ranking[0]
+def rank(stub, user_id: str, items: list[int], history: list[int] = ()) -> ranking_pb2.RankResponse:
+    return stub.Rank(ranking_pb2.RankRequest(release_id=RELEASE, item_ids=items, user=common_pb2.UserContext(
+        user_id=user_id, history_item_ids=history)), timeout=10)
+
+
+def test_rank_scores_match_the_saved_model_with_the_stored_history(ranking, artifact_root) -> None:
     items = [50, 181, 1, 100]
-    response = stub.Rank(ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id="1"),
-                                                 item_ids=items), timeout=10)
-    scorer = tf.saved_model.load(str(ArtifactStore(artifact_root).release_dir(RELEASE) / "ranker"))
-    expected = scorer.signatures["serving_default"](user_id=tf.constant(["1"] * 4),
-                                                    item_id=tf.constant(items, tf.int64))["score"].numpy()
+    response = rank(ranking[0], "1", items)
+    path = ArtifactStore(artifact_root).release_dir(RELEASE)
+    scorer = tf.saved_model.load(str(path / "ranker")).signatures["serving_default"]
+    history = read_seen(path).get("1")
+    expected = scorer(user_id=tf.constant(["1"]), history=tf.constant(history[None, :]),
+                      item_id=tf.constant([items], tf.int64))["score"].numpy()
     assert response.release_id == RELEASE
     np.testing.assert_allclose(response.scores, expected.reshape(-1), rtol=1e-5)
+
+
+def test_a_history_personalises_ranking_for_a_user_the_release_does_not_know(ranking, artifact_root) -> None:
+    seen = read_seen(ArtifactStore(artifact_root).release_dir(RELEASE))
+    items = [50, 181, 1, 100, 7, 9]
+    known = rank(ranking[0], "1", items)
+    stranger = rank(ranking[0], "no-such-user", items, seen.get("1").tolist())
+    generic = rank(ranking[0], "no-such-user", items)
+    # The stranger sending user 1's history gets user 1's order (not the generic one) but without the user's own
+    # bias and features, so scores differ by more than a shift only through those.
+    assert np.argsort(stranger.scores).tolist() != np.argsort(generic.scores).tolist()
+    assert np.corrcoef(stranger.scores, known.scores)[0, 1] > np.corrcoef(generic.scores, known.scores)[0, 1]
+    replaced = rank(ranking[0], "1", items, seen.get("2").tolist())  # a request's history replaces the stored one
+    assert not np.allclose(replaced.scores, known.scores)
+
+
+def test_retrieve_with_a_history_of_only_unknown_items_is_cold_start(retrieval) -> None:
+    request = retrieval_pb2.RetrieveRequest(release_id=RELEASE, num_candidates=10, exclude_seen=True,
+                                            user=common_pb2.UserContext(user_id="no-such-user",
+                                                                        history_item_ids=[999991, 999992]))
+    response = retrieval[0].Retrieve(request, timeout=10)
+    assert response.cold_start and len(response.item_ids) == 10
+    request.user.history_item_ids.append(50)  # one known item makes it personal
+    assert not retrieval[0].Retrieve(request, timeout=10).cold_start
 
 
 @pytest.mark.parametrize(
@@ -181,3 +212,30 @@ def test_batch_limits(retrieval, ranking) -> None:
     with pytest.raises(grpc.RpcError) as info:
         ranking[0].RankBatch(ranking_pb2.RankBatchRequest(release_id=RELEASE, queries=[query] * 129), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "got 129" in info.value.details()
+
+
+class _V1Ranker(tf.Module):
+    """The ranker signature before rankers read history: (user_id [N], item_id [N]) pairs -> score, rating [N]."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None], tf.int64, name="item_id")])
+    def serve(self, user_id: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        score = tf.cast(item_id, tf.float32) + tf.cast(tf.strings.length(user_id), tf.float32)
+        return {"score": score, "rating": tf.fill(tf.shape(score), 3.0)}
+
+
+def test_releases_with_the_old_pairwise_ranker_still_serve(artifact_root) -> None:
+    store = ArtifactStore(artifact_root)
+
+    def old_ranker(path: Path) -> None:
+        shutil.rmtree(path / "ranker")
+        save_module(_V1Ranker(), path / "ranker", {"training_run": "v1"})
+
+    if not store.exists("test-v1-ranker"):
+        clone_release(store, RELEASE, "test-v1-ranker", old_ranker)
+    release = RankingRelease(*store.verify("test-v1-ranker"))
+    assert not release.reads_history
+    release.warmup()
+    scores = release.score_batch([RankQuery("1", np.array([5, 7])), RankQuery("user-22", np.array([9]), np.array([1]))])
+    assert [s.scores.tolist() for s in scores] == [[6.0, 8.0], [16.0]]
+    assert [s.ratings.tolist() for s in scores] == [[3.0, 3.0], [3.0]]

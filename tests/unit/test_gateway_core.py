@@ -58,8 +58,8 @@ class FakeRanking:
         self.fail = fail
         self.calls: list[tuple] = []
 
-    def rank(self, release_id, user_id, item_ids, timeout):
-        self.calls.append((release_id, user_id, tuple(item_ids), timeout))
+    def rank(self, release_id, user_id, item_ids, timeout, history):
+        self.calls.append((release_id, user_id, tuple(item_ids), timeout, tuple(history)))
         if self.fail:
             raise StageUnavailable("ranking", "UNAVAILABLE")
         # score = item id (reverses retrieval order); predicted rating = item id / 2
@@ -108,12 +108,16 @@ def test_retrieval_down_serves_popularity_without_seen_items(releases) -> None:
     assert gateway(releases, FakeRetrieval(fail=True)).recommend("u1", 1, exclude_seen=False).items[0].item_id == 1
 
 
-def test_request_history_reaches_retrieval_and_the_popularity_fallback(releases) -> None:
-    retrieval = FakeRetrieval()
-    gateway(releases, retrieval).recommend("stranger", 2, history=[2, 3])
-    assert retrieval.calls[0][5] == (2, 3)
+def test_request_history_reaches_both_stages_and_the_popularity_fallback(releases) -> None:
+    retrieval, ranking = FakeRetrieval(), FakeRanking()
+    gateway(releases, retrieval, ranking).recommend("stranger", 2, history=[2, 3])
+    assert retrieval.calls[0][5] == (2, 3) and ranking.calls[0][4] == (2, 3)
+    gateway(releases, retrieval, ranking).recommend("u1", 2)
+    assert retrieval.calls[1][5] == ranking.calls[1][4] == ()  # the stages read the stored history
     fallback = gateway(releases, FakeRetrieval(fail=True)).recommend("stranger", 2, history=[1, 2])
     assert [i.item_id for i in fallback.items] == [3, 4] and not fallback.cold_start
+    unknown = gateway(releases, FakeRetrieval(fail=True)).recommend("stranger", 2, history=[98, 99])
+    assert [i.item_id for i in unknown.items] == [1, 2] and unknown.cold_start  # no item of the catalog
     with pytest.raises(InvalidArgument, match="at most 1000 items, got 1001"):
         gateway(releases).recommend("u1", 2, history=list(range(1001)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from funnel.data import Dataset, Interactions, Items, Users
 from funnel.release import SIDECAR
 from funnel.tf import tf
 from trainer.ials import fit_ials, unseen_spread
+from trainer.models import Histories
 from trainer.ranking import RankingConfig, RankingModel, evaluate_rmse, export_ranker, predict, train_ranker
 from trainer.split import seeds_split
 
@@ -20,7 +22,7 @@ NUM_USERS, NUM_ITEMS, GROUPS = 48, 64, 4
 PER_GROUP = NUM_ITEMS // GROUPS
 ITEM_IDS = 500 + 7 * np.arange(NUM_ITEMS, dtype=np.int64)  # not contiguous, so the lookup must map them
 FRESH_USER = "fresh"  # in the users table (group 1's occupation) but without interactions
-CONFIG = RankingConfig(embedding_dim=8, batch_size=64, epochs=40, learning_rate=0.01, seed=3)
+CONFIG = RankingConfig(embedding_dim=8, batch_size=64, epochs=40, learning_rate=0.01, seed=3, user_id_vectors=False)
 
 
 def group_of_item(item_ids: np.ndarray) -> np.ndarray:
@@ -68,9 +70,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"data": data, "train": train, "test": test, "model": model, "dir": directory, "serve": serve}
 
 
-def served(serve, user_ids: list[str] | np.ndarray, item_ids: list[int] | np.ndarray) -> dict[str, np.ndarray]:
-    out = serve(user_id=tf.constant(user_ids, tf.string), item_id=tf.constant(item_ids, tf.int64))
-    return {key: value.numpy() for key, value in out.items()}
+@functools.cache
+def train_histories() -> Histories:
+    """Each user's items in the training part of the fixture's split."""
+    data = synthetic_dataset()
+    train_idx, _ = seeds_split(len(data.interactions))
+    return Histories(data.interactions.user_ids[train_idx], data.interactions.item_ids[train_idx])
+
+
+def served(serve, user_ids: list[str] | np.ndarray, item_ids: list[int] | np.ndarray,
+           histories: Histories | None = None) -> dict[str, np.ndarray]:
+    """The exported ranker's outputs for (user, item) pairs, each pair a row of one candidate, each user with their
+    items in ``histories`` (default: the fixture's training part) as history."""
+    histories = train_histories() if histories is None else histories
+    user_ids = np.asarray(user_ids).astype(str)
+    out = serve(user_id=tf.constant(user_ids, tf.string), history=tf.constant(histories.padded(user_ids)),
+                item_id=tf.constant(np.asarray(item_ids, dtype=np.int64)[:, None]))
+    return {key: value.numpy()[:, 0] for key, value in out.items()}
 
 
 def unseen_group_gap(train: Interactions, user: str, values: np.ndarray) -> float:
@@ -184,10 +200,10 @@ def test_export_serves_the_contract_and_the_models_numbers(trained):
     serve = trained["serve"]
     (_, inputs) = serve.structured_input_signature
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in inputs.items()} == {
-        "user_id": (tf.string, [None]), "item_id": (tf.int64, [None]),
+        "user_id": (tf.string, [None]), "history": (tf.int64, [None, None]), "item_id": (tf.int64, [None, None]),
     }  # fmt: skip
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in serve.structured_outputs.items()} == {
-        "score": (tf.float32, [None]), "rating": (tf.float32, [None]),
+        "score": (tf.float32, [None, None]), "rating": (tf.float32, [None, None]),
     }  # fmt: skip
     test = trained["test"]
     out = served(serve, test.user_ids, test.item_ids)
@@ -213,6 +229,33 @@ def test_a_user_known_only_by_features_gets_their_groups_taste(trained):
     assert out["rating"][own].mean() > out["rating"][~own].mean() + 0.5
     nobody = served(trained["serve"], np.full(NUM_ITEMS, "nobody"), ITEM_IDS)
     assert not np.allclose(out["rating"], nobody["rating"])  # the features are baked in, keyed by user id
+
+
+def test_an_unknown_user_with_a_history_is_ranked_like_the_user_it_belongs_to(trained):
+    """The served ranker reads history: a stranger sending user u's training items gets u's taste (weaker than u's
+    own, which the group-revealing features add to), while a stranger without history gets one generic order."""
+    train, serve = trained["train"], trained["serve"]
+    nobody = served(serve, np.full(NUM_ITEMS, "stranger"), ITEM_IDS)["score"]
+    stranger_gaps, generic_gaps = [], []
+    for u in range(NUM_USERS):
+        items = train.item_ids[train.user_ids == f"user{u}"]
+        stranger = Histories(np.full(len(items), "stranger"), items)
+        as_stranger = served(serve, np.full(NUM_ITEMS, "stranger"), ITEM_IDS, stranger)["score"]
+        stranger_gaps.append(unseen_group_gap(train, f"user{u}", as_stranger))
+        generic_gaps.append(unseen_group_gap(train, f"user{u}", nobody))
+    assert np.mean(np.array(stranger_gaps) > 0) > 0.8, stranger_gaps
+    assert np.mean(stranger_gaps) > 0.3 and abs(np.mean(generic_gaps)) < 0.1, (stranger_gaps, generic_gaps)
+
+
+def test_a_history_replaces_the_stored_one_and_unknown_history_ids_are_ignored(trained):
+    serve, train = trained["serve"], trained["train"]
+    own = train.item_ids[train.user_ids == "user0"]
+    with_unknown = Histories(np.full(len(own) + 2, "user0"), np.concatenate([own, [3, 4]]))  # 3, 4: not items
+    np.testing.assert_allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, with_unknown)["score"],
+                               served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS)["score"], atol=1e-5)  # fmt: skip
+    other = Histories(np.full(5, "user0"), train.item_ids[train.user_ids == "user1"][:5])
+    assert not np.allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, other)["score"],
+                           served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS)["score"])  # fmt: skip
 
 
 def test_export_refuses_an_existing_directory(trained, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from funnel.ann import SearchParams
+from funnel.artifacts import read_seen
 from funnel.data import Dataset, Interactions, Items
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
 from funnel.tf import tf
@@ -34,8 +35,9 @@ RETRIEVAL_CONFIG = RetrievalConfig(embedding_dim=16, batch_size=128, epochs=8, l
 DIM = RETRIEVAL_CONFIG.embedding_dim
 
 
-def synthetic_dataset() -> Dataset:
-    """60 users in 4 taste groups; each rates 24 items of its group's 20 highly and 6 other items low."""
+def synthetic_dataset(later: int = 0) -> Dataset:
+    """60 users in 4 taste groups; each rates 24 items of its group's 20 highly and 6 other items low. ``later``: as
+    many more ratings per user, drawn the same way, come after all of those (the data a retrained release adds)."""
     rng = np.random.default_rng(7)
     item_ids = 1000 + 3 * np.arange(NUM_ITEMS, dtype=np.int64)  # not contiguous, so the lookup must map them
     per_group = NUM_ITEMS // GROUPS
@@ -47,6 +49,11 @@ def synthetic_dataset() -> Dataset:
         users += [f"user{u}"] * 30
         items += [*item_ids[liked], *item_ids[other]]
         ratings += [*rng.choice([4.0, 5.0], 24), *np.where(other // per_group == group, 4.0, 1.0)]
+    for u in range(NUM_USERS if later else 0):
+        liked = (u % GROUPS) * per_group + rng.integers(0, per_group, later)
+        users += [f"user{u}"] * later
+        items += [*item_ids[liked]]
+        ratings += [*rng.choice([4.0, 5.0], later)]
     n = len(users)
     interactions = Interactions(
         np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
@@ -414,8 +421,17 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
     assert first.stable and store.get_channel("stable") == first.release_id
     assert set(manifest.metrics) == {
         "retrieval_top_k", "retrieval_recall", "ranking_rmse", "index_recall_at_100", "num_train", "num_test", "gate",
+        "trained_on",
     }  # fmt: skip
     assert manifest.metrics["gate"] is None  # nothing to compare with yet
+    # Evaluated on each user's latest 6 of 30, then refitted on all 1,800; seen items cover all of them.
+    assert manifest.metrics["trained_on"] == {"interactions": 1800, "users": 60, "until_timestamp": 1799, "refit": True}
+    data = synthetic_dataset()
+    seen = read_seen(path)
+    assert seen.contains(data.interactions.user_ids, data.interactions.item_ids).all()
+    assert sum(len(seen.get(u)) for u in seen.users()) == len(set(zip(data.interactions.user_ids,
+                                                                       data.interactions.item_ids)))
+    assert manifest.config["split"] == "recent" and manifest.config["refit"]
     assert set(manifest.metrics["retrieval_top_k"]) == {"top_1", "top_5", "top_10", "top_50", "top_100"}
     assert manifest.metrics["retrieval_recall"].keys() == manifest.metrics["retrieval_top_k"].keys()
     assert manifest.config["retrieval"]["epochs"] == manifest.config["ranking"]["epochs"] == 1
@@ -435,7 +451,8 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
 
     second = run(replace(config, release_id="second"), dataset=synthetic_dataset())
     assert second.release_id == "second" and not second.stable
-    assert second.metrics["gate"]["passed"] and second.metrics["gate"]["stable_release_id"] == first.release_id
+    # The stable release was given every held-out interaction: the gate has nothing fair to compare on.
+    assert second.metrics["gate"] == {"stable_release_id": first.release_id, "passed": True, "compared_pairs": 0}
     assert store.get_channel("stable") == first.release_id
     assert store.list_releases() == sorted([first.release_id, "second"])
     assert not list((tmp_path / "store" / ".staging").iterdir())

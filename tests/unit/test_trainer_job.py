@@ -16,15 +16,18 @@ from pathlib import Path
 import grpc
 import pytest
 
+from funnel.artifacts import read_seen
 from funnel.errors import ReleaseError
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, ArtifactStore, RolloutState
 from funnel.v1 import admin_pb2, admin_pb2_grpc
+from retrieval_service.core import Query, RetrievalRelease
 from tests.conftest import clone_release
 from tests.unit.test_trainer import RANKING_CONFIG, RETRIEVAL_CONFIG, synthetic_dataset
 from trainer import __main__ as cli
 from trainer.evaluate import Evaluation
 from trainer.gate import GateConfig, GateRefused, check_gate
 from trainer.pipeline import PipelineConfig, run
+from trainer.split import make_split
 
 STABLE = "stable-1"
 
@@ -58,9 +61,12 @@ def _same_files(store: ArtifactStore, release_id: str, parts: tuple[str, ...]) -
         assert expected and {rel: sha for rel, sha in new.items() if rel.startswith(part + "/")} == expected, part
 
 
+NEW_DATA = synthetic_dataset(later=8)  # the stable release's data and 8 newer ratings per user
+
+
 def _csv_spec(directory: Path) -> str:
-    """The synthetic dataset as a csv: data spec, so the CLI can load it."""
-    data = synthetic_dataset()
+    """NEW_DATA as a csv: data spec (file order is time order), so the CLI can load it."""
+    data = NEW_DATA
     interactions, items = directory / "interactions.csv", directory / "items.csv"
     with open(interactions, "w", newline="") as f:
         rows = zip(data.interactions.user_ids, data.interactions.item_ids, data.interactions.ratings)
@@ -131,7 +137,7 @@ def test_only_ranker_without_gate_copies_retrieval_and_leaves_channels_alone(sto
 
 
 def test_only_index_reindexes_with_the_stable_towers_and_passes_the_gate(store):
-    result = run(PipelineConfig(store.root, only="index", release_id="r-index"), dataset=synthetic_dataset())
+    result = run(PipelineConfig(store.root, only="index", release_id="r-index"), dataset=NEW_DATA)
     store.verify("r-index")
     _same_files(store, "r-index", (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, RANKER_DIR))
     manifest = store.read_manifest("r-index")
@@ -139,6 +145,13 @@ def test_only_index_reindexes_with_the_stable_towers_and_passes_the_gate(store):
     assert (manifest.config["only"], manifest.config["base_release"]) == ("index", STABLE)
     gate = result.metrics["gate"]
     assert gate["passed"] and gate["stable_release_id"] == STABLE and gate["new"] == gate["stable"]  # same models
+    # Compared on the held-out ratings the stable release was not given: each user's latest 7 of 38, all newer
+    # than the stable data, less the pairs the user had rated before.
+    held_out = NEW_DATA.interactions.take(make_split("recent", NEW_DATA.interactions)[1])
+    before = synthetic_dataset().interactions
+    old_pairs = set(zip(before.user_ids.tolist(), before.item_ids.tolist()))
+    fresh = [(u, i) not in old_pairs for u, i in zip(held_out.user_ids.tolist(), held_out.item_ids.tolist())]
+    assert len(held_out) == 420 and gate["compared_pairs"] == sum(fresh) > 100
 
 
 def test_only_and_the_gate_need_a_stable_release_with_a_candidate_tower(store, tmp_path):
@@ -249,3 +262,38 @@ def test_every_stops_cleanly_after_the_run_in_progress_on_sigterm(monkeypatch, t
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     assert len(runs) == 2
+
+
+# ---------------------------------------------------------------------------------------------------- what it saw
+
+
+def _rated(data) -> dict[str, set[int]]:
+    rated: dict[str, set[int]] = {}
+    for user, item in zip(data.interactions.user_ids.tolist(), data.interactions.item_ids.tolist()):
+        rated.setdefault(user, set()).add(item)
+    return rated
+
+
+def test_a_csv_release_never_recommends_an_item_its_user_rated(tmp_path):
+    """Every interaction the trainer was given, held-out part included, is excluded for every user."""
+    root = tmp_path / "store"
+    argv = ["--artifact-root", str(root), "--data", _csv_spec(tmp_path), "--epochs", "1", "--release-id", "csv"]
+    assert cli.main(argv) == cli.EXIT_OK
+    release = RetrievalRelease(*ArtifactStore(root).verify("csv"))
+    rated = _rated(NEW_DATA)
+    users = sorted(rated)
+    found = release.retrieve_batch([Query(user, 60, exclude_seen=True) for user in users])
+    assert all(len(c.item_ids) == min(60, 80 - len(rated[user])) for user, c in zip(users, found))
+    assert not any(rated[user] & set(c.item_ids.tolist()) for user, c in zip(users, found))
+    assert all(not c.cold_start for c in found)
+
+
+def test_no_refit_publishes_the_evaluated_models_with_every_interaction_as_seen(tmp_path):
+    config = PipelineConfig(tmp_path / "store", refit=False, retrieval=replace(RETRIEVAL_CONFIG, epochs=1),
+                            ranking=replace(RANKING_CONFIG, epochs=1))  # fmt: skip
+    result = run(config, dataset=NEW_DATA)
+    assert [name for name in result.phase_seconds if "refit" in name] == []
+    assert result.metrics["trained_on"] == {"interactions": 1860, "users": 60, "until_timestamp": 2272, "refit": False}
+    assert (result.metrics["num_train"], result.metrics["num_test"]) == (1860, 420)
+    seen = read_seen(ArtifactStore(tmp_path / "store").release_dir(result.release_id))
+    assert seen.contains(NEW_DATA.interactions.user_ids, NEW_DATA.interactions.item_ids).all()
