@@ -27,7 +27,12 @@ demo: data  ## train on MovieLens 100K, publish, serve, recommend for user 42, s
 test: data  ## unit, servicer and end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
-eval: data  ## train on the seeds and temporal splits; print metrics against baselines; write var/eval/report.md
+EVAL_STAMP := $(VENV)/.installed-eval
+$(EVAL_STAMP): $(STAMP) requirements-eval.txt
+	$(PY) -m pip install --quiet -r requirements-eval.txt
+	touch $(EVAL_STAMP)
+
+eval: data $(EVAL_STAMP)  ## the recent and seeds splits: the trainer job as served against tuned baselines; var/eval/report.md
 	$(PY) -m trainer.eval --out var/eval
 
 bench: data  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall

@@ -15,6 +15,7 @@ import grpc
 
 from funnel import stack
 from funnel.admin_client import AdminClient, rollout_state
+from funnel.data import load_dataset
 from funnel.release import ArtifactStore, RolloutState, new_release_id
 from funnel.v1 import (
     common_pb2,
@@ -146,6 +147,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(format_recommendations(args.user_id, response))
         if response.release_id != release_id:
             print(f"error: expected release {release_id}, served by {response.release_id}", file=sys.stderr)
+            return 1
+        interactions = load_dataset(args.data, VAR / "cache").interactions
+        rated = set(interactions.item_ids[interactions.user_ids == args.user_id].tolist())
+        again = sorted(rated & {item.item_id for item in response.items})
+        print(f"   user {args.user_id} rated {len(rated)} films in {args.data}; "
+              f"{len(again)} of them in this top {args.k}{': ' + str(again) if again else ''}")
+        if again:
+            print("error: recommended films the user already rated", file=sys.stderr)
             return 1
     finally:
         codes = stack.stop_stack(services)

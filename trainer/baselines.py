@@ -75,6 +75,20 @@ def hit_rates(positions: np.ndarray, ks: Iterable[int]) -> dict[int, float]:
     return {int(k): float(np.mean(positions < k)) for k in ks}
 
 
+def ndcg_at_k(positions: np.ndarray, pair_rows: np.ndarray, k: int) -> float:
+    """Mean over test users (rows) of DCG@k / ideal DCG@k with binary gains: a test pair at 0-based position p < k
+    gains 1 / log2(p + 2); the ideal list puts min(the user's test pairs, k) of them first."""
+    positions, pair_rows = np.asarray(positions), np.asarray(pair_rows, dtype=np.int64)
+    if not len(positions):
+        raise ValueError("expected at least one test pair")
+    rows, pair_rows = np.unique(pair_rows, return_inverse=True)
+    discount = 1.0 / np.log2(np.arange(k) + 2.0)
+    hit = positions < k
+    dcg = np.bincount(pair_rows[hit], weights=discount[positions[hit]], minlength=len(rows))
+    ideal = np.cumsum(discount)[np.minimum(np.bincount(pair_rows, minlength=len(rows)), k) - 1]
+    return float(np.mean(dcg / ideal))
+
+
 def list_positions(lists: np.ndarray, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """The position of targets[i] in lists[rows[i]] (a [users, K] array padded with -1), ABSENT when not there."""
     match = lists[rows] == np.asarray(targets)[:, None]

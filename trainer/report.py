@@ -29,19 +29,21 @@ class SplitResult:
     curves: dict[str, dict[int, float]]  # ranker name -> {K: recall@K}
     incl_seen: dict[str, float]  # ranker name -> FactorizedTopK top-100 accuracy, seen items counted
     rmse: dict[str, float]  # rating predictor name -> RMSE on the test ratings
+    ndcg: dict[str, float]  # ranker name -> NDCG@10 (per test user, binary gains)
     histories: dict[str, dict[str, list[float]]]  # model -> log name -> one value per epoch
     phase_seconds: dict[str, float]
 
 
 def table(result: SplitResult) -> list[list[str]]:
     """Header row, then one row per ranker and per rating predictor."""
-    rows = [["", *(f"recall@{k}" for k in TABLE_KS), "top-100 incl. seen", "RMSE"]]
+    rows = [["", *(f"recall@{k}" for k in TABLE_KS), "NDCG@10", "top-100 incl. seen", "RMSE"]]
     for name, curve in result.curves.items():
         cells = [f"{curve[k]:.4f}" if k in curve else DASH for k in TABLE_KS]
-        incl = result.incl_seen.get(name)
-        rows.append([name, *cells, DASH if incl is None else f"{incl:.4f}", DASH])
+        incl, ndcg = result.incl_seen.get(name), result.ndcg.get(name)
+        rows.append([name, *cells, DASH if ndcg is None else f"{ndcg:.4f}", DASH if incl is None else f"{incl:.4f}",
+                     DASH])  # fmt: skip
     for name, value in result.rmse.items():
-        rows.append([name, *(DASH for _ in TABLE_KS), DASH, f"{value:.4f}"])
+        rows.append([name, *(DASH for _ in TABLE_KS), DASH, DASH, f"{value:.4f}"])
     return rows
 
 

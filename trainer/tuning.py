@@ -26,7 +26,7 @@ from trainer.baselines import (
     training_matrix,
     user_rows,
 )
-from trainer.split import recent_split
+from trainer.split import VALIDATION_SEED, make_split
 
 BASELINES = ("popularity", "item_knn", "ease", "ials")
 TUNE_K = 10  # tuned on recall@TUNE_K
@@ -125,9 +125,10 @@ def describe(name: str, params: Mapping[str, Any]) -> str:
     return name
 
 
-def validation_carve(train: Interactions, catalog: np.ndarray) -> tuple[Interactions, EvalSet]:
-    """(fit part, validation EvalSet): each user's most recent 20% of ``train`` held out (recent_split)."""
-    fit_idx, validation_idx = recent_split(train.user_ids, train.timestamps)
+def validation_carve(train: Interactions, catalog: np.ndarray, carve: str = "recent") -> tuple[Interactions, EvalSet]:
+    """(fit part, validation EvalSet): ``train`` split again the way the test part was split off (``carve``, a split
+    of trainer.split: "recent" holds out each user's most recent 20%)."""
+    fit_idx, validation_idx = make_split(carve, train, seed=VALIDATION_SEED)
     if not len(validation_idx):
         raise ValueError(f"expected training users with at least 5 interactions to hold out validation from, got "
                          f"{len(np.unique(train.user_ids))} users with {len(train)} interactions")  # fmt: skip
@@ -136,11 +137,11 @@ def validation_carve(train: Interactions, catalog: np.ndarray) -> tuple[Interact
 
 
 def tune_baselines(train: Interactions, catalog: np.ndarray, *, seed: int = 0, grids: Grids = Grids(),
-                   factorize: Factorizer = ials_factors) -> dict[str, dict]:  # fmt: skip
+                   factorize: Factorizer = ials_factors, carve: str = "recent") -> dict[str, dict]:  # fmt: skip
     """Per baseline, the setting with the best recall@10 on a validation carve of ``train`` (validation_carve; the
     fit part's items excluded from each list) and that recall: {name: {"params", "validation_recall_at_10",
     "settings_tried"}}. Ties keep the earlier setting. Reads nothing but ``train``."""
-    fit, validation = validation_carve(train, catalog)
+    fit, validation = validation_carve(train, catalog, carve)
 
     def recall(name: str, params: Params) -> float:
         scorer = baseline_scorer(name, params, fit, validation, seed=seed, factorize=factorize)
@@ -169,11 +170,12 @@ def tune_baselines(train: Interactions, catalog: np.ndarray, *, seed: int = 0, g
 
 
 def tuned_baselines(train: Interactions, data: EvalSet, *, seed: int = 0, grids: Grids = Grids(),
-                    factorize: Factorizer = ials_factors) -> tuple[dict[str, Positions], dict[str, dict]]:  # fmt: skip
+                    factorize: Factorizer = ials_factors, carve: str = "recent"
+                    ) -> tuple[dict[str, Positions], dict[str, dict]]:  # fmt: skip
     """(test Positions per baseline in BASELINES, tuning record): each baseline tuned on a validation carve of
     ``train`` (tune_baselines, which never sees ``data``'s test pairs), then refit on all of ``train`` and ranked
     over ``data``."""
-    records = tune_baselines(train, data.items, seed=seed, grids=grids, factorize=factorize)
+    records = tune_baselines(train, data.items, seed=seed, grids=grids, factorize=factorize, carve=carve)
     positions = {
         name: rank_by_scores(baseline_scorer(name, records[name]["params"], train, data, seed=seed,
                                              factorize=factorize), data)  # fmt: skip

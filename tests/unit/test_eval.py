@@ -25,6 +25,7 @@ from trainer.baselines import (
     top_k_unseen,
 )
 from trainer.split import make_split, seeds_split, temporal_split, validation_split
+from trainer.tuning import Grids
 
 
 def _interactions(users: list[str], items: list[int], ratings: list[float] | None = None) -> Interactions:
@@ -167,25 +168,47 @@ def test_validation_split_holds_out_part_of_the_seeds_training_part_only():
 # ----------------------------------------------------------------------------------------------------- end to end
 
 
-def test_eval_prints_the_seeds_metrics_with_temporal_nested_and_writes_the_report(tmp_path, monkeypatch, capsys):
+def _svd_factors(history, *, factors, regularization, alpha, iterations, seed):
+    """A numpy stand-in for implicit's iALS (not installed for tests): the history's truncated SVD."""
+    u, s, vt = np.linalg.svd(history.astype(np.float64), full_matrices=False)
+    return u[:, :factors] * s[:factors], vt[:factors].T
+
+
+def test_eval_prints_the_recent_metrics_with_seeds_nested_and_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "load_dataset", lambda spec, cache_dir: synthetic_dataset())
+    monkeypatch.setattr(evaluation, "BASELINE_FACTORIZER", _svd_factors)
+    monkeypatch.setattr(evaluation, "BASELINE_GRIDS", Grids(ease_lambdas=(10.0, 100.0), knn_neighbors=(10, None),
+                                                            knn_shrinks=(0.0,), ials_factors=(4, 8),
+                                                            ials_regularizations=(1.0,), ials_alphas=(1.0,)))
     out = tmp_path / "report"
     assert evaluation.main(["--out", str(out), "--cache-dir", str(tmp_path), "--epochs", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    keys = {"ranking_rmse", "retrieval_top100_incl_seen", "recall_at_100", "recall_at_10", "pipeline_recall_at_10"}
-    baseline_keys = {"global_mean_rmse", "popularity_recall_at_100", "ease_recall_at_100", "ease_recall_at_10"}
-    for metrics, split in ((result, "seeds"), (result["temporal"], "temporal")):
+    keys = {"ranking_rmse", "retrieval_top100_incl_seen", "recall_at_100", "recall_at_10", "pipeline_recall_at_10",
+            "pipeline_ndcg_at_10", "pipeline_by_history_recall_at_10"}
+    baselines = ("popularity", "item_knn", "ease", "ials")
+    baseline_keys = {f"{b}_{m}" for b in baselines for m in ("recall_at_10", "recall_at_100", "ndcg_at_10")}
+    for metrics, split in ((result, "recent"), (result["seeds"], "seeds")):
         assert metrics["split"] == split and keys <= set(metrics) and baseline_keys <= set(metrics["baselines"])
         assert (metrics["num_train"], metrics["num_test"]) == (1440, 360)
+        # The trainer job was given the training part alone, and held out its own latest 20% of it.
+        held_out = metrics["trainer_held_out"]
+        assert held_out["split"] == "recent" and held_out["num_train"] + held_out["num_test"] == 1440
+        assert held_out["num_test"] == (240 if split == "recent" else held_out["num_test"]) > 200  # 4 of 24 each
         for key in keys - {"ranking_rmse"}:
             assert 0.0 <= metrics[key] <= 1.0, key
-        for key in baseline_keys - {"global_mean_rmse"}:
+        for key in baseline_keys:
             assert 0.0 <= metrics["baselines"][key] <= 1.0, key
         assert metrics["ranking_rmse"] > 0 and metrics["baselines"]["global_mean_rmse"] > 0
-    assert result["temporal"]["cold_test_users"] == 12  # the synthetic file lists users in order: the last 20% are new
+        assert set(metrics["baseline_tuning"]) == set(baselines)
+        best = metrics["best_baseline"]
+        assert metrics["baselines"][f"{best}_recall_at_10"] == max(metrics["baselines"][f"{b}_recall_at_10"]
+                                                                   for b in baselines)  # fmt: skip
+        assert metrics["pipeline_vs_best_recall_at_10"] == pytest.approx(
+            metrics["pipeline_recall_at_10"] / metrics["baselines"][f"{best}_recall_at_10"], abs=2e-3)
+    assert result["cold_test_users"] == 0  # every user keeps their earlier 80% in training
     assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "recall_at_k.png", "training_curves.png"}
     assert json.loads((out / "metrics.json").read_text()) == result
-    assert "## temporal split" in (out / "report.md").read_text()
+    assert "## seeds split" in (out / "report.md").read_text()
 
 
 def test_eval_rejects_unknown_or_repeated_splits(capsys):
@@ -194,4 +217,5 @@ def test_eval_rejects_unknown_or_repeated_splits(capsys):
             evaluation.parse_args(flags)
     assert evaluation.parse_args(["--splits", "temporal"]).splits == ["temporal"]
     assert evaluation.parse_args(["--splits", "validation"]).splits == ["validation"]
-    assert evaluation.parse_args([]).splits == ["seeds", "temporal"]  # validation only on request
+    assert evaluation.parse_args(["--splits", "recent"]).splits == ["recent"]
+    assert evaluation.parse_args([]).splits == ["recent", "seeds"]  # temporal and validation only on request
