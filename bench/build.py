@@ -40,7 +40,7 @@ class BuildSpec:
     ranking_optimizer: str = "adagrad"  # sparse updates: Adam's dense ones cost seconds a step on 1M-item tables
     ranking_learning_rate: float = 0.1
     eval_max_pairs: int = 5_000  # the trainer's offline retrieval metrics scan the catalog once per test pair
-    version: int = 4  # bump when the build itself changes (4: index.json carries tuned search settings)
+    version: int = 5  # bump when the build itself changes (5: the ranker reads history, histories in time order)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -99,7 +99,7 @@ def build(spec: BuildSpec, root: Path, cache_dir: Path) -> dict:
     data_seconds = time.monotonic() - started
     config = PipelineConfig(
         artifact_root=root, data=spec.dataset, cache_dir=cache_dir, release_id=spec.release_id(), set_stable=True,
-        gate=None, seed=spec.seed, eval_max_pairs=spec.eval_max_pairs,
+        gate=None, seed=spec.seed, eval_max_pairs=spec.eval_max_pairs, refit=False,  # speed, not quality: one training
         ranking=RankingConfig(epochs=spec.ranking_epochs, batch_size=spec.ranking_batch_size,
                               optimizer=spec.ranking_optimizer, learning_rate=spec.ranking_learning_rate, seed=spec.seed),
         retrieval=RetrievalConfig(embedding_dim=spec.embedding_dim, epochs=spec.retrieval_epochs,

@@ -27,7 +27,7 @@ import funnel.tf  # noqa: F401  (selects Keras 2 before TensorFlow and TFRS load
 from bench.loadgen import LoadResult, closed_loop, merge
 from bench.run import sample_users
 from funnel.ann import SearchParams, search
-from funnel.artifacts import SeenItems, read_seen
+from funnel.artifacts import SeenItems, pad_histories, read_seen
 from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from funnel.tf import tf
 from retrieval_service.core import embed_queries
@@ -121,8 +121,12 @@ class InProcessServer:
         if len(history):
             ids = ids[~np.isin(ids, history)]
         ids = ids[: self.num_candidates]
-        scores = self.models.ranker(user_id=tf.constant(np.repeat(user_id, len(ids))),
-                                    item_id=tf.constant(ids))["score"].numpy().reshape(-1)
+        if "history" in self.models.ranker_inputs:  # v2: one row of candidates, the user's history beside it
+            scores = self.models.ranker(user_id=tf.constant([user_id]), history=tf.constant(pad_histories([history])),
+                                        item_id=tf.constant(ids[None, :]))["score"].numpy()[0]
+        else:
+            scores = self.models.ranker(user_id=tf.constant(np.repeat(user_id, len(ids))),
+                                        item_id=tf.constant(ids))["score"].numpy().reshape(-1)
         return ids[np.argsort(-scores, kind="stable")[: self.k]]
 
 

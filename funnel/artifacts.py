@@ -25,6 +25,13 @@ def pad_histories(histories: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def distinct_in_order(items: np.ndarray) -> np.ndarray:
+    """A history's distinct item ids in time order, each at its latest place (as Histories keeps them)."""
+    items = np.asarray(items, dtype=np.int64)
+    _, last = np.unique(items[::-1], return_index=True)
+    return items[np.sort(len(items) - 1 - last)]
+
+
 class IdIndex:
     """Row of each id in an array of distinct int64 ids. Ids that are small non-negative integers (at most four
     times as many slots as ids) get a dense table: one memory read per id, where a binary search over a
@@ -93,7 +100,8 @@ def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 class SeenItems:
-    """Items each known user interacted with in training (CSR layout); also the set of known users."""
+    """The items each known user interacted with, oldest first (CSR layout; releases before time order hold them
+    sorted by id); also the set of known users."""
 
     def __init__(self, users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> None:
         if len(indptr) != len(users) + 1 or indptr[-1] != len(items):
@@ -104,6 +112,7 @@ class SeenItems:
         self._index = {str(u): i for i, u in enumerate(users)}
         self._indptr = indptr
         self._items = items
+        self._sets: dict[str, set[int]] = {}  # contains()'s per-user sets, built on first use
 
     def __contains__(self, user_id: str) -> bool:
         return user_id in self._index
@@ -115,7 +124,7 @@ class SeenItems:
         return list(self._index)
 
     def get(self, user_id: str) -> np.ndarray:
-        """The user's seen item ids (int64), empty for an unknown user."""
+        """The user's seen item ids (int64), oldest first, empty for an unknown user."""
         i = self._index.get(user_id)
         if i is None:
             return self._items[:0]
@@ -125,22 +134,57 @@ class SeenItems:
         """bool per (user_ids[i], item_ids[i]) pair: the user interacted with the item."""
         items = np.asarray(item_ids, dtype=np.int64)
         out = np.zeros(len(items), dtype=bool)
-        for i, (user_id, item_id) in enumerate(zip(np.asarray(user_ids).astype(str), items)):
-            seen = self.get(user_id)  # sorted
-            out[i] = len(seen) > 0 and seen[min(int(np.searchsorted(seen, item_id)), len(seen) - 1)] == item_id
+        for i, (user, item) in enumerate(zip(np.asarray(user_ids).astype(str).tolist(), items.tolist())):
+            if user not in self._sets:
+                self._sets[user] = set(self.get(user).tolist())
+            out[i] = item in self._sets[user]
         return out
 
 
-def write_seen(release_dir: Path, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-    users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)
-    order = np.lexsort((items, users))
-    users, items = users[order], items[order]
-    first = np.ones(len(users), dtype=bool)
-    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    users, items = users[first], items[first]
-    unique_users, starts = np.unique(users, return_index=True)
-    indptr = np.append(starts, len(items)).astype(np.int64)
-    np.savez(Path(release_dir) / SEEN, users=unique_users, indptr=indptr, items=items)
+class Histories:
+    """Each user's distinct items in the order they were interacted with (oldest first; a repeated item counts at
+    its latest time), users sorted: the release's stored histories, the history input of the query tower and the
+    ranker, and the seen items excluded from recommendations. Without timestamps, file order is time order."""
+
+    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray | None = None) -> None:
+        users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)
+        times = np.zeros(len(items), np.int64) if timestamps is None else np.asarray(timestamps, dtype=np.int64)
+        if users.shape != items.shape or times.shape != items.shape or users.ndim != 1:
+            raise ValueError(f"expected user id, item id and timestamp columns of equal length, got {users.shape}, "
+                             f"{items.shape} and {times.shape}")  # fmt: skip
+        self.users, codes = np.unique(users, return_inverse=True)
+        order = np.lexsort((np.arange(len(items)), times, codes))  # by user, then time, then file order
+        codes, items = codes[order], items[order]
+        _, last = np.unique(np.stack([codes, items], axis=1)[::-1], axis=0, return_index=True)
+        keep = np.sort(len(items) - 1 - last)  # each (user, item) at its latest interaction, in time order
+        self.items = items[keep]
+        self.indptr = np.searchsorted(codes[keep], np.arange(len(self.users) + 1)).astype(np.int64)
+
+    def rows(self, user_ids: np.ndarray) -> np.ndarray:
+        """Each user's row number, -1 for users without items."""
+        user_ids = np.asarray(user_ids).astype(str)
+        pos = np.searchsorted(self.users, user_ids).clip(max=max(len(self.users) - 1, 0))
+        known = (self.users[pos] == user_ids) if len(self.users) else np.zeros(len(user_ids), dtype=bool)
+        return np.where(known, pos, -1)
+
+    def get(self, user_id: str) -> np.ndarray:
+        """The user's items, oldest first (empty for an unknown user)."""
+        row = int(self.rows(np.array([user_id]))[0])
+        return self.items[:0] if row < 0 else self.items[self.indptr[row] : self.indptr[row + 1]]
+
+    def padded(self, user_ids: np.ndarray) -> np.ndarray:
+        """int64 [len(user_ids), max(1, longest history)]: each user's items, right-padded with HISTORY_PADDING."""
+        rows = self.rows(user_ids)
+        lengths = np.where(rows >= 0, self.indptr[rows + 1] - self.indptr[rows], 0)
+        out = np.full((len(rows), max(1, int(lengths.max(initial=0)))), HISTORY_PADDING, dtype=np.int64)
+        for i in np.flatnonzero(lengths):
+            out[i, : lengths[i]] = self.items[self.indptr[rows[i]] : self.indptr[rows[i] + 1]]
+        return out
+
+
+def write_seen(release_dir: Path, histories: Histories) -> None:
+    """seen.npz: every user's items, oldest first (CSR: users, indptr, items)."""
+    np.savez(Path(release_dir) / SEEN, users=histories.users, indptr=histories.indptr, items=histories.items)
 
 
 def read_seen(release_dir: Path) -> SeenItems:

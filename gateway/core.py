@@ -18,6 +18,7 @@ from funnel.artifacts import CatalogItem, Popularity, SeenItems, read_catalog, r
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, Unavailable
 from funnel.limits import DEFAULT_CANDIDATES, MAX_CANDIDATES, MAX_K
 from funnel.release import Manifest
+from funnel.scoring import blend, retrieval_weight
 from funnel.serving import ReleaseManager
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class GatewayRelease:
         self.catalog: dict[int, CatalogItem] = read_catalog(path)
         self.popularity: Popularity = read_popularity(path)
         self.seen: SeenItems = read_seen(path)
+        self.retrieval_weight = retrieval_weight(manifest.config)  # the served order's blend (funnel.scoring)
 
     def warmup(self) -> None:
         """Nothing to warm: the gateway holds no model."""
@@ -232,7 +234,8 @@ class Gateway:
                 ranked = self.ranking.rank(release.release_id, user_id, ids,
                                            self.deadlines.cap(self.deadlines.ranking, remaining()), history)
                 self._check_release("ranking", release.release_id, ranked.release_id)
-                result.ranking_release_id, scores, ratings = ranked.release_id, ranked.scores, ranked.ratings
+                result.ranking_release_id, ratings = ranked.release_id, ranked.ratings
+                scores = blend(ranked.scores, retrieval_scores, release.retrieval_weight)
             except StageUnavailable as exc:
                 result.degraded_reasons.append(str(exc))
                 scores = retrieval_scores

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from funnel import validate
-from funnel.artifacts import IdIndex, SeenItems, pad_histories, read_popularity, read_seen
+from funnel.artifacts import IdIndex, SeenItems, distinct_in_order, pad_histories, read_popularity, read_seen
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
 from funnel.release import INDEX_DIR, RANKER_DIR, Manifest
 from funnel.serving import ReleaseManager
@@ -60,7 +60,7 @@ class RankingRelease:
         """Scores for many users' candidates with one call of the scorer."""
         counts = [len(q.item_ids) for q in queries]
         if self.reads_history:
-            histories = [np.unique(q.history if len(q.history) else self.seen.get(q.user_id)) for q in queries]
+            histories = [distinct_in_order(q.history) if len(q.history) else self.seen.get(q.user_id) for q in queries]
             out = self.scorer(
                 user_id=string_tensor([q.user_id for q in queries]),
                 history=tf.constant(pad_histories(histories)),

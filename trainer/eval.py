@@ -16,6 +16,7 @@ import numpy as np
 
 from funnel.data import DATASET_SPECS, Dataset, Interactions, load_dataset
 from funnel.release import CANDIDATE_TOWER_DIR, ArtifactStore, Manifest
+from funnel.scoring import blend, retrieval_weight
 from funnel.tf import tf
 from ranking_service.core import RankingRelease
 from retrieval_service.core import RetrievalRelease
@@ -68,15 +69,16 @@ def pipeline_config(artifact_root: Path, split: str, epochs: int | None) -> Pipe
     return dataclasses.replace(config, **{n: dataclasses.replace(p, epochs=epochs) for n, p in trained.items()})
 
 
-def _pipeline(retrieval: RetrievalRelease, ranking: RankingRelease, user: str, history: np.ndarray | None
-              ) -> np.ndarray:  # fmt: skip
-    """The served pipeline's list for one user: retrieve PIPELINE_CANDIDATES unseen items, order them by the ranker
-    (ties keep retrieval order); ``history`` sent as the request's, as the gateway passes it to both stages."""
+def _pipeline(retrieval: RetrievalRelease, ranking: RankingRelease, weight: float, user: str,
+              history: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    """The served pipeline's list for one user: retrieve PIPELINE_CANDIDATES unseen items, order them as the gateway
+    does (the ranker's score blended with the retrieval score by ``weight``; ties keep retrieval order);
+    ``history`` sent as the request's, as the gateway passes it to both stages."""
     candidates = retrieval.retrieve(user, PIPELINE_CANDIDATES, exclude_seen=True, history=history)
     if not len(candidates.item_ids) or candidates.cold_start:
         return candidates.item_ids
-    order = np.argsort(-ranking.score(user, candidates.item_ids, history).scores, kind="stable")
-    return candidates.item_ids[order]
+    scores = blend(ranking.score(user, candidates.item_ids, history).scores, candidates.scores, weight)
+    return candidates.item_ids[np.argsort(-scores, kind="stable")]
 
 
 def measure_release(path: Path, manifest: Manifest, data: EvalSet, test: Interactions, batch_size: int
@@ -85,6 +87,7 @@ def measure_release(path: Path, manifest: Manifest, data: EvalSet, test: Interac
     Positions (the last: each test user under an id the release does not know, sending their stored history with
     the request) and "rmse" of the ranker's rating prediction."""
     retrieval, ranking = RetrievalRelease(path, manifest), RankingRelease(path, manifest)
+    weight = retrieval_weight(manifest.config)
     users = data.users.tolist()
     listed = np.full((len(users), MAX_K), -1, dtype=np.int64)
     ranked = np.full((len(users), PIPELINE_CANDIDATES), -1, dtype=np.int64)
@@ -97,7 +100,7 @@ def measure_release(path: Path, manifest: Manifest, data: EvalSet, test: Interac
         listed[row, : len(items)] = item_columns(data.items, items)
         for lists, user_id, history in ((ranked, user, None), (anonymous, f"anonymous:{user}", retrieval.seen.get(user))):
             if history is None or len(history):
-                items = _pipeline(retrieval, ranking, user_id, history)
+                items = _pipeline(retrieval, ranking, weight, user_id, history)
                 lists[row, : len(items)] = item_columns(data.items, items)
         pairs = by_user[bounds[row] : bounds[row + 1]]
         rated = ranking.score(user, test.item_ids[pairs])

@@ -14,14 +14,30 @@ def _grouped(pairs: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return indptr, pairs[order, 1]
 
 
-def _solve(fixed: np.ndarray, indptr: np.ndarray, columns: np.ndarray, alpha: float, l2: float) -> np.ndarray:
-    """Each row's exact least-squares factor given the other side's ``fixed`` factors; rows without pairs get 0."""
+def _solve(fixed: np.ndarray, indptr: np.ndarray, columns: np.ndarray, alpha: float, l2: float,
+           weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Each row's exact least-squares factor given the other side's ``fixed`` factors, an observed cell's confidence
+    1 + alpha (times its weight in ``weights``, aligned with ``columns``, when given); rows without pairs get 0."""
     unobserved = gram(fixed, l2)  # the unobserved cells, confidence 1 and target 0, of every row
     out = np.zeros((len(indptr) - 1, fixed.shape[1]))
     for row in np.flatnonzero(np.diff(indptr)):
-        observed = fixed[columns[indptr[row] : indptr[row + 1]]]
-        out[row] = np.linalg.solve(unobserved + alpha * observed.T @ observed, (1.0 + alpha) * observed.sum(axis=0))
+        cells = slice(indptr[row], indptr[row + 1])
+        observed = fixed[columns[cells]]
+        extra = alpha * (np.ones((len(observed), 1)) if weights is None else weights[cells, None])
+        out[row] = np.linalg.solve(unobserved + (observed * extra).T @ observed, ((1.0 + extra) * observed).sum(axis=0))
     return out
+
+
+def fold_in(items: np.ndarray, pairs: np.ndarray, num_users: int, *, alpha: float, l2: float,
+            weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """float32 [num_users, d]: each user's exact factor given the item factors and their (user row, item row)
+    ``pairs``, pair i observed with confidence 1 + alpha * weights[i] (weights 1 when None), as the served ranker
+    computes it from a history."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    order = np.argsort(pairs[:, 0], kind="stable")
+    indptr = np.searchsorted(pairs[order, 0], np.arange(num_users + 1))
+    chosen = None if weights is None else np.asarray(weights, dtype=np.float64)[order]
+    return _solve(np.asarray(items, dtype=np.float64), indptr, pairs[order, 1], alpha, l2, chosen).astype(np.float32)
 
 
 def fit_ials(

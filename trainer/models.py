@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funnel.artifacts import HISTORY_PADDING
+from funnel.artifacts import HISTORY_PADDING, Histories
 from funnel.tf import tf
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
@@ -16,7 +16,7 @@ TOP_KS = (1, 5, 10, 50, 100)
 
 
 Features = dict[str, np.ndarray]
-"""Column arrays: "user_id" (str) and "item_id" (int64)."""
+"""Column arrays: "user_id" (str) and "item_id" (int64), optionally "timestamp" (int64; else file order is time)."""
 RETRIEVAL_KEYS = ("user_id", "item_id")
 
 
@@ -37,6 +37,11 @@ class RetrievalConfig:
     embedding_dim: int = 256
     hidden_dims: tuple[int, ...] = ()  # ReLU layers before the query's linear layer (measured: no gain here)
     history_dropout: float = 0.5  # share of each training query's history items left out, besides its target
+    # Recency: the query pools the history with learned weights by position from its end (besides the plain mean),
+    # and a training query sees only the items before its target in time (what a served query predicts); off: the
+    # plain mean of every other training item.
+    recency: bool = True
+    recency_scale: float = 10.0  # the position weights start at exp(-position from the end / recency_scale)
     learning_rate: float = 0.005  # Adam, cosine-decayed to 0 over the epochs
     batch_size: int = 1024
     epochs: int = 20
@@ -56,74 +61,73 @@ class RetrievalConfig:
 
 
 PADDING = HISTORY_PADDING
-"""The history input's padding id; unknown item ids are ignored the same way."""
+"""The history input's padding id; unknown item ids are ignored the same way, but keep their place in time."""
+DROPPED = -2  # a training history's left-out item: an id no catalog holds, so it keeps its place but is not embedded
 
 
-class Histories:
-    """Each user's distinct training items, users sorted: the query tower's history input and the seen items."""
+RECENCY_BUCKETS = 64  # position-from-end buckets: one per position below 32, then four per doubling
 
-    def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
-        users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)
-        if users.shape != items.shape or users.ndim != 1:
-            raise ValueError(f"expected user and item id columns of equal length, got {users.shape} and {items.shape}")
-        order = np.lexsort((items, users))
-        users, items = users[order], items[order]
-        first = np.ones(len(users), dtype=bool)
-        first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-        self.items = items[first]
-        self.users, starts = np.unique(users[first], return_index=True)
-        self.indptr = np.append(starts, len(self.items)).astype(np.int64)
 
-    def rows(self, user_ids: np.ndarray) -> np.ndarray:
-        """Each user's row number, -1 for users without training items."""
-        user_ids = np.asarray(user_ids).astype(str)
-        pos = np.searchsorted(self.users, user_ids).clip(max=max(len(self.users) - 1, 0))
-        known = (self.users[pos] == user_ids) if len(self.users) else np.zeros(len(user_ids), dtype=bool)
-        return np.where(known, pos, -1)
-
-    def get(self, user_id: str) -> np.ndarray:
-        """The user's training items (empty for an unknown user)."""
-        row = int(self.rows(np.array([user_id]))[0])
-        return self.items[:0] if row < 0 else self.items[self.indptr[row] : self.indptr[row + 1]]
-
-    def padded(self, user_ids: np.ndarray) -> np.ndarray:
-        """int64 [len(user_ids), max(1, longest history)]: each user's items, right-padded with PADDING."""
-        rows = self.rows(user_ids)
-        lengths = np.where(rows >= 0, self.indptr[rows + 1] - self.indptr[rows], 0)
-        out = np.full((len(rows), max(1, int(lengths.max(initial=0)))), PADDING, dtype=np.int64)
-        for i in np.flatnonzero(lengths):
-            out[i, : lengths[i]] = self.items[self.indptr[rows[i]] : self.indptr[rows[i] + 1]]
-        return out
+def recency_bucket(position: tf.Tensor) -> tf.Tensor:
+    """The weight bucket of a history position counted from its end (0: the latest item)."""
+    far = 32 + tf.cast(4.0 * tf.math.log(tf.cast(tf.maximum(position, 32), tf.float32) / 32.0) / np.log(2.0), tf.int64)
+    return tf.minimum(tf.where(position < 32, position, far), RECENCY_BUCKETS - 1)
 
 
 class QueryTower(tf.keras.layers.Layer):
-    """{"user_id": string [B], "history": int64 [B, L]} → [B, D]: the mean of the history items' embeddings (zeros
-    for an empty history) through config.hidden_dims ReLU layers and a linear one. PADDING and unknown item ids are
-    ignored; so is the user id: the history carries the user, so a user with history but no trained id embedding is
-    served like any other."""
+    """{"user_id": string [B], "history": int64 [B, L] oldest first, optional "length": int64 [B]} → [B, D]: the
+    mean of the history items' embeddings (zeros for an empty history) and, with config.recency, their mean
+    weighted by a learned weight per position from the history's end, through config.hidden_dims ReLU layers and a
+    linear one. ``length`` keeps each row's first ``length`` items (default: all). PADDING and unknown item ids
+    are ignored (an unknown id still takes its place in time); so is the user id: the history carries the user, so a
+    user with history but no trained id embedding is served like any other."""
 
     def __init__(self, item_vocab: np.ndarray, config: RetrievalConfig) -> None:
         super().__init__()
+        self.recency = config.recency
         self.item_lookup = tf.keras.layers.IntegerLookup(vocabulary=item_vocab, mask_token=None)
         self.history_embedding = tf.keras.layers.Embedding(len(item_vocab) + 1, config.embedding_dim)
         self.history_embedding.build((None,))  # call() reads the table directly
+        if config.recency:
+            bucket = np.arange(RECENCY_BUCKETS)
+            start = -np.where(bucket < 32, bucket, 32 * 2 ** ((bucket - 32) / 4))  # each bucket's first position
+            self.position_logits = self.add_weight(
+                name="position_logits", shape=(RECENCY_BUCKETS,),
+                initializer=tf.keras.initializers.Constant(np.maximum(start / config.recency_scale, -30.0)),
+            )  # fmt: skip
         self.mlp = tf.keras.Sequential(
             [tf.keras.layers.Dense(h, activation="relu") for h in config.hidden_dims]
             + [tf.keras.layers.Dense(config.embedding_dim)]
         )
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        items = tf.sparse.from_dense(self.item_lookup(inputs["history"]))  # drops lookup row 0: padding or unknown
+        history = inputs["history"]
+        present = history != PADDING
+        place = tf.cumsum(tf.cast(present, tf.int64), axis=1, exclusive=True)  # among the row's items, in time order
+        length = inputs.get("length")
+        if length is None:
+            length = tf.reduce_sum(tf.cast(present, tf.int64), axis=1)
+        rows = self.item_lookup(tf.where(present & (place < length[:, None]), history, PADDING))  # 0: none/unknown
+        # Sparse lookups: a step costs the histories' items, not batch x longest history x embedding width.
+        cells = tf.where(rows > 0)
+        ids = tf.SparseTensor(cells, tf.gather_nd(rows, cells), tf.shape(rows, out_type=tf.int64))
         table = self.history_embedding.embeddings
-        return self.mlp(tf.nn.safe_embedding_lookup_sparse(table, items, combiner="mean"), training=training)
+        pooled = [tf.nn.safe_embedding_lookup_sparse(table, ids, combiner="mean")]
+        if self.recency:
+            position = tf.maximum(length[:, None] - 1 - place, 0)  # from the end: 0 is the latest
+            weight = tf.exp(tf.gather(self.position_logits, recency_bucket(tf.gather_nd(position, cells))))
+            weights = tf.SparseTensor(cells, weight, ids.dense_shape)
+            pooled.append(tf.nn.safe_embedding_lookup_sparse(table, ids, weights, combiner="mean"))  # Σ w e / Σ w
+        return self.mlp(tf.concat(pooled, axis=1), training=training)
 
 
 class RetrievalModel(tfrs.Model):
     """History-based query tower · item-embedding candidate tower, trained with a softmax over the full catalog
     (in-batch with logQ correction above config.full_softmax_max_items); FactorizedTopK metrics in evaluation.
 
-    A training query never sees its target, which is removed from its history (leave-one-out), nor a random
-    config.history_dropout share of its other history items (denoising).
+    A training query never sees its target, which is removed from its history (leave-one-out; with
+    config.recency, every item from the target on in time), nor a random config.history_dropout share of its other
+    history items (denoising).
     """
 
     def __init__(self, item_vocab: np.ndarray, config: RetrievalConfig, item_counts: np.ndarray | None = None) -> None:
@@ -146,13 +150,19 @@ class RetrievalModel(tfrs.Model):
         )
 
     def _training_history(self, history: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-        drop = self.rng.uniform(tf.shape(history)) < self.config.history_dropout
-        return tf.where(drop | (history == target[:, None]), tf.constant(PADDING, tf.int64), history)
+        """The history without its target and a random share of its items, which keep their places in time (as
+        items unknown to the tower do)."""
+        drop = (self.rng.uniform(tf.shape(history)) < self.config.history_dropout) | (history == target[:, None])
+        return tf.where(drop & (history != PADDING), tf.constant(DROPPED, tf.int64), history)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         target, history = features["item_id"], features["history"]
-        seen_by_query = self._training_history(history, target) if training else history
-        query = self.query_tower({"user_id": features["user_id"], "history": seen_by_query}, training=training)
+        inputs = {"user_id": features["user_id"], "history": history}
+        if training:
+            inputs["history"] = self._training_history(history, target)
+            if self.config.recency:  # the items before the target in time
+                inputs["length"] = features["position"]
+        query = self.query_tower(inputs, training=training)
         positives = self.candidate_tower(target)
         if not training:
             self.top_k.update_state(query, positives)
@@ -201,11 +211,13 @@ def _retrieval_batches(
 ) -> tf.data.Dataset:
     """Batches of user_id, item_id and the user's training items as history (padded; empty for unknown users)."""
     _columns(features, RETRIEVAL_KEYS)  # checks the columns
+    item_ids = np.asarray(features["item_id"], dtype=np.int64)
     rows = histories.rows(features["user_id"])
+    position = history_positions(histories, rows, item_ids)
     rows = np.where(rows < 0, len(histories.users), rows)  # the extra empty row below
     table = tf.RaggedTensor.from_row_splits(histories.items, np.append(histories.indptr, histories.indptr[-1]))
     columns = tf.data.Dataset.from_tensor_slices(
-        {"user_id": features["user_id"], "item_id": np.asarray(features["item_id"], dtype=np.int64), "row": rows}
+        {"user_id": features["user_id"], "item_id": item_ids, "row": rows, "position": position}
     )
     if shuffle_seed is not None:
         columns = columns.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -215,6 +227,22 @@ def _retrieval_batches(
         return {**batch, "history": history}
 
     return columns.batch(batch_size).map(attach).prefetch(2)
+
+
+def history_positions(histories: Histories, rows: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """int64 place of each (history row, item) in that row's time-ordered history: the number of items before it
+    in time (0 for a row of -1 or an item not in the row)."""
+    lengths = np.diff(histories.indptr)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    codes, item_codes = np.unique(histories.items, return_inverse=True)
+    keys = owner * max(len(codes), 1) + item_codes
+    order = np.argsort(keys, kind="stable")
+    found = np.searchsorted(codes, item_ids).clip(max=max(len(codes) - 1, 0))
+    wanted = np.asarray(rows, dtype=np.int64) * max(len(codes), 1) + found
+    at = np.searchsorted(keys[order], wanted).clip(max=max(len(keys) - 1, 0))
+    hit = (rows >= 0) & (len(keys) > 0) & (keys[order][at] == wanted) & (codes[found] == item_ids if len(codes) else False)
+    entry = order[at]
+    return np.where(hit, entry - histories.indptr[np.maximum(rows, 0)], 0).astype(np.int64)
 
 
 def _item_counts(item_ids: np.ndarray, item_vocab: np.ndarray) -> np.ndarray:
@@ -233,8 +261,13 @@ def train_retrieval(
     """Fit the retrieval model on the training interactions, each user's training items as the query history
     (``histories``: those items when the caller has them already)."""
     seed_everything(config.seed)
-    histories = histories if histories is not None else Histories(train["user_id"], train["item_id"])
+    histories = histories if histories is not None else Histories(train["user_id"], train["item_id"],
+                                                                  train.get("timestamp"))  # fmt: skip
     item_vocab = np.asarray(item_vocab, dtype=np.int64)
+    reserved = np.intersect1d(item_vocab, [PADDING, DROPPED])
+    if len(reserved):
+        raise ValueError(f"expected item ids other than {PADDING} and {DROPPED} (reserved in histories), got "
+                         f"{reserved.tolist()}")  # fmt: skip
     model = RetrievalModel(item_vocab, config, _item_counts(np.asarray(train["item_id"], dtype=np.int64), item_vocab))
     batches = _retrieval_batches(train, histories, config.batch_size, shuffle_seed=config.seed)
     steps = config.epochs * -(-len(train["item_id"]) // config.batch_size)

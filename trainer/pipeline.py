@@ -29,6 +29,7 @@ from funnel.release import (
     RolloutState,
     new_release_id,
 )
+from funnel.scoring import RETRIEVAL_WEIGHT_KEY
 from trainer.evaluate import Evaluation, embed_users, evaluate_release, load_signature, run_batched
 from trainer.export import export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig, check_gate
@@ -51,6 +52,7 @@ class PipelineConfig:
     max_users: int | None = None  # None: every user
     split: str = "recent"  # held out to evaluate and gate: "recent" (each user's latest 20%), "seeds", "temporal"
     refit: bool = True  # after the gate, train again on every interaction and publish that
+    retrieval_weight: float = 1.0  # the served order: standardized ranker score + this x standardized retrieval score
     release_id: str | None = None  # None: generated
     set_stable: bool | None = None  # None: only when the store has no stable release yet
     only: str | None = None  # "index" or "ranker": rebuild that part of the stable release; None: train both models
@@ -68,6 +70,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.only not in (None, *ONLY_CHOICES):
             raise ValueError(f"expected only in {ONLY_CHOICES} or None, got {self.only!r}")
+        if self.retrieval_weight < 0:
+            raise ValueError(f"expected retrieval_weight >= 0, got {self.retrieval_weight}")
         if self.eval_batch_size < 1 or (self.eval_max_pairs is not None and self.eval_max_pairs < 1):
             raise ValueError(
                 f"expected eval_batch_size >= 1 and eval_max_pairs >= 1 or None, "
@@ -188,7 +192,7 @@ class _Job:
         """Train (or copy from stable, with --only) the towers, index and ranker on ``data`` into ``target``; the
         training runs of the parts. ``label`` names the phases ("held-out" or "refit" models)."""
         config, runs = self.config, {}
-        histories = Histories(data.user_ids, data.item_ids)  # the query tower's history input, as served
+        histories = Histories(data.user_ids, data.item_ids, data.timestamps)  # the towers' history input, as served
         item_vocab = self.dataset.items.item_ids  # the whole catalog is retrievable
         if config.only == "ranker":
             print(f"[trainer] copying {', '.join(RETRIEVAL_PARTS)} from stable release {self.stable_id}", flush=True)
@@ -225,7 +229,7 @@ class _Job:
         """The held-out models' evaluation on ``test`` and the gate's record (None when there is no gate); raises
         GateRefused. The gate compares both releases on the held-out interactions the stable release was not given
         (a stable release refitted on all its data has seen the rest)."""
-        config, histories = self.config, Histories(train.user_ids, train.item_ids)
+        config, histories = self.config, Histories(train.user_ids, train.item_ids, train.timestamps)
         options = {"batch_size": config.eval_batch_size, "max_pairs": config.eval_max_pairs, "seed": config.seed}
         with self.phase("evaluate held-out models"):
             evaluation = evaluate_release(models, test, histories, **options)
@@ -294,7 +298,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
         }  # fmt: skip
         with job.phase("publish"):
             write_catalog(writer.dir, dataset.items)
-            write_seen(writer.dir, everything.user_ids, everything.item_ids)
+            write_seen(writer.dir, Histories(everything.user_ids, everything.item_ids, everything.timestamps))
             write_popularity(writer.dir, everything.item_ids)
             run_config = {
                 "data": config.data,
@@ -302,6 +306,7 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
                 "max_users": config.max_users,
                 "split": config.split,
                 "refit": config.refit,
+                RETRIEVAL_WEIGHT_KEY: config.retrieval_weight,
                 "only": config.only,
                 "base_release": stable_id if config.only else None,
                 "gate": None if config.gate is None else asdict(config.gate),

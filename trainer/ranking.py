@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from funnel.artifacts import HISTORY_PADDING, Histories
 from funnel.data import Dataset, Interactions
 from funnel.tf import tf
 from trainer.baselines import rmse
 from trainer.export import save_module
-from trainer.ials import fit_ials, gram, unseen_spread
-from trainer.models import EpochLog, seed_everything
+from trainer.ials import fit_ials, fold_in, gram, unseen_spread
+from trainer.models import EpochLog, history_positions, seed_everything
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
 
@@ -48,6 +49,9 @@ class RankingConfig:
     epochs: int = 22
     full_softmax_max_items: int = 50_000  # larger catalogs: in-batch engagement softmax with logQ correction
     history: bool = True  # SVD++ implicit term: the user's training items' "y" embeddings
+    # > 0: each history item counts exp(-its place from the history's end / recency_scale) in the SVD++ term and as
+    # iALS fold-in confidence (the latest item 1); 0: every item alike
+    recency_scale: float = 30.0
     # The user id's own embedding in the rating and engagement vectors; without it a user is their features and
     # history alone, as a user unknown to the release but sending a history is served (the bias keeps its id term)
     user_id_vectors: bool = True
@@ -61,7 +65,7 @@ class RankingConfig:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
         for name in (
             "l2", "bias_l2", "engagement_weight", "engagement_l2", "score_rating_weight", "ials_weight", "ials_alpha",
-            "ials_l2", "ials_max_items",
+            "ials_l2", "ials_max_items", "recency_scale",
         ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"expected {name} >= 0, got {getattr(self, name)}")
@@ -85,6 +89,7 @@ class Tables:
     item_year: np.ndarray  # int32 [I]: release-year bucket (0 unknown)
     num_year_buckets: int
     history: np.ndarray  # int64 [H, 2]: (user row, item row) of the training interactions, unique and sorted
+    from_end: np.ndarray  # int64 [H]: each history entry's place from the end of its user's history in time (0: latest)
     global_mean: float
 
     @property
@@ -161,10 +166,20 @@ def build_tables(train: Interactions, dataset: Dataset) -> Tables:
     year[rows] = np.where(known, np.digitize(years, edges) + 1, 0)
 
     history = np.unique(np.stack([users, items], axis=1), axis=0)
+    timed = Histories(train.user_ids, train.item_ids, train.timestamps)
+    entry_users, entry_items = user_ids[history[:, 0] - 1], item_ids[history[:, 1] - 1]
+    timed_rows = timed.rows(entry_users)
+    from_end = np.diff(timed.indptr)[timed_rows] - 1 - history_positions(timed, timed_rows, entry_items)
     return Tables(
         user_ids, item_ids, user_trained, item_trained, categories, sizes, genres, year, len(edges) + 2, history,
-        float(np.mean(train.ratings)),
+        from_end.astype(np.int64), float(np.mean(train.ratings)),
     )  # fmt: skip
+
+
+def recency_weights(from_end: np.ndarray, scale: float) -> np.ndarray:
+    """float32 weight of history entries by their place from the end (0: latest): exp(-place / scale), 1 for scale 0."""
+    from_end = np.asarray(from_end, dtype=np.float64)
+    return (np.ones_like(from_end) if scale == 0 else np.exp(-from_end / scale)).astype(np.float32)
 
 
 def _l2(rows: list[tf.Tensor]) -> tf.Tensor:
@@ -210,6 +225,7 @@ class _Side(tf.keras.layers.Layer):
         self.history = None
         if user and config.history and dim > 1:
             counts = np.bincount(tables.history[:, 0], minlength=tables.num_users)
+            weights = recency_weights(tables.from_end, config.recency_scale)  # per history entry
             # Small catalogs: one sparse product over every user's history a step (fast, dense gradient of y).
             # Large ones: gather only the batch's histories, so a step costs the batch's history length and the
             # gradient of y stays sparse.
@@ -217,11 +233,13 @@ class _Side(tf.keras.layers.Layer):
             if self.per_batch:
                 splits = np.concatenate([[0], np.cumsum(counts)])  # the history is sorted by user row
                 self.history = tf.RaggedTensor.from_row_splits(tables.history[:, 1], splits)  # user -> item rows
+                self.entry_weights = tf.RaggedTensor.from_row_splits(weights, splits)
             else:
-                ones = np.ones(len(tables.history), np.float32)
-                self.history = tf.sparse.SparseTensor(tables.history, ones, (tables.num_users, tables.num_items))
+                self.history = tf.sparse.SparseTensor(tables.history, weights, (tables.num_users, tables.num_items))
             self.history_items = tf.constant(tables.history[:, 1])  # history entry -> item row
-            self.history_weight = tf.constant(1.0 / np.sqrt(np.maximum(counts, 1)), tf.float32)  # per user row
+            self.history_entry_weight = tf.constant(weights)
+            total = np.bincount(tables.history[:, 0], weights=weights, minlength=tables.num_users)
+            self.history_weight = tf.constant(1.0 / np.sqrt(np.maximum(total, 1.0)), tf.float32)  # per user row
             self.y = self.add_weight(name="history", shape=(tables.num_items, dim), initializer=init)
 
     def call(
@@ -241,11 +259,15 @@ class _Side(tf.keras.layers.Layer):
             terms.append(self.genre_weights(tf.gather(self.genres, rows)))
         if self.history is not None and with_history:
             if self.per_batch:
-                implicit = tf.reduce_sum(tf.gather(self.y, tf.gather(self.history, rows)), axis=1)
+                weighted = tf.gather(self.y, tf.gather(self.history, rows)) * tf.gather(self.entry_weights, rows)[
+                    ..., None]
+                implicit = tf.reduce_sum(weighted, axis=1)
             else:
                 implicit = tf.gather(tf.sparse.sparse_dense_matmul(self.history, self.y), rows)
             if entries is not None:
-                own_item = tf.gather(self.y, tf.gather(self.history_items, tf.maximum(entries, 0)))
+                entry = tf.maximum(entries, 0)
+                own_item = tf.gather(self.y, tf.gather(self.history_items, entry))
+                own_item *= tf.gather(self.history_entry_weight, entry)[:, None]
                 implicit -= tf.where((entries >= 0)[:, None], own_item, 0.0)
             terms.append(tf.gather(self.history_weight, rows)[:, None] * implicit)
         return tf.add_n(terms), terms
@@ -279,6 +301,7 @@ class IalsTerm:
     gram: np.ndarray  # float32 [d, d]: YᵀY + l2·I
     alpha: float
     scale: float  # ials_weight / the score's spread over users' unseen items
+    recency_scale: float = 30.0  # the fold-in's confidence of a history item is 1 + alpha * its recency weight
 
 
 def ials_factors(tables: Tables, config: RankingConfig) -> IalsTerm | None:
@@ -291,12 +314,15 @@ def ials_factors(tables: Tables, config: RankingConfig) -> IalsTerm | None:
         tables.history, tables.num_users, tables.num_items, dim=config.ials_dim, alpha=config.ials_alpha,
         l2=config.ials_l2, iterations=config.ials_iterations, seed=config.seed,
     )  # fmt: skip
+    weights = recency_weights(tables.from_end, config.recency_scale)  # as the served ranker folds users in
+    users = fold_in(items, tables.history, tables.num_users, alpha=config.ials_alpha, l2=config.ials_l2,
+                    weights=weights)  # fmt: skip
     spread = unseen_spread(users, items, tables.history, config.seed)
     if spread == 0:
         return None
     scale = config.ials_weight / spread
     return IalsTerm(users * np.float32(scale), items, gram(items, config.ials_l2).astype(np.float32),
-                    config.ials_alpha, scale)  # fmt: skip
+                    config.ials_alpha, scale, config.recency_scale)  # fmt: skip
 
 
 class RankingModel(tfrs.Model):
@@ -485,6 +511,7 @@ class _RankerServing(tf.Module):
                 key: tf.Variable(side.y, trainable=False, name=f"history_{key}")
                 for key, side in (("vector", model.user_vector), ("engagement", model.user_engagement))
             }
+        self.recency_scale = config.recency_scale
         ials = model.ials_term
         self.ials_gram = None if ials is None else tf.Variable(ials.gram, trainable=False, name="ials_gram")
         self.ials_alpha, self.ials_scale = (0.0, 0.0) if ials is None else (ials.alpha, ials.scale)
@@ -504,15 +531,19 @@ class _RankerServing(tf.Module):
         users = self.user_index.lookup(user_id)
         user = {key: tf.gather(table, users)[:, None] for key, table in self.users.items()}  # [B, 1, ...]
         rows = self.item_index.lookup(history)  # [B, L]; 0: padding or unknown
-        known = tf.cast(rows > 0, tf.float32)[:, :, None]
-        weight = tf.math.rsqrt(tf.maximum(tf.reduce_sum(known, axis=1), 1.0))  # [B, 1]: 1 / sqrt(history length)
+        present = tf.cast(history != HISTORY_PADDING, tf.float32)  # unknown ids keep their place in time
+        from_end = tf.reduce_sum(present, axis=1, keepdims=True) - 1.0 - tf.cumsum(present, axis=1, exclusive=True)
+        recency = tf.exp(-from_end / self.recency_scale) if self.recency_scale > 0 else tf.ones_like(from_end)
+        known = (recency * tf.cast(rows > 0, tf.float32))[:, :, None]  # each history item's weight
+        weight = tf.math.rsqrt(tf.maximum(tf.reduce_sum(known, axis=1), 1.0))  # [B, 1]: 1 / sqrt(total weight)
         for key, table in self.history_terms.items():
             implicit = weight * tf.reduce_sum(tf.gather(table, rows) * known, axis=1)
             user[key] = user[key] + implicit[:, None]
         if self.ials_gram is not None:
-            observed = tf.gather(self.items["ials"], rows) * known  # [B, L, d]
-            normal = self.ials_gram + self.ials_alpha * tf.einsum("bld,ble->bde", observed, observed)
-            target = (1.0 + self.ials_alpha) * tf.reduce_sum(observed, axis=1)[:, :, None]
+            observed = tf.gather(self.items["ials"], rows) * tf.cast(rows > 0, tf.float32)[:, :, None]  # [B, L, d]
+            confidence = self.ials_alpha * known  # above the unobserved cells' 1
+            normal = self.ials_gram + tf.einsum("bld,ble->bde", observed * confidence, observed)
+            target = tf.reduce_sum(observed * (1.0 + confidence), axis=1)[:, :, None]
             user["ials"] = self.ials_scale * tf.transpose(tf.linalg.solve(normal, target), [0, 2, 1])  # [B, 1, d]
         candidates = self.item_index.lookup(item_id)
         item = {key: tf.gather(table, candidates) for key, table in self.items.items()}  # [B, C, ...]

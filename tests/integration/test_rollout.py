@@ -116,7 +116,9 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
                  "--release-id", r2, "--admin-target", services["gateway"].address, "--rollout-fraction", "0.5"],
                 cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
-            assert "gate passed" in job.stdout and store.rollout().candidate == r2
+            # Same data as test-r1, which was given every held-out rating: the gate has nothing fair to compare on.
+            assert f"gate skipped: stable release {RELEASE} was given every held-out interaction" in job.stdout
+            assert store.rollout().candidate == r2
             wait_until(lambda: any(s.release == r2 for s in load.samples[-50:]), 60, "the candidate to get traffic")
             marks["split"] = time.monotonic()
             time.sleep(5)

@@ -8,8 +8,8 @@ import numpy as np
 
 import pytest
 
-from funnel.artifacts import (IdIndex, read_catalog, read_popularity, read_seen, write_catalog, write_popularity,
-                              write_seen)
+from funnel.artifacts import (Histories, IdIndex, read_catalog, read_popularity, read_seen, write_catalog,
+                              write_popularity, write_seen)
 from funnel.data import Items
 
 
@@ -21,11 +21,16 @@ def test_catalog_round_trip(tmp_path: Path) -> None:
     assert catalog[7].title == "Heat" and catalog[7].genres == ("Action", "Crime") and catalog[3].year == 0
 
 
-def test_seen_items_per_user_deduplicated(tmp_path: Path) -> None:
-    write_seen(tmp_path, np.array(["b", "a", "b", "b", "10"]), np.array([5, 1, 2, 5, 9]))
+def test_seen_items_per_user_deduplicated_in_time_order(tmp_path: Path) -> None:
+    # b rated 5 (t=30), 2 (t=20), 5 again (t=10; its latest time is 30), 7 (t=20, after 2 in the file).
+    users, items = np.array(["b", "a", "b", "b", "10", "b"]), np.array([5, 1, 2, 5, 9, 7])
+    write_seen(tmp_path, Histories(users, items, np.array([30, 0, 20, 10, 5, 20])))
     seen = read_seen(tmp_path)
-    assert seen.get("b").tolist() == [2, 5] and seen.get("a").tolist() == [1] and seen.get("10").tolist() == [9]
+    assert seen.get("b").tolist() == [2, 7, 5] and seen.get("a").tolist() == [1] and seen.get("10").tolist() == [9]
     assert "a" in seen and "zz" not in seen and seen.get("zz").tolist() == [] and len(seen) == 3
+    assert seen.contains(np.array(["b", "b", "a", "zz"]), np.array([7, 1, 1, 1])).tolist() == [True, False, True, False]
+    write_seen(tmp_path, Histories(users, items))  # no timestamps: file order is time order
+    assert read_seen(tmp_path).get("b").tolist() == [2, 5, 7]
 
 
 def test_popularity_order_ties_and_exclusion(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funnel.artifacts import write_catalog, write_popularity, write_seen
+from funnel.artifacts import Histories, write_catalog, write_popularity, write_seen
 from funnel.data import Items
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound, ReleaseError, Unavailable
 from funnel.release import ArtifactStore, RolloutState
+from funnel.scoring import blend, retrieval_weight
 from funnel.serving import ReleaseManager
 from gateway.admin import Admin
 from gateway.core import (
@@ -27,13 +28,13 @@ ITEMS = Items(item_ids=np.arange(1, 7, dtype=np.int64), titles=tuple(f"Film {i}"
               years=np.full(6, 1999, dtype=np.int32), genres=tuple(("Drama",) for _ in range(6)))
 
 
-def publish_release(store: ArtifactStore, release_id: str) -> None:
+def publish_release(store: ArtifactStore, release_id: str, config: dict | None = None) -> None:
     with store.new_release(release_id) as w:
         write_catalog(w.dir, ITEMS)
         # user "u1" has seen item 1; popularity order: 1 (3x), 2 (2x), then 3..6 once each
-        write_seen(w.dir, np.array(["u1"]), np.array([1]))
+        write_seen(w.dir, Histories(np.array(["u1"]), np.array([1])))
         write_popularity(w.dir, np.array([1, 1, 1, 2, 2, 3, 4, 5, 6]))
-        w.publish(training_runs={}, data_fingerprint="fp", metrics={})
+        w.publish(training_runs={}, data_fingerprint="fp", metrics={}, config=config)
 
 
 class FakeRetrieval:
@@ -92,6 +93,32 @@ def test_ranks_retrieved_items_and_attaches_titles(releases) -> None:
     assert not result.degraded_reasons and not result.cold_start
     assert retrieval.calls[0][:4] == ("r1", "u1", 100, True)
     assert ranking.calls[0][:3] == ("r1", "u1", (2, 3, 4, 5))
+
+
+def test_a_release_with_a_retrieval_weight_orders_by_the_blend_of_both_scores(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    publish_release(store, "blend", {"retrieval_weight": 2.0})
+    store.set_stable("blend")
+    manager = ReleaseManager(store, GatewayRelease, name="gateway")
+    manager.sync()
+    # Retrieval scores 0.9 .. 0.6 for items 2 .. 5, ranker scores 2 .. 5: standardized, the retrieval order counts
+    # twice as much, so it wins; the score is the blend, the predicted rating still the ranker's.
+    result = gateway(manager).recommend("u1", 4)
+    assert [i.item_id for i in result.items] == [2, 3, 4, 5]
+    z = (np.arange(2, 6) - 3.5) / np.std(np.arange(2, 6))
+    assert [i.score for i in result.items] == pytest.approx(list(z + 2 * -z), abs=1e-5)  # ranker z, retrieval -z
+    assert [i.predicted_rating for i in result.items] == [1.0, 1.5, 2.0, 2.5]
+
+
+def test_blend_standardizes_both_scores_and_weight_zero_keeps_the_rankers() -> None:
+    ranker, retrieval = np.array([1.0, 3.0, 2.0]), np.array([10.0, 0.0, 5.0])
+    np.testing.assert_array_equal(blend(ranker, retrieval, 0.0), ranker.astype(np.float32))
+    z = np.array([-1.0, 1.0, 0.0]) * np.sqrt(1.5)
+    np.testing.assert_allclose(blend(ranker, retrieval, 0.5), z + 0.5 * -z, rtol=1e-6)
+    np.testing.assert_array_equal(blend(np.array([4.0]), np.array([1.0]), 1.0), [0.0])  # one candidate: no spread
+    assert retrieval_weight({"retrieval_weight": 1.5}) == 1.5
+    assert retrieval_weight({}) == retrieval_weight({"retrieval_weight": "x"}) == retrieval_weight(
+        {"retrieval_weight": -1}) == 0.0
 
 
 def test_ranking_down_serves_retrieval_order_marked_degraded(releases) -> None:

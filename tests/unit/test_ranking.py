@@ -75,7 +75,8 @@ def train_histories() -> Histories:
     """Each user's items in the training part of the fixture's split."""
     data = synthetic_dataset()
     train_idx, _ = seeds_split(len(data.interactions))
-    return Histories(data.interactions.user_ids[train_idx], data.interactions.item_ids[train_idx])
+    train = data.interactions.take(train_idx)
+    return Histories(train.user_ids, train.item_ids, train.timestamps)
 
 
 def served(serve, user_ids: list[str] | np.ndarray, item_ids: list[int] | np.ndarray,
@@ -247,15 +248,20 @@ def test_an_unknown_user_with_a_history_is_ranked_like_the_user_it_belongs_to(tr
     assert np.mean(stranger_gaps) > 0.3 and abs(np.mean(generic_gaps)) < 0.1, (stranger_gaps, generic_gaps)
 
 
-def test_a_history_replaces_the_stored_one_and_unknown_history_ids_are_ignored(trained):
+def test_a_history_replaces_the_stored_one_and_weighs_its_latest_items_most(trained):
     serve, train = trained["serve"], trained["train"]
-    own = train.item_ids[train.user_ids == "user0"]
-    with_unknown = Histories(np.full(len(own) + 2, "user0"), np.concatenate([own, [3, 4]]))  # 3, 4: not items
-    np.testing.assert_allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, with_unknown)["score"],
-                               served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS)["score"], atol=1e-5)  # fmt: skip
+    own = train_histories().get("user0")  # oldest first
+    stored = served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS)["score"]
+    sent = Histories(np.full(len(own), "user0"), own)  # the same items, in the same order, sent with the request
+    np.testing.assert_allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, sent)["score"], stored, atol=1e-5)
     other = Histories(np.full(5, "user0"), train.item_ids[train.user_ids == "user1"][:5])
-    assert not np.allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, other)["score"],
-                           served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS)["score"])  # fmt: skip
+    assert not np.allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, other)["score"], stored)
+    reversed_order = Histories(np.full(len(own), "user0"), own[::-1])
+    assert not np.allclose(served(serve, ["user0"] * NUM_ITEMS, ITEM_IDS, reversed_order)["score"], stored)
+    # Ids the release does not know are not embedded: alone, they are no history at all.
+    nobody = served(serve, ["stranger"] * NUM_ITEMS, ITEM_IDS)["score"]
+    unknown = Histories(np.full(2, "stranger"), np.array([3, 4]))
+    np.testing.assert_allclose(served(serve, ["stranger"] * NUM_ITEMS, ITEM_IDS, unknown)["score"], nobody, atol=1e-5)
 
 
 def test_export_refuses_an_existing_directory(trained, tmp_path):

@@ -22,7 +22,8 @@ from trainer.export import candidate_tower_fingerprint, export_candidate_tower, 
 from trainer.gate import GateConfig
 from trainer.index import (ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, build_searcher, exact_top_k,
                            measure_recall, search_ladder, tree_params, tune_search)
-from trainer.models import Histories, RetrievalConfig, evaluate_retrieval, item_tower, train_retrieval
+from trainer.models import (Histories, QueryTower, RetrievalConfig, evaluate_retrieval, history_positions, item_tower,
+                            recency_bucket, train_retrieval)
 from trainer.pipeline import PipelineConfig, run
 from trainer.ranking import RankingConfig, evaluate_rmse, export_ranker, train_ranker
 from trainer.split import seeds_split
@@ -73,8 +74,8 @@ def trained():
     train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
     as_features = lambda x: {"user_id": x.user_ids, "item_id": x.item_ids}  # noqa: E731
     user_vocab, item_vocab = np.unique(train.user_ids), data.items.item_ids
-    histories = Histories(train.user_ids, train.item_ids)
-    retrieval = train_retrieval(as_features(train), item_vocab, RETRIEVAL_CONFIG, verbose=False)
+    histories = Histories(train.user_ids, train.item_ids, train.timestamps)
+    retrieval = train_retrieval(as_features(train), item_vocab, RETRIEVAL_CONFIG, verbose=False, histories=histories)
     ranking = train_ranker(train, data, RANKING_CONFIG, verbose=False)
     return {
         "data": data, "train": train, "test": test, "user_vocab": user_vocab, "item_vocab": item_vocab,
@@ -170,6 +171,24 @@ def test_retrieval_training_is_deterministic_and_the_sampled_softmax_learns(trai
     assert top_k["top_10"] > 2 * 10 / NUM_ITEMS
 
 
+def test_recency_weights_start_at_a_decay_by_place_from_the_end_and_training_sees_only_the_past():
+    assert recency_bucket(tf.constant([0, 5, 31, 32, 63, 64, 10**6], tf.int64)).numpy().tolist() == [
+        0, 5, 31, 32, 35, 36, 63]  # fmt: skip
+    tower = QueryTower(np.array([1, 2, 3], np.int64), replace(RETRIEVAL_CONFIG, recency_scale=10.0))
+    weights = np.exp(tower.position_logits.numpy())
+    np.testing.assert_allclose(weights[:3], np.exp(-np.arange(3) / 10.0), rtol=1e-6)
+    assert np.all(np.diff(weights) <= 0) and weights.min() > 0
+    # A query cut to its first `length` items equals the query of those items alone.
+    history = tf.constant([[1, 2, 3], [3, -1, 2]], tf.int64)
+    cut = tower({"user_id": tf.constant(["a", "b"]), "history": history, "length": tf.constant([2, 1], tf.int64)})
+    alone = tower({"user_id": tf.constant(["a", "b"]), "history": tf.constant([[1, 2], [3, -1]], tf.int64)})
+    np.testing.assert_allclose(cut.numpy(), alone.numpy(), rtol=1e-6)
+    # Each training example's history length is the number of the user's items before it in time.
+    histories = Histories(np.array(["u", "u", "u", "v"]), np.array([9, 7, 8, 7]), np.array([3, 1, 2, 0]))
+    rows = histories.rows(np.array(["u", "u", "u", "v", "w"]))
+    assert history_positions(histories, rows, np.array([7, 8, 9, 7, 7])).tolist() == [0, 1, 2, 0, 0]
+
+
 def test_histories_hold_each_users_distinct_items_padded_with_minus_one():
     histories = Histories(np.array(["b", "a", "b", "b", "c"]), np.array([7, 3, 5, 7, 9]))
     assert histories.users.tolist() == ["a", "b", "c"] and histories.get("b").tolist() == [5, 7]
@@ -207,10 +226,23 @@ def test_query_tower_savedmodel_matches_keras_and_ignores_padding_and_unknown_it
     assert out.dtype == tf.float32 and out.shape == (4, DIM)
     np.testing.assert_allclose(out.numpy(), tower({"user_id": users, "history": history}).numpy(), rtol=1e-6)
     assert not np.allclose(out[2], out[3])  # a new user's history counts
-    # The same users and items, reordered, padded more and mixed with items outside the catalog:
-    history = tf.constant([[1003, 5, 1000, -1], [-1, 1006, 7, -1], [1015, 1009, 1012, 4]], dtype=tf.int64)
+    # The same users and items in the same order, padded more and anywhere:
+    history = tf.constant([[1000, -1, 1003, -1], [-1, 1006, -1, -1], [1009, 1012, 1015, -1]], dtype=tf.int64)
     same = serve(user_id=users[:3], history=history)["embedding"]
     np.testing.assert_allclose(same.numpy(), out.numpy()[:3], rtol=1e-5, atol=1e-6)
+    # Items outside the catalog are not embedded (alone they are no history), but they keep their place in time,
+    # as does the order of the others: the latest items weigh most.
+    only_unknown = serve(user_id=users[3:], history=tf.constant([[5, 7]], dtype=tf.int64))["embedding"]
+    np.testing.assert_allclose(only_unknown.numpy(), out.numpy()[3:], rtol=1e-5, atol=1e-6)
+    reordered = serve(user_id=users[2:3], history=tf.constant([[1015, 1012, 1009]], dtype=tf.int64))["embedding"]
+    later = serve(user_id=users[2:3], history=tf.constant([[1009, 1012, 1015, 4]], dtype=tf.int64))["embedding"]
+    assert not np.allclose(reordered.numpy(), out.numpy()[2:3]) and not np.allclose(later.numpy(), out.numpy()[2:3])
+    plain = replace(RETRIEVAL_CONFIG, recency=False, epochs=1)  # the plain mean ignores order and unknown items
+    tower = train_retrieval({"user_id": trained["train"].user_ids, "item_id": trained["train"].item_ids},
+                            trained["item_vocab"], plain, verbose=False).query_tower  # fmt: skip
+    mixed = tf.constant([[1003, 5, 1000, -1], [-1, 1006, 7, -1], [1015, 1009, 1012, 4]], dtype=tf.int64)
+    np.testing.assert_allclose(tower({"user_id": users[:3], "history": mixed}).numpy(),
+                               tower({"user_id": users[:3], "history": history}).numpy(), rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "qt" / SIDECAR).read_text()) == {
         "candidate_tower_fingerprint": "abc", "embedding_dim": DIM, "training_run": "run-1",
     }  # fmt: skip
