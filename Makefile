@@ -32,7 +32,7 @@ $(EVAL_STAMP): $(STAMP) requirements-eval.txt
 	$(PY) -m pip install --quiet -r requirements-eval.txt
 	touch $(EVAL_STAMP)
 
-eval: data $(EVAL_STAMP)  ## the recent and seeds splits: the trainer job as served against tuned baselines; var/eval/report.md
+eval: data $(EVAL_STAMP)  ## recent and seeds splits: the trainer job as served vs tuned baselines (var/eval/)
 	$(PY) -m trainer.eval --out var/eval
 
 bench: data  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall

@@ -38,8 +38,8 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
     @rpc
     def RankBatch(self, request: ranking_pb2.RankBatchRequest, context: grpc.ServicerContext
                   ) -> ranking_pb2.RankBatchResponse:
-        ranked = self.ranker.rank_batch(request.release_id,
-                                        [(q.user.user_id, q.item_ids, q.user.history_item_ids) for q in request.queries])
+        queries = [(q.user.user_id, q.item_ids, q.user.history_item_ids) for q in request.queries]
+        ranked = self.ranker.rank_batch(request.release_id, queries)
         return ranking_pb2.RankBatchResponse(release_id=request.release_id, results=[
             ranking_pb2.RankResult(scores=r.scores.tolist(), ratings=r.ratings.tolist() if r.ratings is not None else [])
             for r in ranked])

@@ -18,7 +18,7 @@ from funnel.tf import tf
 from trainer.gate import GateConfig, GateRefused
 from trainer.index import RecallTooLow
 from trainer.models import RetrievalConfig
-from trainer.pipeline import ONLY_CHOICES, PipelineConfig, RolloutRefused, run
+from trainer.pipeline import ONLY_CHOICES, PipelineConfig, RolloutRefused, run, time_agnostic
 from trainer.ranking import RankingConfig
 from trainer.split import RECENT_FRACTION, SPLITS
 
@@ -96,6 +96,11 @@ def parse_args(
         help="publish the evaluated models, trained without the held-out part (default: after the gate, train again "
         "on every interaction with the same settings and publish those)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-recency", dest="recency", action="store_false",
+        help="for data whose order means nothing: both models read the history as a set, and the ranker alone orders "
+        "the candidates (default: the latest items weigh most, and the order blends ranker and retrieval scores)",
+    )  # fmt: skip
     parser.add_argument("--no-gate", action="store_true", help="publish without comparing to the stable release")
     parser.add_argument(
         "--max-recall-drop", type=float, default=GateConfig.max_recall_drop, metavar="X",
@@ -149,7 +154,7 @@ def parse_args(
         retrieval=retrieval,
         ranking=ranking,
     )
-    return config, args.every
+    return (config if args.recency else time_agnostic(config)), args.every
 
 
 def run_once(config: PipelineConfig) -> int:

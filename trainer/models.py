@@ -232,17 +232,17 @@ def _retrieval_batches(
 def history_positions(histories: Histories, rows: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """int64 place of each (history row, item) in that row's time-ordered history: the number of items before it
     in time (0 for a row of -1 or an item not in the row)."""
-    lengths = np.diff(histories.indptr)
-    owner = np.repeat(np.arange(len(lengths)), lengths)
+    rows, item_ids = np.asarray(rows, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
+    if not len(histories.items):
+        return np.zeros(len(rows), dtype=np.int64)
     codes, item_codes = np.unique(histories.items, return_inverse=True)
-    keys = owner * max(len(codes), 1) + item_codes
+    keys = np.repeat(np.arange(len(histories.users)), np.diff(histories.indptr)) * len(codes) + item_codes
     order = np.argsort(keys, kind="stable")
-    found = np.searchsorted(codes, item_ids).clip(max=max(len(codes) - 1, 0))
-    wanted = np.asarray(rows, dtype=np.int64) * max(len(codes), 1) + found
-    at = np.searchsorted(keys[order], wanted).clip(max=max(len(keys) - 1, 0))
-    hit = (rows >= 0) & (len(keys) > 0) & (keys[order][at] == wanted) & (codes[found] == item_ids if len(codes) else False)
-    entry = order[at]
-    return np.where(hit, entry - histories.indptr[np.maximum(rows, 0)], 0).astype(np.int64)
+    found = np.searchsorted(codes, item_ids).clip(max=len(codes) - 1)
+    wanted = rows * len(codes) + found
+    at = order[np.searchsorted(keys[order], wanted).clip(max=len(keys) - 1)]
+    hit = (rows >= 0) & (keys[at] == wanted) & (codes[found] == item_ids)
+    return np.where(hit, at - histories.indptr[np.maximum(rows, 0)], 0).astype(np.int64)
 
 
 def _item_counts(item_ids: np.ndarray, item_vocab: np.ndarray) -> np.ndarray:

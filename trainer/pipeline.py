@@ -1,4 +1,4 @@
-"""The trainer job: load → split → train, export, index → evaluate → gate → refit on all → publish → rollout."""
+"""The trainer job: split → train, export, index → evaluate → gate → refit on all → publish → rollout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,14 @@ class PipelineConfig:
                 f"expected eval_batch_size >= 1 and eval_max_pairs >= 1 or None, "
                 f"got {self.eval_batch_size} and {self.eval_max_pairs}"
             )
+
+
+def time_agnostic(config: PipelineConfig) -> PipelineConfig:
+    """``config`` for data whose order says nothing (`--no-recency`): the query tower pools the whole history
+    alike and trains leave-one-out, the ranker weighs history items alike, and the ranker alone orders the
+    candidates (the models as tuned on random validation cuts before the recency-aware ones)."""
+    return replace(config, retrieval=replace(config.retrieval, recency=False),
+                   ranking=replace(config.ranking, recency_scale=0.0), retrieval_weight=0.0)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -510,13 +510,18 @@ def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
     own = parse_args(["--artifact-root", "/y", "--epochs", "3", "--ranking-epochs", "5"], environ={})[0]
     assert (own.retrieval.epochs, own.ranking.epochs) == (3, 5)
     assert parse_args(["--artifact-root", "/y", "--no-gate"], environ={})[0].gate is None
+    assert (defaults.split, defaults.refit, defaults.retrieval_weight) == ("recent", True, 1.0)
+    assert defaults.retrieval.recency and defaults.ranking.recency_scale == 30.0
+    plain = parse_args(["--artifact-root", "/y", "--split", "seeds", "--no-refit", "--no-recency"], environ={})[0]
+    assert (plain.split, plain.refit, plain.retrieval_weight) == ("seeds", False, 0.0)
+    assert not plain.retrieval.recency and plain.ranking.recency_scale == 0.0
 
 
 @pytest.mark.parametrize(
     "flags, expected",
     [(["--rollout-fraction", "1.5"], "--rollout-fraction: expected a fraction between 0 and 1, got '1.5'"),
      (["--every", "0"], "expected --every > 0, got 0.0"),
-     (["--only", "towers"], "invalid choice: 'towers'"),
+     (["--only", "towers"], "invalid choice: 'towers'"), (["--split", "random"], "invalid choice: 'random'"),
      (["--max-rmse-increase", "-1"], "expected max_rmse_increase >= 0, got -1.0"),
      (["--epochs", "0"], "expected epochs >= 1, got 0"), (["--ranking-epochs", "0"], "expected epochs >= 1, got 0")],
 )  # fmt: skip
