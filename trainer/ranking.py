@@ -534,14 +534,14 @@ class _RankerServing(tf.Module):
         present = tf.cast(history != HISTORY_PADDING, tf.float32)  # unknown ids keep their place in time
         from_end = tf.reduce_sum(present, axis=1, keepdims=True) - 1.0 - tf.cumsum(present, axis=1, exclusive=True)
         recency = tf.exp(-from_end / self.recency_scale) if self.recency_scale > 0 else tf.ones_like(from_end)
-        known = (recency * tf.cast(rows > 0, tf.float32))[:, :, None]  # each history item's weight
-        weight = tf.math.rsqrt(tf.maximum(tf.reduce_sum(known, axis=1), 1.0))  # [B, 1]: 1 / sqrt(total weight)
+        weights = (recency * tf.cast(rows > 0, tf.float32))[:, :, None]  # each history item's; 0 for unknown ones
+        norm = tf.math.rsqrt(tf.maximum(tf.reduce_sum(weights, axis=1), 1.0))  # [B, 1]: 1 / sqrt(total weight)
         for key, table in self.history_terms.items():
-            implicit = weight * tf.reduce_sum(tf.gather(table, rows) * known, axis=1)
+            implicit = norm * tf.reduce_sum(tf.gather(table, rows) * weights, axis=1)
             user[key] = user[key] + implicit[:, None]
         if self.ials_gram is not None:
             observed = tf.gather(self.items["ials"], rows) * tf.cast(rows > 0, tf.float32)[:, :, None]  # [B, L, d]
-            confidence = self.ials_alpha * known  # above the unobserved cells' 1
+            confidence = self.ials_alpha * weights  # above the unobserved cells' 1
             normal = self.ials_gram + tf.einsum("bld,ble->bde", observed * confidence, observed)
             target = tf.reduce_sum(observed * (1.0 + confidence), axis=1)[:, :, None]
             user["ials"] = self.ials_scale * tf.transpose(tf.linalg.solve(normal, target), [0, 2, 1])  # [B, 1, d]
