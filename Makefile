@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 data: $(STAMP)  ## fetch MovieLens 100K into the cache (from the recbole wheel on PyPI)
-	$(PY) -m funnel.datasets --cache-dir $(FUNNEL_CACHE_DIR)
+	$(PY) -m funnel.data.movielens --cache-dir $(FUNNEL_CACHE_DIR)
 
 stubs: $(STAMP)  ## regenerate the committed gRPC stubs from protos/
 	$(PY) scripts/run_codegen.py

@@ -58,8 +58,9 @@ def cached(spec: BuildSpec, root: Path) -> bool:
     """Whether ``root`` holds the spec's published release as stable."""
     release = root / "releases" / spec.release_id()
     stable = root / "channels" / "stable"
-    return (release / "manifest.json").is_file() and stable.is_file() and \
-        stable.read_text().strip() == spec.release_id()
+    return (
+        (release / "manifest.json").is_file() and stable.is_file() and stable.read_text().strip() == spec.release_id()
+    )
 
 
 def ensure_release(spec: BuildSpec, root: Path, log_path: Path, cache_dir: Path) -> tuple[str, dict]:
@@ -69,8 +70,17 @@ def ensure_release(spec: BuildSpec, root: Path, log_path: Path, cache_dir: Path)
             shutil.rmtree(root)  # a failed or interrupted build of this spec; the directory is the bench's own
         root.mkdir(parents=True)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "bench.build", "--spec", json.dumps(asdict(spec)), "--root", str(root),
-                   "--cache-dir", str(cache_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.build",
+            "--spec",
+            json.dumps(asdict(spec)),
+            "--root",
+            str(root),
+            "--cache-dir",
+            str(cache_dir),
+        ]
         with open(log_path, "wb") as log:
             done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if done.returncode != 0 or not cached(spec, root):
@@ -83,8 +93,9 @@ def ensure_release(spec: BuildSpec, root: Path, log_path: Path, cache_dir: Path)
 def build(spec: BuildSpec, root: Path, cache_dir: Path) -> dict:
     """Generate or load the data, run trainer.pipeline with the spec's settings, record timings and metrics."""
     import funnel.tf  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
+
     from bench.synthetic import SyntheticConfig, generate
-    from funnel.data import load_dataset
+    from funnel.data.loaders import load_dataset
     from trainer.index import IndexConfig
     from trainer.models import RetrievalConfig
     from trainer.pipeline import PipelineConfig, run
@@ -92,18 +103,37 @@ def build(spec: BuildSpec, root: Path, cache_dir: Path) -> dict:
 
     started = time.monotonic()
     if spec.dataset == SYNTHETIC:
-        dataset = generate(SyntheticConfig(items=spec.items, users=spec.users,
-                                           interactions_per_user=spec.interactions_per_user, seed=spec.seed))
+        dataset = generate(
+            SyntheticConfig(
+                items=spec.items, users=spec.users, interactions_per_user=spec.interactions_per_user, seed=spec.seed
+            )
+        )
     else:
         dataset = load_dataset(spec.dataset, cache_dir)
     data_seconds = time.monotonic() - started
     config = PipelineConfig(
-        artifact_root=root, data=spec.dataset, cache_dir=cache_dir, release_id=spec.release_id(), set_stable=True,
-        gate=None, seed=spec.seed, eval_max_pairs=spec.eval_max_pairs, refit=False,  # speed, not quality: one training
-        ranking=RankingConfig(epochs=spec.ranking_epochs, batch_size=spec.ranking_batch_size,
-                              optimizer=spec.ranking_optimizer, learning_rate=spec.ranking_learning_rate, seed=spec.seed),
-        retrieval=RetrievalConfig(embedding_dim=spec.embedding_dim, epochs=spec.retrieval_epochs,
-                                  batch_size=spec.retrieval_batch_size, seed=spec.seed),
+        artifact_root=root,
+        data=spec.dataset,
+        cache_dir=cache_dir,
+        release_id=spec.release_id(),
+        set_stable=True,
+        gate=None,
+        seed=spec.seed,
+        eval_max_pairs=spec.eval_max_pairs,
+        refit=False,  # speed, not quality: one training
+        ranking=RankingConfig(
+            epochs=spec.ranking_epochs,
+            batch_size=spec.ranking_batch_size,
+            optimizer=spec.ranking_optimizer,
+            learning_rate=spec.ranking_learning_rate,
+            seed=spec.seed,
+        ),
+        retrieval=RetrievalConfig(
+            embedding_dim=spec.embedding_dim,
+            epochs=spec.retrieval_epochs,
+            batch_size=spec.retrieval_batch_size,
+            seed=spec.seed,
+        ),
         index=IndexConfig(min_recall=0.0, seed=spec.seed),  # the bench reports recall; it does not gate on it
     )
     result = run(config, dataset)

@@ -17,7 +17,6 @@ first and how many rounds it won; the last line is JSON. Figures are reported, n
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,13 +26,13 @@ from dataclasses import dataclass, field
 from bench.loadgen import Target, run_load
 from bench.profile import stack_cpu_seconds
 from bench.run import ROOT, alternating, stable_users, stack_parser
-from funnel.stack import LAYOUTS, CpuLayout, start_stack, stop_stack
+from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_stack
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    layout: str  # one of funnel.stack.LAYOUTS
+    layout: str  # one of funnel.cli.stack.LAYOUTS
     env: dict[str, str] = field(default_factory=dict)  # settings for all three services
 
     @classmethod
@@ -66,8 +65,13 @@ def parse_variants(groups: Sequence[Sequence[str]] | None) -> tuple[Variant, ...
 
 def main(argv: list[str] | None = None) -> int:
     parser = stack_parser("python -m bench.compare", __doc__, ROOT / "var" / "compare")
-    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME LAYOUT [ENV=VALUE]",
-                        help="a stack to compare (repeat; default: the shared and the pinned layout)")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar="NAME LAYOUT [ENV=VALUE]",
+        help="a stack to compare (repeat; default: the shared and the pinned layout)",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load")
     args = parser.parse_args(argv)
@@ -83,41 +87,71 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {name: [] for name in names}
     try:
         for v in variants:
-            stacks[v.name] = start_stack(args.artifact_root, args.out / v.name, extra_env=v.env,
-                                         cpus=layouts[v.name].services)
-        targets = {name: Target("recommend", stack["gateway"].address, user_ids=tuple(users))
-                   for name, stack in stacks.items()}
+            stacks[v.name] = start_stack(
+                args.artifact_root, args.out / v.name, extra_env=v.env, cpus=layouts[v.name].services
+            )
+        targets = {
+            name: Target("recommend", stack["gateway"].address, user_ids=tuple(users)) for name, stack in stacks.items()
+        }
         for name in names:  # warm every path before measuring
             run_load(targets[name], args.concurrency, 3.0, args.client_processes, cpus=layouts[name].rest)
         for r, name in alternating(names, args.rounds):
             before = stack_cpu_seconds(stacks[name])
-            load = run_load(targets[name], args.concurrency, args.duration, args.client_processes,
-                            cpus=layouts[name].rest)
-            cpu_ms = {service: round(1000 * (seconds - before[service]) / max(load.requests, 1), 2)
-                      for service, seconds in stack_cpu_seconds(stacks[name]).items()}
-            results[name].append({"round": r, "rps": round(load.rps, 1), "p99_ms": round(load.p99, 2),
-                                  "errors": load.errors, "cpu_ms_per_request": cpu_ms})
-            print(f"round {r} {name:<8} {load.rps:7.1f} req/s  p50 {load.p50:6.1f} ms  p99 {load.p99:6.1f} ms  "
-                  f"errors {load.errors}  CPU ms/request {cpu_ms}", flush=True)
+            load = run_load(
+                targets[name], args.concurrency, args.duration, args.client_processes, cpus=layouts[name].rest
+            )
+            cpu_ms = {
+                service: round(1000 * (seconds - before[service]) / max(load.requests, 1), 2)
+                for service, seconds in stack_cpu_seconds(stacks[name]).items()
+            }
+            results[name].append(
+                {
+                    "round": r,
+                    "rps": round(load.rps, 1),
+                    "p99_ms": round(load.p99, 2),
+                    "errors": load.errors,
+                    "cpu_ms_per_request": cpu_ms,
+                }
+            )
+            print(
+                f"round {r} {name:<8} {load.rps:7.1f} req/s  p50 {load.p50:6.1f} ms  p99 {load.p99:6.1f} ms  "
+                f"errors {load.errors}  CPU ms/request {cpu_ms}",
+                flush=True,
+            )
     finally:
         for stack in stacks.values():
             stop_stack(stack)
 
-    summary = {name: {"mean_rps": round(sum(x["rps"] for x in rs) / len(rs), 1),
-                      "mean_p99_ms": round(sum(x["p99_ms"] for x in rs) / len(rs), 2)} for name, rs in results.items()}
+    summary = {
+        name: {
+            "mean_rps": round(sum(x["rps"] for x in rs) / len(rs), 1),
+            "mean_p99_ms": round(sum(x["p99_ms"] for x in rs) / len(rs), 2),
+        }
+        for name, rs in results.items()
+    }
     base = names[0]
     for v in variants:
         s = summary[v.name]
-        print(f"{v.name:<8} ({v.layout}{''.join(f' {k}={x}' for k, x in v.env.items())}) mean {s['mean_rps']:7.1f} "
-              f"req/s, mean p99 {s['mean_p99_ms']:6.1f} ms")
+        print(
+            f"{v.name:<8} ({v.layout}{''.join(f' {k}={x}' for k, x in v.env.items())}) mean {s['mean_rps']:7.1f} "
+            f"req/s, mean p99 {s['mean_p99_ms']:6.1f} ms"
+        )
     for name in names[1:]:
         s = summary[name]
         s["gain"] = round(s["mean_rps"] / summary[base]["mean_rps"] - 1, 4)
         s["wins"] = sum(x["rps"] > b["rps"] for x, b in zip(results[name], results[base], strict=True))
         print(f"{name} vs {base}: {s['gain']:+.1%} req/s, won {s['wins']} of {args.rounds} rounds")
-    print(json.dumps({"release_id": stable, "concurrency": args.concurrency,
-                      "variants": {v.name: {"layout": v.layout, "env": v.env} for v in variants},
-                      "rounds": results, "summary": summary}))
+    print(
+        json.dumps(
+            {
+                "release_id": stable,
+                "concurrency": args.concurrency,
+                "variants": {v.name: {"layout": v.layout, "env": v.env} for v in variants},
+                "rounds": results,
+                "summary": summary,
+            }
+        )
+    )
     return 0
 
 

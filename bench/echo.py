@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 
 from bench.loadgen import ECHO_METHOD
-from funnel.server import build_server
-from funnel.stack import free_port, pin_to, stop_process
+from funnel.cli.stack import free_port, pin_to, stop_process
+from funnel.serving.server import build_server
 
 SERVICE, METHOD = ECHO_METHOD.strip("/").split("/")
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 def create_server(address: str, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Build and start an echo server on funnel.server's bootstrap (the services' options); returns it and its port."""
+    """Build and start an echo server with the services' server options; returns it and its port."""
     handler = grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(_echo)})
     server, port, _ = build_server(
         address, lambda s: s.add_generic_rpc_handlers((handler,)), [SERVICE], max_workers=max_workers
@@ -49,8 +49,9 @@ class EchoProcess:
     """An echo server in a child process (confined to ``cpus`` when given): ``with EchoProcess(log) as echo:
     echo.address``."""
 
-    def __init__(self, log_path: Path, max_workers: int = 16, timeout: float = 60.0,
-                 cpus: Collection[int] | None = None) -> None:
+    def __init__(
+        self, log_path: Path, max_workers: int = 16, timeout: float = 60.0, cpus: Collection[int] | None = None
+    ) -> None:
         self.log_path, self.max_workers, self.timeout, self.cpus = log_path, max_workers, timeout, cpus
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
@@ -60,10 +61,14 @@ class EchoProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.echo", "--address", self.address, "--max-workers",
-                 str(self.max_workers)],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=pin_to(self.cpus))
+                [sys.executable, "-m", "bench.echo", "--address", self.address, "--max-workers", str(self.max_workers)],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=pin_to(self.cpus),
+            )
         deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:
@@ -74,7 +79,8 @@ class EchoProcess:
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     self.__exit__(None, None, None)
-                    raise TimeoutError(f"echo server at {self.address} did not answer within {self.timeout:.0f}s")
+                    problem = f"echo server at {self.address} did not answer within {self.timeout:.0f}s"
+                    raise TimeoutError(problem) from None
                 time.sleep(0.1)
 
     @property

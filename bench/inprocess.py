@@ -21,21 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
+from funnel.tf import tf
 
-import funnel.tf  # noqa: F401  (selects Keras 2 before TensorFlow and TFRS load)
+import numpy as np
+import scann
+import tensorflow_recommenders as tfrs
+
 from bench.loadgen import LoadResult, closed_loop, merge
 from bench.run import sample_users
-from funnel.ann import SearchParams, search
-from funnel.artifacts import SeenItems, pad_histories, read_seen
-from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
-from funnel.tf import tf
-from retrieval_service.core import embed_queries
+from funnel.release.ann import SearchParams, search
+from funnel.release.files import SeenItems, pad_histories, read_seen
+from funnel.release.retrieval import embed_queries
+from funnel.release.store import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from trainer.evaluate import load_signature, run_batched
 from trainer.index import INDEX_JSON, SCANN_DIR, exact_top_k, recall_at_k, tree_params
-
-import scann  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
 
 RECALL_K = 100
 EMBED_BATCH = 8192
@@ -85,13 +84,17 @@ def scann_params(n: int, served: SearchParams, k: int = RECALL_K) -> dict:
     """The TFRS ScaNN layer's settings: the served tree-AH index's for this catalog size (trainer.index), searched
     as the retrieval service searches it; the layer's rescoring count is fixed, so it gets enough for 2k."""
     params = tree_params(n, k)
-    return {"num_leaves": params.num_leaves,
-            "num_leaves_to_search": served.leaves_to_search or params.leaves_to_search,
-            "dimensions_per_block": 2, "num_reordering_candidates": served.pre_reorder(2 * k) or params.reorder}
+    return {
+        "num_leaves": params.num_leaves,
+        "num_leaves_to_search": served.leaves_to_search or params.leaves_to_search,
+        "dimensions_per_block": 2,
+        "num_reordering_candidates": served.pre_reorder(2 * k) or params.reorder,
+    }
 
 
-def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, served: SearchParams, k: int = RECALL_K
-                 ) -> tuple[dict, dict]:
+def build_layers(
+    embeddings: np.ndarray, item_ids: np.ndarray, served: SearchParams, k: int = RECALL_K
+) -> tuple[dict, dict]:
     """{"bruteforce": BruteForce, "scann": ScaNN} over the catalog, and each one's index-build seconds."""
     candidates, identifiers = tf.constant(embeddings), tf.constant(item_ids)
     layers, seconds = {}, {}
@@ -99,8 +102,9 @@ def build_layers(embeddings: np.ndarray, item_ids: np.ndarray, served: SearchPar
     layers["bruteforce"] = tfrs.layers.factorized_top_k.BruteForce(k=k).index(candidates, identifiers)
     seconds["bruteforce"] = time.monotonic() - started
     started = time.monotonic()
-    layers["scann"] = tfrs.layers.factorized_top_k.ScaNN(k=k, distance_measure="dot_product",
-                                                         **scann_params(len(item_ids), served, k)).index(candidates, identifiers)
+    layers["scann"] = tfrs.layers.factorized_top_k.ScaNN(
+        k=k, distance_measure="dot_product", **scann_params(len(item_ids), served, k)
+    ).index(candidates, identifiers)
     seconds["scann"] = time.monotonic() - started
     return layers, seconds
 
@@ -122,11 +126,17 @@ class InProcessServer:
             ids = ids[~np.isin(ids, history)]
         ids = ids[: self.num_candidates]
         if "history" in self.models.ranker_inputs:  # v2: one row of candidates, the user's history beside it
-            scores = self.models.ranker(user_id=tf.constant([user_id]), history=tf.constant(pad_histories([history])),
-                                        item_id=tf.constant(ids[None, :]))["score"].numpy()[0]
+            scores = self.models.ranker(
+                user_id=tf.constant([user_id]),
+                history=tf.constant(pad_histories([history])),
+                item_id=tf.constant(ids[None, :]),
+            )["score"].numpy()[0]
         else:
-            scores = self.models.ranker(user_id=tf.constant(np.repeat(user_id, len(ids))),
-                                        item_id=tf.constant(ids))["score"].numpy().reshape(-1)
+            scores = (
+                self.models.ranker(user_id=tf.constant(np.repeat(user_id, len(ids))), item_id=tf.constant(ids))["score"]
+                .numpy()
+                .reshape(-1)
+            )
         return ids[np.argsort(-scores, kind="stable")[: self.k]]
 
 
@@ -138,17 +148,20 @@ def measure(server: InProcessServer, user_ids: list[str], concurrency: int, dura
     def make_call(thread: int):  # noqa: ANN202
         def call(n: int) -> None:
             server.recommend(user_ids[n % len(user_ids)])
+
         return call
 
     return merge([closed_loop(make_call, concurrency, duration)], concurrency, duration)
 
 
-def served_index_recall(release_dir: Path, served: SearchParams, queries: np.ndarray, exact: np.ndarray,
-                        k: int) -> float:
+def served_index_recall(
+    release_dir: Path, served: SearchParams, queries: np.ndarray, exact: np.ndarray, k: int
+) -> float:
     """Recall@k of the release's serialized ScaNN searcher, searched with ``served``, against ``exact`` (row
     numbers of the exact top k)."""
-    searcher = scann.scann_ops_pybind.load_searcher(str(release_dir / INDEX_DIR / SCANN_DIR),
-                                                    assets_backcompat_shim=False)
+    searcher = scann.scann_ops_pybind.load_searcher(
+        str(release_dir / INDEX_DIR / SCANN_DIR), assets_backcompat_shim=False
+    )
     return recall_at_k(search(searcher, queries, k, served)[0], exact, k)
 
 
@@ -158,8 +171,16 @@ def layer_recall(layer: object, item_ids: np.ndarray, queries: np.ndarray, exact
     return recall_at_k(ids.numpy(), item_ids[exact], k)
 
 
-def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration: float, recall_users: int,
-        seed: int, k: int, num_candidates: int) -> tuple[dict, dict[str, InProcessServer]]:
+def run(
+    release_dir: Path,
+    user_ids: list[str],
+    concurrency: list[int],
+    duration: float,
+    recall_users: int,
+    seed: int,
+    k: int,
+    num_candidates: int,
+) -> tuple[dict, dict[str, InProcessServer]]:
     """The result record, and the loaded servers by layer name for more measurements."""
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -172,10 +193,15 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
     layers, build_seconds = build_layers(embeddings, models.item_ids, served)
     timings.update({f"index_{name}_s": s for name, s in build_seconds.items()})
 
-    out: dict = {"catalog_items": len(models.item_ids), "embedding_dim": int(embeddings.shape[1]),
-                 "query_tower_reads_history": models.reads_history, "ranker_inputs": list(models.ranker_inputs),
-                 "scann_layer": scann_params(len(models.item_ids), served), "served_search": served.to_json(),
-                 "results": {}}
+    out: dict = {
+        "catalog_items": len(models.item_ids),
+        "embedding_dim": int(embeddings.shape[1]),
+        "query_tower_reads_history": models.reads_history,
+        "ranker_inputs": list(models.ranker_inputs),
+        "scann_layer": scann_params(len(models.item_ids), served),
+        "served_search": served.to_json(),
+        "results": {},
+    }
     servers = {name: InProcessServer(models, layer, k, num_candidates) for name, layer in layers.items()}
     for name, server in servers.items():
         for c in concurrency:
@@ -186,8 +212,8 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
     started = time.monotonic()
     users = sample_users(release_dir, recall_users, seed)
     queries = np.ascontiguousarray(
-        np.concatenate([embed_users(models, users[s : s + 1024]) for s in range(0, len(users), 1024)]),
-        dtype=np.float32)
+        np.concatenate([embed_users(models, users[s : s + 1024]) for s in range(0, len(users), 1024)]), dtype=np.float32
+    )
     k = min(RECALL_K, len(embeddings))
     exact = exact_top_k(embeddings, queries, k)  # once, for both recalls: at 1M items it is the costly part
     out["recall_queries"] = len(queries)
@@ -198,14 +224,17 @@ def run(release_dir: Path, user_ids: list[str], concurrency: list[int], duration
     return out, servers
 
 
-def serve_rounds(servers: dict[str, InProcessServer], user_ids: list[str], concurrency: int, lines: TextIO,
-                 out: TextIO) -> None:
+def serve_rounds(
+    servers: dict[str, InProcessServer], user_ids: list[str], concurrency: int, lines: TextIO, out: TextIO
+) -> None:
     """For each line of ``lines`` (seconds), measure every layer again at ``concurrency`` for that long and write
     one JSON line {"<layer>@<concurrency>": summary}, until ``lines`` ends."""
     for line in lines:
         seconds = float(line)
-        found = {f"{name}@{concurrency}": measure(server, user_ids, concurrency, seconds).summary()
-                 for name, server in servers.items()}
+        found = {
+            f"{name}@{concurrency}": measure(server, user_ids, concurrency, seconds).summary()
+            for name, server in servers.items()
+        }
         out.write(json.dumps(found) + "\n")
         out.flush()
 
@@ -220,13 +249,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--num-candidates", type=int, default=100)
-    parser.add_argument("--serve-rounds", action="store_true",
-                        help="after the result line, stay up: each stdin line (seconds) measures every layer again "
-                             "at the first concurrency and prints a JSON line; stdin's end stops")
+    parser.add_argument(
+        "--serve-rounds",
+        action="store_true",
+        help="after the result line, stay up: each stdin line (seconds) measures every layer again "
+        "at the first concurrency and prints a JSON line; stdin's end stops",
+    )
     args = parser.parse_args(argv)
     user_ids = json.loads(args.users_file.read_text())
-    result, servers = run(args.release_dir, user_ids, args.concurrency, args.duration, args.recall_users, args.seed,
-                          args.k, args.num_candidates)
+    result, servers = run(
+        args.release_dir,
+        user_ids,
+        args.concurrency,
+        args.duration,
+        args.recall_users,
+        args.seed,
+        args.k,
+        args.num_candidates,
+    )
     print(json.dumps(result), flush=True)
     if args.serve_rounds:
         serve_rounds(servers, user_ids, args.concurrency[0], sys.stdin, sys.stdout)

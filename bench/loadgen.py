@@ -85,11 +85,17 @@ class LoadResult:
 
     def summary(self) -> dict:
         out = {
-            "concurrency": self.concurrency, "processes": self.processes, "duration_s": round(self.duration, 3),
-            "requests": self.requests, "rps": round(self.rps, 2), "p50_ms": round(self.p50, 3),
-            "p99_ms": round(self.p99, 3), "mean_ms": round(float(np.mean(self.latencies_ms)), 3)
-            if len(self.latencies_ms) else float("nan"),
-            "errors": self.errors, "error_codes": dict(self.error_codes), **{k: v for k, v in self.flags.items()},
+            "concurrency": self.concurrency,
+            "processes": self.processes,
+            "duration_s": round(self.duration, 3),
+            "requests": self.requests,
+            "rps": round(self.rps, 2),
+            "p50_ms": round(self.p50, 3),
+            "p99_ms": round(self.p99, 3),
+            "mean_ms": round(float(np.mean(self.latencies_ms)), 3) if len(self.latencies_ms) else float("nan"),
+            "errors": self.errors,
+            "error_codes": dict(self.error_codes),
+            **{k: v for k, v in self.flags.items()},
             "client_cpus": list(self.cpus),
         }
         for stage, values in self.stages.items():
@@ -114,8 +120,9 @@ def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
 def merge(parts: Sequence[Part], concurrency: int, duration: float | None = None) -> LoadResult:
     """One result from every process's part: latencies and stage times pooled, errors and flags summed; the
     window is ``duration`` if given, else the longest part's."""
-    latencies = np.sort(np.concatenate([np.asarray(p.latencies_ms, dtype=np.float64) for p in parts])
-                        if parts else np.zeros(0))
+    latencies = np.sort(
+        np.concatenate([np.asarray(p.latencies_ms, dtype=np.float64) for p in parts]) if parts else np.zeros(0)
+    )
     errors: Counter = Counter()
     flags: Counter = Counter()
     stages: dict[str, list[np.ndarray]] = {}
@@ -126,9 +133,15 @@ def merge(parts: Sequence[Part], concurrency: int, duration: float | None = None
             stages.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
     window = duration if duration is not None else max((p.elapsed for p in parts), default=0.0)
     return LoadResult(
-        concurrency=concurrency, processes=len(parts), duration=window, requests=len(latencies),
-        errors=sum(errors.values()), error_codes=dict(errors), latencies_ms=latencies,
-        stages={k: np.sort(np.concatenate(v)) for k, v in stages.items()}, flags=dict(flags),
+        concurrency=concurrency,
+        processes=len(parts),
+        duration=window,
+        requests=len(latencies),
+        errors=sum(errors.values()),
+        error_codes=dict(errors),
+        latencies_ms=latencies,
+        stages={k: np.sort(np.concatenate(v)) for k, v in stages.items()},
+        flags=dict(flags),
         cpus=tuple(sorted({cpu for part in parts for cpu in part.cpus})),
     )
 
@@ -157,8 +170,13 @@ def _error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def closed_loop(make_call: Callable[[int], Call], threads: int, duration: float, start_at: float | None = None,
-                first_request: int = 0) -> Part:
+def closed_loop(
+    make_call: Callable[[int], Call],
+    threads: int,
+    duration: float,
+    start_at: float | None = None,
+    first_request: int = 0,
+) -> Part:
     """Run ``threads`` closed-loop threads from ``start_at`` (time.monotonic; default now) for ``duration`` s.
 
     ``make_call(thread)`` builds each thread's call. A call's returned dict maps stage names to ms; keys in
@@ -233,6 +251,7 @@ def _grpc_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], Non
         def make_echo(thread: int) -> Call:
             def call(n: int) -> None:
                 echo(payload, timeout=target.timeout)
+
             return call
 
         return make_echo, channel.close
@@ -240,23 +259,39 @@ def _grpc_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], Non
     from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-    requests = [gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=u), k=target.k)
-                for u in target.user_ids]
+    requests = [
+        gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=u), k=target.k) for u in target.user_ids
+    ]
 
     def make_recommend(thread: int) -> Call:
         def call(n: int) -> dict[str, float]:
             response = stub.Recommend(requests[n % len(requests)], timeout=target.timeout)
             t = response.timings
-            return {"retrieval_ms": t.retrieval_ms, "ranking_ms": t.ranking_ms, "total_ms": t.total_ms,
-                    "degraded": response.degraded, "cold_start": response.cold_start}
+            return {
+                "retrieval_ms": t.retrieval_ms,
+                "ranking_ms": t.ranking_ms,
+                "total_ms": t.total_ms,
+                "degraded": response.degraded,
+                "cold_start": response.cold_start,
+            }
+
         return call
 
     return make_recommend, channel.close
 
 
-def _worker(target: Target, threads: int, duration: float, index: int, warmup: int,
-            ready: mp.Queue, go: mp.Event, start_at: mp.Value, results: mp.Queue,
-            cpus: frozenset[int] | None = None) -> None:
+def _worker(
+    target: Target,
+    threads: int,
+    duration: float,
+    index: int,
+    warmup: int,
+    ready: mp.Queue,
+    go: mp.Event,
+    start_at: mp.Value,
+    results: mp.Queue,
+    cpus: frozenset[int] | None = None,
+) -> None:
     try:
         if cpus:
             os.sched_setaffinity(0, cpus)  # before the channel starts gRPC's threads, which inherit it
@@ -278,8 +313,15 @@ def _worker(target: Target, threads: int, duration: float, index: int, warmup: i
         results.put((index, None, f"{type(exc).__name__}: {exc}"))
 
 
-def run_load(target: Target, concurrency: int, duration: float, processes: int = 2, warmup: int = 5,
-             start_delay: float = 0.2, cpus: Collection[int] | None = None) -> LoadResult:
+def run_load(
+    target: Target,
+    concurrency: int,
+    duration: float,
+    processes: int = 2,
+    warmup: int = 5,
+    start_delay: float = 0.2,
+    cpus: Collection[int] | None = None,
+) -> LoadResult:
     """Drive ``target`` with ``concurrency`` closed-loop clients over up to ``processes`` spawned processes
     (confined to ``cpus`` when given) for ``duration`` seconds; the window opens at the same instant in every
     process, after all are connected."""
@@ -288,8 +330,15 @@ def run_load(target: Target, concurrency: int, duration: float, processes: int =
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
     allowed = frozenset(cpus) if cpus else None
-    procs = [ctx.Process(target=_worker, args=(target, n, duration, i, warmup, ready, go, start_at, results, allowed),
-                         name=f"loadgen-{i}", daemon=True) for i, n in enumerate(layout)]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(target, n, duration, i, warmup, ready, go, start_at, results, allowed),
+            name=f"loadgen-{i}",
+            daemon=True,
+        )
+        for i, n in enumerate(layout)
+    ]
     for proc in procs:
         proc.start()
     try:

@@ -2,9 +2,10 @@
 
     python -m bench.profile --artifact-root DIR [--concurrency 16] [--duration 15] [--out var/profile]
 
-Starts the three services on the stable release of DIR (funnel.stack), drives the gateway's Recommend with the
+Starts the three services on the stable release of DIR (funnel.cli.stack), drives the gateway's Recommend with the
 bench's closed-loop load generator, and meanwhile samples every service with `py-spy record` (non-blocking, idle
-threads left out; by default only the thread holding the GIL). Writes one collapsed-stack file per service (flamegraph tools read it), and prints, per service,
+threads left out; by default only the thread holding the GIL). Writes one collapsed-stack file per service
+(flamegraph tools read it), and prints, per service,
 the functions holding the most samples: by self time (the frame itself is on CPU) and by inclusive time (the
 frame is anywhere on the stack). Figures are reported, not asserted.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from bench.loadgen import Target, run_load
 from bench.run import ROOT, stable_users, stack_parser
-from funnel.stack import ServiceProcess, start_stack, stop_stack
+from funnel.cli.stack import ServiceProcess, start_stack, stop_stack
 
 SERVICES = ("gateway", "retrieval", "ranking")
 
@@ -67,8 +68,22 @@ def py_spy() -> str | None:
 def record(executable: str, pid: int, duration: float, output: Path, rate: int, gil: bool) -> subprocess.Popen[bytes]:
     """Start py-spy sampling ``pid`` for ``duration`` seconds into collapsed stacks at ``output``; with ``gil``,
     only the thread holding the GIL is sampled."""
-    command = [executable, "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", str(rate),
-               "--nonblocking", "--format", "raw", "--output", str(output), *(["--gil"] if gil else [])]
+    command = [
+        executable,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(duration)),
+        "--rate",
+        str(rate),
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        *(["--gil"] if gil else []),
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -76,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = stack_parser("python -m bench.profile", __doc__, ROOT / "var" / "profile")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load, all sampled")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    parser.add_argument("--gil", action=argparse.BooleanOptionalAction, default=True,
-                        help="sample only the thread holding the GIL: the Python work that serializes a service "
-                        "(default); --no-gil samples every thread that is not idle")
+    parser.add_argument(
+        "--gil",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample only the thread holding the GIL: the Python work that serializes a service "
+        "(default); --no-gil samples every thread that is not idle",
+    )
     parser.add_argument("--top", type=int, default=12, help="functions listed per service and measure")
     args = parser.parse_args(argv)
     executable = py_spy()
@@ -91,26 +110,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = Target("recommend", stack["gateway"].address, user_ids=tuple(users))
         run_load(target, args.concurrency, 3.0, args.client_processes)  # warm every path before sampling
-        spies = {name: record(executable, stack[name].process.pid, args.duration, args.out / f"{name}.txt", args.rate,
-                              args.gil) for name in SERVICES}
+        spies = {
+            name: record(
+                executable, stack[name].process.pid, args.duration, args.out / f"{name}.txt", args.rate, args.gil
+            )
+            for name in SERVICES
+        }
         before = stack_cpu_seconds(stack)
         load = run_load(target, args.concurrency, args.duration, args.client_processes)
         cpu = {name: round(seconds - before[name], 2) for name, seconds in stack_cpu_seconds(stack).items()}
         for name, spy in spies.items():
             _, err = spy.communicate(timeout=args.duration + 60)
             if spy.returncode != 0:
-                print(f"py-spy on {name} exited {spy.returncode}: {err.decode(errors='replace').strip()}",
-                      file=sys.stderr)
+                print(
+                    f"py-spy on {name} exited {spy.returncode}: {err.decode(errors='replace').strip()}", file=sys.stderr
+                )
     finally:
         stop_stack(stack)
-    report = {"release_id": stable, "concurrency": args.concurrency, "duration_s": args.duration,
-              "load": load.summary(), "cpu_seconds": cpu, "cpus": os.cpu_count(), "services": {}}
-    print(f"release {stable}: {load.rps:.0f} req/s at concurrency {args.concurrency}, p50 {load.p50:.1f} ms, "
-          f"p99 {load.p99:.1f} ms, {load.errors} errors")
+    report = {
+        "release_id": stable,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "load": load.summary(),
+        "cpu_seconds": cpu,
+        "cpus": os.cpu_count(),
+        "services": {},
+    }
+    print(
+        f"release {stable}: {load.rps:.0f} req/s at concurrency {args.concurrency}, p50 {load.p50:.1f} ms, "
+        f"p99 {load.p99:.1f} ms, {load.errors} errors"
+    )
     requests = max(load.requests, 1)
-    print("CPU per request (ms): " + ", ".join(f"{name} {1000 * cpu[name] / requests:.2f}" for name in SERVICES)
-          + f"; the {os.cpu_count()} CPUs offer {1000 * (os.cpu_count() or 1) * args.duration / requests:.2f} ms per "
-          "request, the rest went to the load generator, py-spy and anything else running")
+    print(
+        "CPU per request (ms): "
+        + ", ".join(f"{name} {1000 * cpu[name] / requests:.2f}" for name in SERVICES)
+        + f"; the {os.cpu_count()} CPUs offer {1000 * (os.cpu_count() or 1) * args.duration / requests:.2f} ms per "
+        "request, the rest went to the load generator, py-spy and anything else running"
+    )
     for name in SERVICES:
         path = args.out / f"{name}.txt"
         summary = summarize(path.read_text() if path.is_file() else "", args.top)

@@ -7,7 +7,7 @@
    generator at the same concurrency levels;
 2. in-process TFRS serving of the same release's models in one Python process (BruteForce, then the TFRS ScaNN
    layer, each followed by the ranker);
-3. Funnel: the three services as separate processes (funnel.stack), driven through the gateway at each
+3. Funnel: the three services as separate processes (funnel.cli.stack), driven through the gateway at each
    concurrency for a fixed time: requests/s, p50, p99, errors, and per-stage times from RecommendResponse.timings;
 4. recall@100 of the served ScaNN index against exact search on sampled users;
 
@@ -44,7 +44,7 @@ import numpy as np
 from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
 from bench.loadgen import LoadResult, Target, run_load
-from funnel.stack import LAYOUTS, CpuLayout, start_stack, stop_process, stop_stack
+from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_process, stop_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS_ITEMS = 1_000_000  # the catalog size the goals are stated for
@@ -65,7 +65,7 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 def sample_users(release_dir: Path, n: int, seed: int) -> list[str]:
     """``n`` users the release knows (they have stored histories), drawn without replacement, deterministic."""
-    from funnel.artifacts import read_seen
+    from funnel.release.files import read_seen
 
     known = read_seen(release_dir).users()
     pick = np.random.default_rng(seed).choice(len(known), min(n, len(known)), replace=False)
@@ -75,7 +75,7 @@ def sample_users(release_dir: Path, n: int, seed: int) -> list[str]:
 def stable_users(parser: argparse.ArgumentParser, artifact_root: Path, n: int = 1000) -> tuple[str, list[str]]:
     """The stable release of ``artifact_root`` and ``n`` of its users (sample_users, seed 42); a usage error when
     the root has no stable release."""
-    from funnel.release import ArtifactStore
+    from funnel.release.store import ArtifactStore
 
     store = ArtifactStore(artifact_root)
     stable = store.get_channel("stable")
@@ -116,15 +116,42 @@ class InProcessTFRS:
     ``result`` is its full measurement; ``again(seconds)`` measures both layers once more (the side-by-side
     rounds), without loading anything afresh. ``with InProcessTFRS(...) as tfrs: ...``."""
 
-    def __init__(self, release_dir: Path, users_file: Path, concurrency: int, duration: float, recall_users: int,
-                 seed: int, k: int, log_path: Path) -> None:
-        command = [sys.executable, "-m", "bench.inprocess", "--release-dir", str(release_dir), "--users-file",
-                   str(users_file), "--concurrency", str(concurrency), "--duration", str(duration),
-                   "--recall-users", str(recall_users), "--seed", str(seed), "-k", str(k), "--serve-rounds"]
+    def __init__(
+        self,
+        release_dir: Path,
+        users_file: Path,
+        concurrency: int,
+        duration: float,
+        recall_users: int,
+        seed: int,
+        k: int,
+        log_path: Path,
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "bench.inprocess",
+            "--release-dir",
+            str(release_dir),
+            "--users-file",
+            str(users_file),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--recall-users",
+            str(recall_users),
+            "--seed",
+            str(seed),
+            "-k",
+            str(k),
+            "--serve-rounds",
+        ]
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._log)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log
+        )
         try:
             self.result: dict = self._read()
         except BaseException:
@@ -137,8 +164,9 @@ class InProcessTFRS:
         if not line:
             self.process.wait(60)
             tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"in-process TFRS run failed (exit {self.process.returncode}); log {self.log_path}:\n"
-                               f"{tail}")
+            raise RuntimeError(
+                f"in-process TFRS run failed (exit {self.process.returncode}); log {self.log_path}:\n{tail}"
+            )
         return json.loads(line)
 
     def again(self, seconds: float) -> dict:
@@ -181,8 +209,9 @@ def stack_parser(prog: str, doc: str | None, out: Path) -> argparse.ArgumentPars
     return parser
 
 
-def side_by_side(args: argparse.Namespace, echo: Target, funnel: Target, tfrs: InProcessTFRS,
-                 cpus: Collection[int] | None) -> dict:
+def side_by_side(
+    args: argparse.Namespace, echo: Target, funnel: Target, tfrs: InProcessTFRS, cpus: Collection[int] | None
+) -> dict:
     """The headline concurrency's floor, in-process TFRS (``tfrs``, models already loaded) and Funnel again, in
     ``args.rounds`` rounds of ``args.duration / args.rounds`` s each, alternating their order; a ratio of the
     means compares one stretch of the machine, however its speed drifts. Requests/s per round and their means."""
@@ -224,21 +253,29 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
     echo: dict[int, LoadResult] = {}
     with phases("echo floor"), EchoProcess(run_dir / "echo.log", args.server_workers, cpus=front) as server:
         for c in levels:
-            echo[c] = run_load(Target("echo", server.address, payload=payload), c, args.duration,
-                               args.client_processes, cpus=rest)
+            echo[c] = run_load(
+                Target("echo", server.address, payload=payload), c, args.duration, args.client_processes, cpus=rest
+            )
         echo_rss = rss_mb(server.pid)
 
     with phases("in-process TFRS"):  # stays up, idle, for the side-by-side rounds
-        inprocess = InProcessTFRS(release_dir, users_file, args.headline, args.duration, args.recall_users,
-                                  spec.seed, args.k, run_dir / "inprocess.log")
+        inprocess = InProcessTFRS(
+            release_dir,
+            users_file,
+            args.headline,
+            args.duration,
+            args.recall_users,
+            spec.seed,
+            args.k,
+            run_dir / "inprocess.log",
+        )
     funnel: dict[int, LoadResult] = {}
     memory: dict[str, dict] = {}
     with inprocess:
         tfrs = inprocess.result
         with phases("start services"):
             t0 = time.monotonic()
-            stack = start_stack(root, run_dir / "services", timeout=args.start_timeout,
-                                cpus=args.cpu_layout.services)
+            stack = start_stack(root, run_dir / "services", timeout=args.start_timeout, cpus=args.cpu_layout.services)
             load_time = time.monotonic() - t0
         try:
             memory["serving"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
@@ -249,10 +286,11 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
                     memory[f"after_c{c}"] = {name: rss_mb(s.process.pid) for name, s in stack.items()}
             side = None
             if args.rounds:
-                with phases("side by side"), EchoProcess(run_dir / "echo-side.log", args.server_workers,
-                                                          cpus=front) as server:
-                    side = side_by_side(args, Target("echo", server.address, payload=payload), target, inprocess,
-                                        rest)
+                with (
+                    phases("side by side"),
+                    EchoProcess(run_dir / "echo-side.log", args.server_workers, cpus=front) as server,
+                ):
+                    side = side_by_side(args, Target("echo", server.address, payload=payload), target, inprocess, rest)
         finally:
             with phases("stop services"):
                 exit_codes = stop_stack(stack)
@@ -310,6 +348,7 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
 
 def goals(r: dict) -> dict:
     """The issue's goals (stated for 1M items at concurrency 16), each with its figure and whether it is met."""
+
     def ratio(a: float, b: float) -> float:
         return round(a / b, 3) if b else float("inf")
 
@@ -317,10 +356,14 @@ def goals(r: dict) -> dict:
         "e2e_rps >= 0.33 x echo_rps": (ratio(r["e2e_rps"], r["echo_rps"]), ratio(r["e2e_rps"], r["echo_rps"]) >= 0.33),
         "e2e_p99_ms <= 20": (r["e2e_p99_ms"], r["e2e_p99_ms"] <= 20),
         "e2e_errors == 0": (r["e2e_errors"], r["e2e_errors"] == 0),
-        "e2e_rps >= 5 x tfrs_bruteforce_rps": (ratio(r["e2e_rps"], r["tfrs_bruteforce_rps"]),
-                                               ratio(r["e2e_rps"], r["tfrs_bruteforce_rps"]) >= 5),
-        "e2e_rps >= 1.5 x tfrs_scann_rps": (ratio(r["e2e_rps"], r["tfrs_scann_rps"]),
-                                            ratio(r["e2e_rps"], r["tfrs_scann_rps"]) >= 1.5),
+        "e2e_rps >= 5 x tfrs_bruteforce_rps": (
+            ratio(r["e2e_rps"], r["tfrs_bruteforce_rps"]),
+            ratio(r["e2e_rps"], r["tfrs_bruteforce_rps"]) >= 5,
+        ),
+        "e2e_rps >= 1.5 x tfrs_scann_rps": (
+            ratio(r["e2e_rps"], r["tfrs_scann_rps"]),
+            ratio(r["e2e_rps"], r["tfrs_scann_rps"]) >= 1.5,
+        ),
         "ann_recall_at_100 >= 0.95": (r["ann_recall_at_100"], r["ann_recall_at_100"] >= 0.95),
         "load_time_s < 30": (r["load_time_s"], r["load_time_s"] < 30),
     }
@@ -330,7 +373,8 @@ def goals(r: dict) -> dict:
             value = ratio(side["e2e_rps"], side[key])
             checks[f"side by side: e2e_rps >= {factor:g} x {key}"] = (value, value >= factor)
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()} | {
-        "applies": r["catalog_items"] >= GOALS_ITEMS and r["concurrency"] == 16}
+        "applies": r["catalog_items"] >= GOALS_ITEMS and r["concurrency"] == 16
+    }
 
 
 def _fmt(value: float, width: int, digits: int = 1) -> str:
@@ -346,57 +390,79 @@ def _layout(r: dict) -> str:
 
 def table(r: dict) -> str:
     """The readable report of one record."""
-    lines = [f"== {r['dataset']}: {r['catalog_items']:,} items, {r['users']:,} users, {r['interactions']:,} "
-             f"interactions; release {r['release_id']}; {r['duration_s']:g} s per measurement, "
-             f"{r['client_processes']} load-generator processes, same 2 cores, {_layout(r)}",
-             f"{'what':<34} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"]
+    lines = [
+        f"== {r['dataset']}: {r['catalog_items']:,} items, {r['users']:,} users, {r['interactions']:,} "
+        f"interactions; release {r['release_id']}; {r['duration_s']:g} s per measurement, "
+        f"{r['client_processes']} load-generator processes, same 2 cores, {_layout(r)}",
+        f"{'what':<34} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}",
+    ]
 
     def row(name: str, s: dict) -> None:
-        lines.append(f"{name:<34} {s['concurrency']:>4} {_fmt(s['rps'], 9)} {_fmt(s['p50_ms'], 8, 2)} "
-                     f"{_fmt(s['p99_ms'], 8, 2)} {s['errors']:>6}")
+        lines.append(
+            f"{name:<34} {s['concurrency']:>4} {_fmt(s['rps'], 9)} {_fmt(s['p50_ms'], 8, 2)} "
+            f"{_fmt(s['p99_ms'], 8, 2)} {s['errors']:>6}"
+        )
 
-    for c, s in r["echo_by_concurrency"].items():
+    for s in r["echo_by_concurrency"].values():
         row("floor: gRPC echo, 1 hop", s)
     row("TFRS in-process: BruteForce+ranker", r["tfrs"]["results"][f"bruteforce@{r['concurrency']}"])
     row("TFRS in-process: ScaNN+ranker", r["tfrs"]["results"][f"scann@{r['concurrency']}"])
-    for c, s in r["e2e_by_concurrency"].items():
+    for s in r["e2e_by_concurrency"].values():
         row("Funnel via gateway", s)
     side = r.get("side_by_side")
     if side:
-        lines.append(f"side by side at concurrency {r['concurrency']}, {side['rounds']} alternating rounds of "
-                     f"{side['seconds_per_measurement']:g} s, mean req/s: echo {side['echo_rps']:.1f}, TFRS "
-                     f"BruteForce+ranker {side['tfrs_bruteforce_rps']:.1f}, TFRS ScaNN+ranker "
-                     f"{side['tfrs_scann_rps']:.1f}, Funnel {side['e2e_rps']:.1f}")
+        lines.append(
+            f"side by side at concurrency {r['concurrency']}, {side['rounds']} alternating rounds of "
+            f"{side['seconds_per_measurement']:g} s, mean req/s: echo {side['echo_rps']:.1f}, TFRS "
+            f"BruteForce+ranker {side['tfrs_bruteforce_rps']:.1f}, TFRS ScaNN+ranker "
+            f"{side['tfrs_scann_rps']:.1f}, Funnel {side['e2e_rps']:.1f}"
+        )
     lines.append("")
-    lines.append(f"{'Funnel stage times (ms)':<24} {'conc':>4} {'retr mean':>9} {'retr p99':>9} {'rank mean':>9} "
-                 f"{'rank p99':>9} {'gw mean':>8} {'gw p99':>8} {'client-gw p50':>13} {'degraded':>8}")
+    lines.append(
+        f"{'Funnel stage times (ms)':<24} {'conc':>4} {'retr mean':>9} {'retr p99':>9} {'rank mean':>9} "
+        f"{'rank p99':>9} {'gw mean':>8} {'gw p99':>8} {'client-gw p50':>13} {'degraded':>8}"
+    )
     for c, s in r["e2e_by_concurrency"].items():
         overhead = s["p50_ms"] - s.get("total_p50_ms", float("nan"))
-        lines.append(f"{'':<24} {c:>4} {_fmt(s.get('retrieval_mean_ms', float('nan')), 9, 2)} "
-                     f"{_fmt(s.get('retrieval_p99_ms', float('nan')), 9, 2)} "
-                     f"{_fmt(s.get('ranking_mean_ms', float('nan')), 9, 2)} "
-                     f"{_fmt(s.get('ranking_p99_ms', float('nan')), 9, 2)} "
-                     f"{_fmt(s.get('total_mean_ms', float('nan')), 8, 2)} {_fmt(s.get('total_p99_ms', float('nan')), 8, 2)} "
-                     f"{_fmt(overhead, 13, 2)} {s.get('degraded', 0):>8}")
+        lines.append(
+            f"{'':<24} {c:>4} {_fmt(s.get('retrieval_mean_ms', float('nan')), 9, 2)} "
+            f"{_fmt(s.get('retrieval_p99_ms', float('nan')), 9, 2)} "
+            f"{_fmt(s.get('ranking_mean_ms', float('nan')), 9, 2)} "
+            f"{_fmt(s.get('ranking_p99_ms', float('nan')), 9, 2)} "
+            f"{_fmt(s.get('total_mean_ms', float('nan')), 8, 2)} {_fmt(s.get('total_p99_ms', float('nan')), 8, 2)} "
+            f"{_fmt(overhead, 13, 2)} {s.get('degraded', 0):>8}"
+        )
     lines.append("")
     mem = r["memory"]
     lines.append("resident memory (MB)     " + "  ".join(f"{n:>10}" for n in ("retrieval", "ranking", "gateway")))
     for when, values in mem.items():
-        lines.append(f"  {when:<22} " + "  ".join(_fmt(values[n]["rss_mb"], 10) for n in ("retrieval", "ranking",
-                                                                                            "gateway")))
-    lines.append(f"  {'peak (VmHWM)':<22} " + "  ".join(_fmt(r["peak_rss_mb"][n], 10)
-                                                     for n in ("retrieval", "ranking", "gateway")))
+        lines.append(
+            f"  {when:<22} " + "  ".join(_fmt(values[n]["rss_mb"], 10) for n in ("retrieval", "ranking", "gateway"))
+        )
+    lines.append(
+        f"  {'peak (VmHWM)':<22} "
+        + "  ".join(_fmt(r["peak_rss_mb"][n], 10) for n in ("retrieval", "ranking", "gateway"))
+    )
     t = r["tfrs"]
     lines += [
         "",
         f"load time (start → all three SERVING): {r['load_time_s']:.1f} s",
         f"ANN recall@100 vs exact search ({t['recall_queries']} users): served index {r['ann_recall_at_100']:.4f}; "
         f"TFRS ScaNN layer {r['tfrs_scann_layer_recall_at_100']:.4f}",
-        "phases (s): " + ", ".join(f"{k} {v:g}" for k, v in r["phase_seconds"].items())
-        + (f"; release built earlier in {r['build'].get('build_seconds', float('nan')):g} s"
-           if r["release_reused"] else f"; build {r['build'].get('build_seconds', float('nan')):g} s"),
-        "goals" + ("" if r["goals"]["applies"] else f" (stated for {GOALS_ITEMS:,} items at concurrency 16; "
-                   "shown for reference)") + ":",
+        "phases (s): "
+        + ", ".join(f"{k} {v:g}" for k, v in r["phase_seconds"].items())
+        + (
+            f"; release built earlier in {r['build'].get('build_seconds', float('nan')):g} s"
+            if r["release_reused"]
+            else f"; build {r['build'].get('build_seconds', float('nan')):g} s"
+        ),
+        "goals"
+        + (
+            ""
+            if r["goals"]["applies"]
+            else f" (stated for {GOALS_ITEMS:,} items at concurrency 16; shown for reference)"
+        )
+        + ":",
     ]
     width = max(len(name) for name in r["goals"])
     for name, g in r["goals"].items():
@@ -405,44 +471,83 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-HEADLINE_KEYS = ("catalog_items", "concurrency", "layout", "e2e_rps", "e2e_p50_ms", "e2e_p99_ms", "e2e_errors",
-                 "e2e_degraded", "echo_rps", "tfrs_bruteforce_rps", "tfrs_scann_rps", "ann_recall_at_100",
-                 "load_time_s", "rss_mb")
+HEADLINE_KEYS = (
+    "catalog_items",
+    "concurrency",
+    "layout",
+    "e2e_rps",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "e2e_errors",
+    "e2e_degraded",
+    "echo_rps",
+    "tfrs_bruteforce_rps",
+    "tfrs_scann_rps",
+    "ann_recall_at_100",
+    "load_time_s",
+    "rss_mb",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=SYNTHETIC, help="'synthetic' (generated) or a funnel.data spec, e.g. "
-                        "movielens-100k")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", default=SYNTHETIC, help="'synthetic' (generated) or a funnel.data spec, e.g. movielens-100k"
+    )
     parser.add_argument("--items", type=int, default=1_000_000, help="synthetic catalog size")
     parser.add_argument("--users", type=int, default=100_000, help="synthetic users")
     parser.add_argument("--interactions-per-user", type=float, default=20.0, help="synthetic draws per user (mean)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=BuildSpec.retrieval_epochs, help="retrieval model epochs")
     parser.add_argument("--ranking-epochs", type=int, default=BuildSpec.ranking_epochs)
-    parser.add_argument("--batch-size", type=int, default=8192, help="retrieval training batch size (in-batch "
-                        "softmax above 50,000 items: a step costs about the same at 4096 and 8192 on 1M items)")
-    parser.add_argument("--also", default="", help="a second dataset to run first with the same settings (e.g. "
-                        "movielens-100k); reported in the JSON under its name")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8192,
+        help="retrieval training batch size (in-batch "
+        "softmax above 50,000 items: a step costs about the same at 4096 and 8192 on 1M items)",
+    )
+    parser.add_argument(
+        "--also",
+        default="",
+        help="a second dataset to run first with the same settings (e.g. "
+        "movielens-100k); reported in the JSON under its name",
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--headline", type=int, default=16, help="the concurrency of the JSON's top-level figures "
-                        "and of the in-process TFRS runs")
+    parser.add_argument(
+        "--headline",
+        type=int,
+        default=16,
+        help="the concurrency of the JSON's top-level figures and of the in-process TFRS runs",
+    )
     parser.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--layout", choices=LAYOUTS, default="shared", help="shared: every process on every CPU; "
-                        "pinned: the echo server or gateway alone on one CPU, the rest on the others")
-    parser.add_argument("--rounds", type=int, default=0, help="also measure the headline concurrency's floor, "
-                        "in-process TFRS and Funnel side by side in this many alternating rounds of "
-                        "duration / rounds seconds each (0: not)")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="shared",
+        help="shared: every process on every CPU; "
+        "pinned: the echo server or gateway alone on one CPU, the rest on the others",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="also measure the headline concurrency's floor, "
+        "in-process TFRS and Funnel side by side in this many alternating rounds of "
+        "duration / rounds seconds each (0: not)",
+    )
     parser.add_argument("--server-workers", type=int, default=16, help="echo server threads (Funnel's default)")
     parser.add_argument("--request-users", type=int, default=1000, help="known users requested in turn")
     parser.add_argument("--recall-users", type=int, default=1000)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("FUNNEL_CACHE_DIR",
-                                                                              ROOT / "var" / "cache")))
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(os.environ.get("FUNNEL_CACHE_DIR", ROOT / "var" / "cache"))
+    )
     args = parser.parse_args(argv)
     try:
         args.cpu_layout = CpuLayout.of(args.layout, os.sched_getaffinity(0))
@@ -453,8 +558,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = BuildSpec(dataset=args.dataset, seed=args.seed, retrieval_epochs=args.epochs,
-                     ranking_epochs=args.ranking_epochs, retrieval_batch_size=args.batch_size)
+    spec = BuildSpec(
+        dataset=args.dataset,
+        seed=args.seed,
+        retrieval_epochs=args.epochs,
+        ranking_epochs=args.ranking_epochs,
+        retrieval_batch_size=args.batch_size,
+    )
     if args.dataset == SYNTHETIC:
         spec = replace(spec, items=args.items, users=args.users, interactions_per_user=args.interactions_per_user)
     else:
@@ -462,22 +572,48 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     extra = None
     if args.also:
-        extra_spec = replace(spec, dataset=args.also, items=0, users=0, interactions_per_user=0.0) \
-            if args.also != SYNTHETIC else spec
+        extra_spec = (
+            replace(spec, dataset=args.also, items=0, users=0, interactions_per_user=0.0)
+            if args.also != SYNTHETIC
+            else spec
+        )
         extra = bench_one(extra_spec, args, out)
         print(table(extra), flush=True)
         print(flush=True)
     record = bench_one(spec, args, out)
     print(table(record), flush=True)
     final = {key: record[key] for key in HEADLINE_KEYS} | {
-        k: v for k, v in record.items() if k not in HEADLINE_KEYS and k in (
-            "dataset", "users", "interactions", "embedding_dim", "duration_s", "client_processes", "e2e_by_concurrency",
-            "echo_by_concurrency", "peak_rss_mb", "release_id", "phase_seconds", "goals", "run_dir",
-            "tfrs_bruteforce_p99_ms", "tfrs_scann_p99_ms", "echo_p50_ms", "echo_p99_ms",
-            "tfrs_scann_layer_recall_at_100", "side_by_side")}
+        k: v
+        for k, v in record.items()
+        if k not in HEADLINE_KEYS
+        and k
+        in (
+            "dataset",
+            "users",
+            "interactions",
+            "embedding_dim",
+            "duration_s",
+            "client_processes",
+            "e2e_by_concurrency",
+            "echo_by_concurrency",
+            "peak_rss_mb",
+            "release_id",
+            "phase_seconds",
+            "goals",
+            "run_dir",
+            "tfrs_bruteforce_p99_ms",
+            "tfrs_scann_p99_ms",
+            "echo_p50_ms",
+            "echo_p99_ms",
+            "tfrs_scann_layer_recall_at_100",
+            "side_by_side",
+        )
+    }
     if extra is not None:
         final[extra["dataset"]] = {key: extra[key] for key in HEADLINE_KEYS} | {
-            "side_by_side": extra["side_by_side"], "run_dir": extra["run_dir"]}
+            "side_by_side": extra["side_by_side"],
+            "run_dir": extra["run_dir"],
+        }
     (out / "latest.json").write_text(json.dumps(final, indent=2) + "\n")
     print(json.dumps(final), flush=True)
     return 0

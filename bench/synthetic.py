@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funnel.data import GROUPLENS_GENRES, Dataset, Interactions, Items
+from funnel.data.loaders import GROUPLENS_GENRES, Dataset, Interactions, Items
 
 GENRES = GROUPLENS_GENRES[1:]  # "unknown" left out
 START_TIME = 1_600_000_000  # unix seconds of the first interaction
@@ -115,4 +115,3 @@ def generate_with_clusters(config: SyntheticConfig = SyntheticConfig()) -> tuple
     user_ids = (user_rows + 1).astype(str).astype(np.str_)
     interactions = Interactions(user_ids, item_ids[chosen], ratings, timestamps)
     return Dataset(config.name, interactions, items, None), item_cluster, user_cluster
-

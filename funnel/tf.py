@@ -15,7 +15,7 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
         f"TF_USE_LEGACY_KERAS must be '1' for TensorFlow Recommenders, got {os.environ['TF_USE_LEGACY_KERAS']!r}"
     )
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 __all__ = ["tf", "string_tensor"]
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import grpc
 
 from funnel.errors import FailedPrecondition, Unauthenticated
-from funnel.release import ArtifactStore, RolloutState, validate_fraction, validate_release_id
-from funnel.server import release_statuses, rpc
-from funnel.serving import ReleaseManager
+from funnel.release.store import ArtifactStore, RolloutState, validate_fraction, validate_release_id
+from funnel.serving.manager import ReleaseManager
+from funnel.serving.server import release_statuses, rpc
 from funnel.v1 import admin_pb2, admin_pb2_grpc
 from gateway.clients import StageClient
 from gateway.core import GatewayRelease, StageReadiness
@@ -23,8 +23,13 @@ log = logging.getLogger(__name__)
 class Admin:
     """Changes rollout state in ``channels/`` after checking it is safe, then tells every stage to re-read it."""
 
-    def __init__(self, store: ArtifactStore, releases: ReleaseManager[GatewayRelease], readiness: StageReadiness,
-                 stages: Sequence[StageClient]) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        releases: ReleaseManager[GatewayRelease],
+        readiness: StageReadiness,
+        stages: Sequence[StageClient],
+    ) -> None:
         self.store, self.releases, self.readiness, self.stages = store, releases, readiness, stages
         self._lock = threading.Lock()  # one change at a time from this process
 
@@ -57,7 +62,8 @@ class Admin:
                 missing.insert(0, "gateway")
             if missing:
                 raise FailedPrecondition(
-                    f"candidate {candidate} is not ready on {', '.join(missing)}; wait for it or roll back")
+                    f"candidate {candidate} is not ready on {', '.join(missing)}; wait for it or roll back"
+                )
             self.store.set_stable(candidate)  # stable and candidate name the same release for a moment
             self.store.clear_candidate()
             log.info("promoted %s to stable", candidate)
@@ -83,14 +89,20 @@ class Admin:
             try:
                 stage.reload()
             except grpc.RpcError as exc:
-                log.warning("%s did not take the reload (%s); it will see the change when it polls",
-                            stage.stage, exc.code().name)
+                log.warning(
+                    "%s did not take the reload (%s); it will see the change when it polls",
+                    stage.stage,
+                    exc.code().name,
+                )
         return self.store.rollout()
 
 
 def _state(rollout: RolloutState) -> admin_pb2.RolloutState:
-    return admin_pb2.RolloutState(stable_release_id=rollout.stable or "", candidate_release_id=rollout.candidate or "",
-                                  candidate_fraction=rollout.fraction)
+    return admin_pb2.RolloutState(
+        stable_release_id=rollout.stable or "",
+        candidate_release_id=rollout.candidate or "",
+        candidate_fraction=rollout.fraction,
+    )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -108,30 +120,45 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise Unauthenticated("admin calls need the metadata 'authorization: Bearer <FUNNEL_ADMIN_TOKEN>'")
 
     @rpc
-    def GetRolloutStatus(self, request: admin_pb2.GetRolloutStatusRequest, context: grpc.ServicerContext
-                         ) -> admin_pb2.GetRolloutStatusResponse:
+    def GetRolloutStatus(
+        self, request: admin_pb2.GetRolloutStatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetRolloutStatusResponse:
         self._authorize(context)
-        services = [admin_pb2.ServiceReleases(service="gateway", releases=release_statuses(self.admin.releases.status()))]
+        services = [
+            admin_pb2.ServiceReleases(service="gateway", releases=release_statuses(self.admin.releases.status()))
+        ]
         for stage in self.admin.stages:
             try:
-                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target,
-                                                          releases=stage.status().releases))
+                services.append(
+                    admin_pb2.ServiceReleases(
+                        service=stage.stage, target=stage.target, releases=stage.status().releases
+                    )
+                )
             except grpc.RpcError as exc:
-                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target,
-                                                          error=f"{exc.code().name}: {exc.details()}"))
-        return admin_pb2.GetRolloutStatusResponse(rollout=_state(self.admin.store.rollout()), services=services,
-                                                  published_release_ids=self.admin.store.list_releases())
+                services.append(
+                    admin_pb2.ServiceReleases(
+                        service=stage.stage, target=stage.target, error=f"{exc.code().name}: {exc.details()}"
+                    )
+                )
+        return admin_pb2.GetRolloutStatusResponse(
+            rollout=_state(self.admin.store.rollout()),
+            services=services,
+            published_release_ids=self.admin.store.list_releases(),
+        )
 
     @rpc
-    def StartRollout(self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext
-                     ) -> admin_pb2.StartRolloutResponse:
+    def StartRollout(
+        self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.StartRolloutResponse:
         self._authorize(context)
-        return admin_pb2.StartRolloutResponse(rollout=_state(self.admin.start_rollout(request.release_id,
-                                                                                       request.fraction)))
+        return admin_pb2.StartRolloutResponse(
+            rollout=_state(self.admin.start_rollout(request.release_id, request.fraction))
+        )
 
     @rpc
-    def SetCandidateFraction(self, request: admin_pb2.SetCandidateFractionRequest, context: grpc.ServicerContext
-                             ) -> admin_pb2.SetCandidateFractionResponse:
+    def SetCandidateFraction(
+        self, request: admin_pb2.SetCandidateFractionRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.SetCandidateFractionResponse:
         self._authorize(context)
         return admin_pb2.SetCandidateFractionResponse(rollout=_state(self.admin.set_fraction(request.fraction)))
 
@@ -141,7 +168,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.PromoteResponse(rollout=_state(self.admin.promote(request.release_id)))
 
     @rpc
-    def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext
-                 ) -> admin_pb2.RollbackResponse:
+    def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext) -> admin_pb2.RollbackResponse:
         self._authorize(context)
         return admin_pb2.RollbackResponse(rollout=_state(self.admin.rollback()))

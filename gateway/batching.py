@@ -40,8 +40,13 @@ class Coalescer(Generic[Q, R]):
     light traffic never waits, and a window that gathered fewer lowers the next batch's aim.
     """
 
-    def __init__(self, call: Callable[[str, list[Q], float], Sequence[R]], max_batch: int = 32,
-                 max_in_flight: int = 1, window: float = 0.0) -> None:
+    def __init__(
+        self,
+        call: Callable[[str, list[Q], float], Sequence[R]],
+        max_batch: int = 32,
+        max_in_flight: int = 1,
+        window: float = 0.0,
+    ) -> None:
         self._call, self.max_batch, self.max_in_flight, self.window = call, max_batch, max_in_flight, window
         self._lock = threading.Lock()
         self._pending: dict[str, list[_Slot[Q, R]]] = {}
@@ -58,8 +63,9 @@ class Coalescer(Generic[Q, R]):
             if self._in_flight.get(key, 0) < self.max_in_flight:
                 self._in_flight[key] = self._in_flight.get(key, 0) + 1
                 slot.lead = True
-                self._gather(slot, pending, min(self._last_batch.get(key, 1), self.max_batch),
-                             min(self.window, timeout))
+                self._gather(
+                    slot, pending, min(self._last_batch.get(key, 1), self.max_batch), min(self.window, timeout)
+                )
         if not slot.lead and not slot.wake.wait(timeout):
             with self._lock:
                 if not slot.lead and not slot.finished:
@@ -128,14 +134,23 @@ class BatchedRetrieval:
     def __init__(self, client: Any, max_batch: int, max_in_flight: int, window: float) -> None:
         self.client = client
         self._coalescer: Coalescer[_RetrieveQuery, StageCandidates] = Coalescer(
-            client.retrieve_batch, max_batch, max_in_flight, window)
+            client.retrieve_batch, max_batch, max_in_flight, window
+        )
 
-    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool, timeout: float,
-                 history: np.ndarray) -> StageCandidates:
+    def retrieve(
+        self,
+        release_id: str,
+        user_id: str,
+        num_candidates: int,
+        exclude_seen: bool,
+        timeout: float,
+        history: np.ndarray,
+    ) -> StageCandidates:
         if timeout <= 0:
             raise StageUnavailable("retrieval", "the request's deadline left no time for this stage")
-        return self._coalescer.submit(release_id, _RetrieveQuery(user_id, num_candidates, exclude_seen, history),
-                                      timeout)
+        return self._coalescer.submit(
+            release_id, _RetrieveQuery(user_id, num_candidates, exclude_seen, history), timeout
+        )
 
 
 class BatchedRanking:
@@ -144,10 +159,12 @@ class BatchedRanking:
     def __init__(self, client: Any, max_batch: int, max_in_flight: int, window: float) -> None:
         self.client = client
         self._coalescer: Coalescer[tuple[str, np.ndarray, np.ndarray], StageScores] = Coalescer(
-            client.rank_batch, max_batch, max_in_flight, window)
+            client.rank_batch, max_batch, max_in_flight, window
+        )
 
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float,
-             history: np.ndarray) -> StageScores:
+    def rank(
+        self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float, history: np.ndarray
+    ) -> StageScores:
         if timeout <= 0:
             raise StageUnavailable("ranking", "the request's deadline left no time for this stage")
         return self._coalescer.submit(release_id, (user_id, item_ids, history), timeout)

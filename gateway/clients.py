@@ -28,13 +28,16 @@ def stage_channel(target: str) -> grpc.Channel:
     gRPC's default grows to minutes, and calls fail fast (degrading the answer) for all of that time.
     """
     config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-    return grpc.insecure_channel(target, options=[
-        ("grpc.service_config", config),
-        ("grpc.enable_retries", 1),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ])
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.service_config", config),
+            ("grpc.enable_retries", 1),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ],
+    )
 
 
 def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
@@ -73,15 +76,29 @@ class GrpcRetrieval(StageClient):
 
     def retrieve_batch(self, release_id: str, queries: list[Any], timeout: float) -> list[StageCandidates]:
         """One RetrieveBatch for queries with user_id, num_candidates, exclude_seen and history attributes."""
-        request = retrieval_pb2.RetrieveBatchRequest(release_id=release_id, queries=[
-            retrieval_pb2.RetrieveQuery(user=common_pb2.UserContext(user_id=q.user_id, history_item_ids=q.history.tolist()),
-                                        num_candidates=q.num_candidates, exclude_seen=q.exclude_seen)
-            for q in queries])
+        request = retrieval_pb2.RetrieveBatchRequest(
+            release_id=release_id,
+            queries=[
+                retrieval_pb2.RetrieveQuery(
+                    user=common_pb2.UserContext(user_id=q.user_id, history_item_ids=q.history.tolist()),
+                    num_candidates=q.num_candidates,
+                    exclude_seen=q.exclude_seen,
+                )
+                for q in queries
+            ],
+        )
         response = _call("retrieval", self._stub.RetrieveBatch, request, timeout)
         if len(response.results) != len(queries):
             raise StageUnavailable("retrieval", f"expected {len(queries)} results, got {len(response.results)}")
-        return [StageCandidates(response.release_id, np.asarray(r.item_ids, dtype=np.int64),
-                                np.asarray(r.scores, dtype=np.float32), r.cold_start) for r in response.results]
+        return [
+            StageCandidates(
+                response.release_id,
+                np.asarray(r.item_ids, dtype=np.int64),
+                np.asarray(r.scores, dtype=np.float32),
+                r.cold_start,
+            )
+            for r in response.results
+        ]
 
 
 class GrpcRanking(StageClient):
@@ -90,19 +107,31 @@ class GrpcRanking(StageClient):
     def __init__(self, channel: grpc.Channel, target: str = "") -> None:
         super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target)
 
-    def rank_batch(self, release_id: str, queries: list[tuple[str, np.ndarray, np.ndarray]], timeout: float
-                   ) -> list[StageScores]:
+    def rank_batch(
+        self, release_id: str, queries: list[tuple[str, np.ndarray, np.ndarray]], timeout: float
+    ) -> list[StageScores]:
         """One RankBatch for (user_id, item_ids, history) queries; an empty history means the stored one."""
-        request = ranking_pb2.RankBatchRequest(release_id=release_id, queries=[
-            ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=user_id, history_item_ids=history.tolist()),
-                                  item_ids=items.tolist())
-            for user_id, items, history in queries])
+        request = ranking_pb2.RankBatchRequest(
+            release_id=release_id,
+            queries=[
+                ranking_pb2.RankQuery(
+                    user=common_pb2.UserContext(user_id=user_id, history_item_ids=history.tolist()),
+                    item_ids=items.tolist(),
+                )
+                for user_id, items, history in queries
+            ],
+        )
         response = _call("ranking", self._stub.RankBatch, request, timeout)
         if [len(r.scores) for r in response.results] != [len(items) for _, items, _ in queries]:
             raise StageUnavailable("ranking", "the batch's scores do not match its queries")
-        return [StageScores(response.release_id, np.asarray(r.scores, dtype=np.float32),
-                            np.asarray(r.ratings, dtype=np.float32) if len(r.ratings) else None)
-                for r in response.results]
+        return [
+            StageScores(
+                response.release_id,
+                np.asarray(r.scores, dtype=np.float32),
+                np.asarray(r.ratings, dtype=np.float32) if len(r.ratings) else None,
+            )
+            for r in response.results
+        ]
 
 
 def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> None:

@@ -13,13 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
-from funnel import validate
-from funnel.artifacts import CatalogItem, Popularity, SeenItems, read_catalog, read_popularity, read_seen
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, Unavailable
 from funnel.limits import DEFAULT_CANDIDATES, MAX_CANDIDATES, MAX_K
-from funnel.release import Manifest
-from funnel.scoring import blend, retrieval_weight
-from funnel.serving import ReleaseManager
+from funnel.release.files import CatalogItem, Popularity, SeenItems, read_catalog, read_popularity, read_seen
+from funnel.release.scoring import blend, retrieval_weight
+from funnel.release.store import Manifest
+from funnel.serving import validate
+from funnel.serving.manager import ReleaseManager
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,21 @@ class StageScores:
 
 
 class RetrievalStage(Protocol):
-    def retrieve(self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool,
-                 timeout: float, history: np.ndarray) -> StageCandidates: ...
+    def retrieve(
+        self,
+        release_id: str,
+        user_id: str,
+        num_candidates: int,
+        exclude_seen: bool,
+        timeout: float,
+        history: np.ndarray,
+    ) -> StageCandidates: ...
 
 
 class RankingStage(Protocol):
-    def rank(self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float,
-             history: np.ndarray) -> StageScores: ...
+    def rank(
+        self, release_id: str, user_id: str, item_ids: np.ndarray, timeout: float, history: np.ndarray
+    ) -> StageScores: ...
 
 
 class GatewayRelease:
@@ -65,7 +73,7 @@ class GatewayRelease:
         self.catalog: dict[int, CatalogItem] = read_catalog(path)
         self.popularity: Popularity = read_popularity(path)
         self.seen: SeenItems = read_seen(path)
-        self.retrieval_weight = retrieval_weight(manifest.config)  # the served order's blend (funnel.scoring)
+        self.retrieval_weight = retrieval_weight(manifest.config)  # the served order's blend (funnel.release.scoring)
 
     def warmup(self) -> None:
         """Nothing to warm: the gateway holds no model."""
@@ -178,13 +186,22 @@ class Deadlines:
 class Gateway:
     """Serves Recommend: retrieval → ranking → top k, all under one release, with titles attached."""
 
-    def __init__(self, router: Router, retrieval: RetrievalStage, ranking: RankingStage,
-                 deadlines: Deadlines = Deadlines()) -> None:
+    def __init__(
+        self, router: Router, retrieval: RetrievalStage, ranking: RankingStage, deadlines: Deadlines = Deadlines()
+    ) -> None:
         self.router, self.retrieval, self.ranking, self.deadlines = router, retrieval, ranking, deadlines
 
-    def recommend(self, user_id: str, k: int, *, release_id: str = "", exclude_seen: bool = True,
-                  num_candidates: int = 0, time_remaining: float | None = None,
-                  history: Sequence[int] = ()) -> Recommendation:
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        *,
+        release_id: str = "",
+        exclude_seen: bool = True,
+        num_candidates: int = 0,
+        time_remaining: float | None = None,
+        history: Sequence[int] = (),
+    ) -> Recommendation:
         started = time.perf_counter()
         validate.user_id(user_id)
         history_ids = validate.history(history)
@@ -196,17 +213,31 @@ class Gateway:
         releases = self.router.choose(release_id, user_id)
         for attempt, release in enumerate(releases, 1):
             try:
-                return self._serve(release, user_id, history_ids, k, exclude_seen, num_candidates, started,
-                                   time_remaining)
+                return self._serve(
+                    release, user_id, history_ids, k, exclude_seen, num_candidates, started, time_remaining
+                )
             except FailedPrecondition as exc:
                 if attempt == len(releases):
                     raise
-                log.info("release %s not servable (%s); serving the request with %s instead",
-                         release.release_id, exc, releases[attempt].release_id)
+                log.info(
+                    "release %s not servable (%s); serving the request with %s instead",
+                    release.release_id,
+                    exc,
+                    releases[attempt].release_id,
+                )
         raise AssertionError("unreachable: the router returns at least one release")
 
-    def _serve(self, release: GatewayRelease, user_id: str, history: np.ndarray, k: int, exclude_seen: bool,
-               num_candidates: int, started: float, time_remaining: float | None) -> Recommendation:
+    def _serve(
+        self,
+        release: GatewayRelease,
+        user_id: str,
+        history: np.ndarray,
+        k: int,
+        exclude_seen: bool,
+        num_candidates: int,
+        started: float,
+        time_remaining: float | None,
+    ) -> Recommendation:
         """Retrieval then ranking, both under ``release``; a stage that is down degrades instead of failing."""
         result = Recommendation(release.release_id, [])
 
@@ -215,8 +246,14 @@ class Gateway:
 
         t0 = time.perf_counter()
         try:
-            found = self.retrieval.retrieve(release.release_id, user_id, num_candidates, exclude_seen,
-                                            self.deadlines.cap(self.deadlines.retrieval, remaining()), history)
+            found = self.retrieval.retrieve(
+                release.release_id,
+                user_id,
+                num_candidates,
+                exclude_seen,
+                self.deadlines.cap(self.deadlines.retrieval, remaining()),
+                history,
+            )
             self._check_release("retrieval", release.release_id, found.release_id)
             result.retrieval_release_id, result.cold_start = found.release_id, found.cold_start
             ids, retrieval_scores = found.item_ids, found.scores
@@ -231,8 +268,9 @@ class Gateway:
         if len(ids) and not result.degraded_reasons and not result.cold_start:
             t1 = time.perf_counter()
             try:
-                ranked = self.ranking.rank(release.release_id, user_id, ids,
-                                           self.deadlines.cap(self.deadlines.ranking, remaining()), history)
+                ranked = self.ranking.rank(
+                    release.release_id, user_id, ids, self.deadlines.cap(self.deadlines.ranking, remaining()), history
+                )
                 self._check_release("ranking", release.release_id, ranked.release_id)
                 result.ranking_release_id, ratings = ranked.release_id, ranked.ratings
                 scores = blend(ranked.scores, retrieval_scores, release.retrieval_weight)
@@ -242,8 +280,16 @@ class Gateway:
             result.ranking_ms = (time.perf_counter() - t1) * 1000
 
         order = np.argsort(-np.asarray(scores), kind="stable")[:k]
-        result.items = [self._item(release, int(ids[i]), float(scores[i]), float(retrieval_scores[i]),
-                                   float(ratings[i]) if ratings is not None else 0.0) for i in order]
+        result.items = [
+            self._item(
+                release,
+                int(ids[i]),
+                float(scores[i]),
+                float(retrieval_scores[i]),
+                float(ratings[i]) if ratings is not None else 0.0,
+            )
+            for i in order
+        ]
         result.total_ms = (time.perf_counter() - started) * 1000
         return result
 
@@ -253,8 +299,9 @@ class Gateway:
             raise FunnelError(f"{stage} answered for release {served!r} but was asked for {wanted!r}")
 
     @staticmethod
-    def _item(release: GatewayRelease, item_id: int, score: float, retrieval_score: float,
-              rating: float) -> RecommendedItem:
+    def _item(
+        release: GatewayRelease, item_id: int, score: float, retrieval_score: float, rating: float
+    ) -> RecommendedItem:
         meta = release.catalog.get(item_id)
         if meta is None:
             return RecommendedItem(item_id, "", score, retrieval_score, 0, (), rating)

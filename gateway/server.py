@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from funnel.config import parse_config, setting
-from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
-from funnel.service import ServiceConfig, create_service_server, serve_service
-from funnel.serving import ReleaseManager
+from funnel.serving.config import parse_config, setting
+from funnel.serving.manager import ReleaseManager
+from funnel.serving.server import Health, ReleaseStatusRPCs, configure_logging, rpc
+from funnel.serving.service import ServiceConfig, create_service_server, serve_service
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.admin import Admin, AdminServicer
 from gateway.batching import BatchedRanking, BatchedRetrieval
@@ -26,18 +26,28 @@ class GatewayConfig(ServiceConfig):
     """Gateway settings."""
 
     address: str = setting("FUNNEL_GATEWAY_ADDRESS", "127.0.0.1:50051", "host:port to listen on")
-    retrieval_target: str = setting("FUNNEL_RETRIEVAL_TARGET", "127.0.0.1:50052",
-                                    "retrieval service target (host:port or dns:///name:port for replicas)")
-    ranking_target: str = setting("FUNNEL_RANKING_TARGET", "127.0.0.1:50053",
-                                  "ranking service target (host:port or dns:///name:port for replicas)")
+    retrieval_target: str = setting(
+        "FUNNEL_RETRIEVAL_TARGET",
+        "127.0.0.1:50052",
+        "retrieval service target (host:port or dns:///name:port for replicas)",
+    )
+    ranking_target: str = setting(
+        "FUNNEL_RANKING_TARGET",
+        "127.0.0.1:50053",
+        "ranking service target (host:port or dns:///name:port for replicas)",
+    )
     retrieval_timeout: float = setting("FUNNEL_RETRIEVAL_TIMEOUT", 1.0, "seconds allowed for retrieval per request")
     ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
     max_batch: int = setting("FUNNEL_MAX_BATCH", 32, "requests coalesced into one stage call at most (1: no batching)")
     max_in_flight: int = setting("FUNNEL_MAX_IN_FLIGHT", 1, "stage batches running at once per release")
-    batch_window_ms: float = setting("FUNNEL_BATCH_WINDOW_MS", 3.0,
-                                     "ms at most a new stage batch waits to gather as many requests as the previous "
-                                     "one held (0: never)")
-    admin_token: str = setting("FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'")
+    batch_window_ms: float = setting(
+        "FUNNEL_BATCH_WINDOW_MS",
+        3.0,
+        "ms at most a new stage batch waits to gather as many requests as the previous one held (0: never)",
+    )
+    admin_token: str = setting(
+        "FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'"
+    )
 
 
 class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer):
@@ -46,32 +56,46 @@ class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer
         self.service, self.releases = "gateway", gateway.router.releases
 
     @rpc
-    def Recommend(self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
-                  ) -> gateway_pb2.RecommendResponse:
+    def Recommend(
+        self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RecommendResponse:
         found = self.gateway.recommend(
-            request.user.user_id, request.k, release_id=request.release_id,
+            request.user.user_id,
+            request.k,
+            release_id=request.release_id,
             exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
-            num_candidates=request.num_candidates, time_remaining=context.time_remaining(),
+            num_candidates=request.num_candidates,
+            time_remaining=context.time_remaining(),
             history=request.user.history_item_ids,
         )
         return gateway_pb2.RecommendResponse(
             release_id=found.release_id,
-            items=[gateway_pb2.RecommendedItem(item_id=i.item_id, title=i.title, score=i.score,
-                                               retrieval_score=i.retrieval_score, year=i.year, genres=i.genres,
-                                               predicted_rating=i.predicted_rating)
-                   for i in found.items],
+            items=[
+                gateway_pb2.RecommendedItem(
+                    item_id=i.item_id,
+                    title=i.title,
+                    score=i.score,
+                    retrieval_score=i.retrieval_score,
+                    year=i.year,
+                    genres=i.genres,
+                    predicted_rating=i.predicted_rating,
+                )
+                for i in found.items
+            ],
             retrieval_release_id=found.retrieval_release_id,
             ranking_release_id=found.ranking_release_id,
-            timings=gateway_pb2.StageTimings(retrieval_ms=found.retrieval_ms, ranking_ms=found.ranking_ms,
-                                             total_ms=found.total_ms),
+            timings=gateway_pb2.StageTimings(
+                retrieval_ms=found.retrieval_ms, ranking_ms=found.ranking_ms, total_ms=found.total_ms
+            ),
             degraded=bool(found.degraded_reasons),
             degraded_reasons=found.degraded_reasons,
             cold_start=found.cold_start,
         )
 
 
-def _probe_forever(stages: list[StageClient], readiness: StageReadiness, releases: ReleaseManager[GatewayRelease],
-                   interval: float) -> None:
+def _probe_forever(
+    stages: list[StageClient], readiness: StageReadiness, releases: ReleaseManager[GatewayRelease], interval: float
+) -> None:
     while True:
         warm_before = readiness.all_answered_once()
         probe_readiness(stages, readiness)
@@ -80,9 +104,10 @@ def _probe_forever(stages: list[StageClient], readiness: StageReadiness, release
         threading.Event().wait(interval)
 
 
-def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease] | None = None,
-                  health: Health | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) the gateway with its AdminService; see funnel.service.create_service_server."""
+def create_server(
+    config: GatewayConfig, releases: ReleaseManager[GatewayRelease] | None = None, health: Health | None = None
+) -> tuple[grpc.Server, int]:
+    """Build (not start) the gateway with its AdminService; see funnel.serving.service.create_service_server."""
 
     retrieval = GrpcRetrieval(stage_channel(config.retrieval_target), config.retrieval_target)
     ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
@@ -91,18 +116,32 @@ def create_server(config: GatewayConfig, releases: ReleaseManager[GatewayRelease
     window = config.batch_window_ms / 1000
 
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
-        threading.Thread(target=_probe_forever, args=([retrieval, ranking], readiness, releases, config.poll_interval),
-                         name="stage-readiness", daemon=True).start()
-        gateway = Gateway(Router(releases, readiness),
-                          BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight, window),
-                          BatchedRanking(ranking, config.max_batch, config.max_in_flight, window),
-                          Deadlines(config.retrieval_timeout, config.ranking_timeout))
+        threading.Thread(
+            target=_probe_forever,
+            args=([retrieval, ranking], readiness, releases, config.poll_interval),
+            name="stage-readiness",
+            daemon=True,
+        ).start()
+        gateway = Gateway(
+            Router(releases, readiness),
+            BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight, window),
+            BatchedRanking(ranking, config.max_batch, config.max_in_flight, window),
+            Deadlines(config.retrieval_timeout, config.ranking_timeout),
+        )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
         admin = Admin(releases.store, releases, readiness, [retrieval, ranking])
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin, config.admin_token), server)
 
-    return create_service_server(config, "gateway", GatewayRelease, register, [SERVICE_NAME, ADMIN_SERVICE_NAME],
-                                 releases, health, warm=readiness.all_answered_once)
+    return create_service_server(
+        config,
+        "gateway",
+        GatewayRelease,
+        register,
+        [SERVICE_NAME, ADMIN_SERVICE_NAME],
+        releases,
+        health,
+        warm=readiness.all_answered_once,
+    )
 
 
 def serve(argv: list[str] | None = None) -> None:

@@ -1,90 +1,13 @@
-"""Ranking without gRPC: load a release's ranker SavedModel and score users' candidate items given their histories."""
+"""Ranking without gRPC: validate ranking queries and score them with the release they name."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
-from funnel import validate
-from funnel.artifacts import IdIndex, SeenItems, distinct_in_order, pad_histories, read_popularity, read_seen
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
-from funnel.release import INDEX_DIR, RANKER_DIR, Manifest
-from funnel.serving import ReleaseManager
-from funnel.tf import string_tensor, tf
-
-WARMUP_USERS = 4
-
-
-_EMPTY = np.zeros(0, dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class Scores:
-    release_id: str
-    scores: np.ndarray
-    ratings: np.ndarray | None  # None when the ranker has no separate rating output
-
-
-@dataclass(frozen=True)
-class RankQuery:
-    """One user's candidates to score; an empty ``history`` means the release's stored history."""
-
-    user_id: str
-    item_ids: np.ndarray
-    history: np.ndarray = field(default_factory=lambda: _EMPTY)
-
-
-class RankingRelease:
-    """One release's ranking half: the scorer, the catalog's item ids it accepts and the users' stored histories."""
-
-    def __init__(self, path: Path, manifest: Manifest) -> None:
-        self.release_id = manifest.release_id
-        self.scorer = tf.saved_model.load(str(path / RANKER_DIR)).signatures["serving_default"]
-        self.predicts_rating = "rating" in self.scorer.structured_outputs
-        # v2 rankers read each user's history (user_id [B], history [B, L], item_id [B, C]); v1 rankers score
-        # (user_id, item_id) pairs and hold the training history in their per-user tables.
-        self.reads_history = "history" in self.scorer.structured_input_signature[1]
-        self.known_items = IdIndex(np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False))
-        self.seen: SeenItems = read_seen(path)
-        self._warmup_users = self.seen.users()[:WARMUP_USERS]
-        self._warmup_items = read_popularity(path).item_ids[:MAX_CANDIDATES]
-
-    def score(self, user_id: str, item_ids: np.ndarray, history: np.ndarray | None = None) -> Scores:
-        """Scores of ``item_ids`` for one user; ``history`` (from the request) replaces the stored history."""
-        return self.score_batch([RankQuery(user_id, np.asarray(item_ids), _EMPTY if history is None else history)])[0]
-
-    def score_batch(self, queries: Sequence[RankQuery]) -> list[Scores]:
-        """Scores for many users' candidates with one call of the scorer."""
-        counts = [len(q.item_ids) for q in queries]
-        if self.reads_history:
-            histories = [distinct_in_order(q.history) if len(q.history) else self.seen.get(q.user_id) for q in queries]
-            out = self.scorer(
-                user_id=string_tensor([q.user_id for q in queries]),
-                history=tf.constant(pad_histories(histories)),
-                item_id=tf.constant(pad_histories([q.item_ids for q in queries])),
-            )
-            scores = [row[:n] for row, n in zip(out["score"].numpy(), counts)]
-            ratings = [row[:n] for row, n in zip(out["rating"].numpy(), counts)] if self.predicts_rating else None
-        else:
-            out = self.scorer(
-                user_id=string_tensor(np.repeat(np.array([q.user_id for q in queries], dtype=object), counts)),
-                item_id=tf.constant(np.concatenate([q.item_ids for q in queries]), dtype=tf.int64),
-            )
-            bounds = np.cumsum(counts)[:-1]
-            scores = np.split(out["score"].numpy().reshape(-1), bounds)
-            ratings = np.split(out["rating"].numpy().reshape(-1), bounds) if self.predicts_rating else None
-        return [Scores(self.release_id, s, None if ratings is None else ratings[i]) for i, s in enumerate(scores)]
-
-    def warmup(self) -> None:
-        """Score real users against popular items at a few batch sizes before the release is routable."""
-        for user_id in [*self._warmup_users, "__funnel_warmup_unknown_user__"]:
-            for n in (1, 10, len(self._warmup_items)):
-                self.score(user_id, self._warmup_items[:n])
-        if self._warmup_users:  # an unknown user with a history
-            self.score("__funnel_warmup_unknown_user__", self._warmup_items[:10], self.seen.get(self._warmup_users[0]))
+from funnel.release.ranking import RankingRelease, RankQuery, Scores
+from funnel.serving import validate
+from funnel.serving.manager import ReleaseManager
 
 
 class Ranker:
@@ -97,14 +20,18 @@ class Ranker:
     def rank(self, release_id: str, user_id: str, item_ids: Sequence[int], history: Sequence[int] = ()) -> Scores:
         return self.rank_batch(release_id, [(user_id, item_ids, history)])[0]
 
-    def rank_batch(self, release_id: str, queries: Sequence[tuple[str, Sequence[int], Sequence[int]]]
-                   ) -> list[Scores]:
+    def rank_batch(self, release_id: str, queries: Sequence[tuple[str, Sequence[int], Sequence[int]]]) -> list[Scores]:
         """Validate every query (user id, item ids, history), then score them all in one call."""
         validate.count("queries length", len(queries), MAX_BATCH)
         for user_id, _, history in queries:
             validate.user_id(user_id)
             validate.history(history)
         release = self.releases.get(validate.stage_release_id(release_id))
-        return release.score_batch([
-            RankQuery(user_id, validate.item_ids(items, self.max_items, release.known_items), validate.history(history))
-            for user_id, items, history in queries])
+        return release.score_batch(
+            [
+                RankQuery(
+                    user_id, validate.item_ids(items, self.max_items, release.known_items), validate.history(history)
+                )
+                for user_id, items, history in queries
+            ]
+        )

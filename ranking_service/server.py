@@ -6,12 +6,17 @@ from dataclasses import dataclass
 
 import grpc
 
-from funnel.config import parse_config, setting
-from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
-from funnel.serving import ReleaseManager
-from funnel.service import ModelServiceConfig, create_service_server, serve_service
+from funnel.release.ranking import RankingRelease
+from funnel.serving.config import parse_config, setting
+from funnel.serving.manager import ReleaseManager
+from funnel.serving.server import Health, ReleaseStatusRPCs, configure_logging, rpc
+from funnel.serving.service import (
+    ModelServiceConfig,
+    create_service_server,
+    serve_service,
+)
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
-from ranking_service.core import Ranker, RankingRelease
+from ranking_service.core import Ranker
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
 
@@ -30,24 +35,33 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
 
     @rpc
     def Rank(self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext) -> ranking_pb2.RankResponse:
-        ranked = self.ranker.rank(request.release_id, request.user.user_id, request.item_ids,
-                                  request.user.history_item_ids)
+        ranked = self.ranker.rank(
+            request.release_id, request.user.user_id, request.item_ids, request.user.history_item_ids
+        )
         ratings = ranked.ratings.tolist() if ranked.ratings is not None else []
         return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist(), ratings=ratings)
 
     @rpc
-    def RankBatch(self, request: ranking_pb2.RankBatchRequest, context: grpc.ServicerContext
-                  ) -> ranking_pb2.RankBatchResponse:
+    def RankBatch(
+        self, request: ranking_pb2.RankBatchRequest, context: grpc.ServicerContext
+    ) -> ranking_pb2.RankBatchResponse:
         queries = [(q.user.user_id, q.item_ids, q.user.history_item_ids) for q in request.queries]
         ranked = self.ranker.rank_batch(request.release_id, queries)
-        return ranking_pb2.RankBatchResponse(release_id=request.release_id, results=[
-            ranking_pb2.RankResult(scores=r.scores.tolist(), ratings=r.ratings.tolist() if r.ratings is not None else [])
-            for r in ranked])
+        return ranking_pb2.RankBatchResponse(
+            release_id=request.release_id,
+            results=[
+                ranking_pb2.RankResult(
+                    scores=r.scores.tolist(), ratings=r.ratings.tolist() if r.ratings is not None else []
+                )
+                for r in ranked
+            ],
+        )
 
 
-def create_server(config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None,
-                  health: Health | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; see funnel.service.create_service_server."""
+def create_server(
+    config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None, health: Health | None = None
+) -> tuple[grpc.Server, int]:
+    """Build (not start) the server; see funnel.serving.service.create_service_server."""
 
     def register(server: grpc.Server, releases: ReleaseManager[RankingRelease]) -> None:
         servicer = RankingServicer(Ranker(releases))

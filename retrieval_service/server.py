@@ -6,12 +6,17 @@ from dataclasses import dataclass
 
 import grpc
 
-from funnel.config import parse_config, setting
-from funnel.server import Health, ReleaseStatusRPCs, configure_logging, rpc
-from funnel.serving import ReleaseManager
-from funnel.service import ModelServiceConfig, create_service_server, serve_service
+from funnel.release.retrieval import RetrievalRelease
+from funnel.serving.config import parse_config, setting
+from funnel.serving.manager import ReleaseManager
+from funnel.serving.server import Health, ReleaseStatusRPCs, configure_logging, rpc
+from funnel.serving.service import (
+    ModelServiceConfig,
+    create_service_server,
+    serve_service,
+)
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
-from retrieval_service.core import RetrievalRelease, Retriever
+from retrieval_service.core import Retriever
 
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
@@ -29,27 +34,46 @@ class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceSe
         self.service, self.releases = "retrieval", retriever.releases
 
     @rpc
-    def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.ServicerContext
-                 ) -> retrieval_pb2.RetrieveResponse:
-        found = self.retriever.retrieve(request.release_id, request.user.user_id, request.num_candidates,
-                                        request.exclude_seen, request.user.history_item_ids)
-        return retrieval_pb2.RetrieveResponse(release_id=found.release_id, item_ids=found.item_ids.tolist(),
-                                              scores=found.scores.tolist(), cold_start=found.cold_start)
+    def Retrieve(
+        self, request: retrieval_pb2.RetrieveRequest, context: grpc.ServicerContext
+    ) -> retrieval_pb2.RetrieveResponse:
+        found = self.retriever.retrieve(
+            request.release_id,
+            request.user.user_id,
+            request.num_candidates,
+            request.exclude_seen,
+            request.user.history_item_ids,
+        )
+        return retrieval_pb2.RetrieveResponse(
+            release_id=found.release_id,
+            item_ids=found.item_ids.tolist(),
+            scores=found.scores.tolist(),
+            cold_start=found.cold_start,
+        )
 
     @rpc
-    def RetrieveBatch(self, request: retrieval_pb2.RetrieveBatchRequest, context: grpc.ServicerContext
-                      ) -> retrieval_pb2.RetrieveBatchResponse:
+    def RetrieveBatch(
+        self, request: retrieval_pb2.RetrieveBatchRequest, context: grpc.ServicerContext
+    ) -> retrieval_pb2.RetrieveBatchResponse:
         found = self.retriever.retrieve_batch(
             request.release_id,
-            [(q.user.user_id, q.num_candidates, q.exclude_seen, q.user.history_item_ids) for q in request.queries])
-        return retrieval_pb2.RetrieveBatchResponse(release_id=request.release_id, results=[
-            retrieval_pb2.RetrieveResult(item_ids=c.item_ids.tolist(), scores=c.scores.tolist(), cold_start=c.cold_start)
-            for c in found])
+            [(q.user.user_id, q.num_candidates, q.exclude_seen, q.user.history_item_ids) for q in request.queries],
+        )
+        return retrieval_pb2.RetrieveBatchResponse(
+            release_id=request.release_id,
+            results=[
+                retrieval_pb2.RetrieveResult(
+                    item_ids=c.item_ids.tolist(), scores=c.scores.tolist(), cold_start=c.cold_start
+                )
+                for c in found
+            ],
+        )
 
 
-def create_server(config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None,
-                  health: Health | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; see funnel.service.create_service_server."""
+def create_server(
+    config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None, health: Health | None = None
+) -> tuple[grpc.Server, int]:
+    """Build (not start) the server; see funnel.serving.service.create_service_server."""
 
     def register(server: grpc.Server, releases: ReleaseManager[RetrievalRelease]) -> None:
         servicer = RetrievalServicer(Retriever(releases))

@@ -15,8 +15,14 @@ PROTO_ROOT = ROOT / "protos"
 def generate(out_dir: Path = ROOT) -> list[Path]:
     """Compile every .proto under protos/ into ``out_dir`` (the funnel/v1/*_pb2*.py files); return them."""
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
-    args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpc_python_out={out_dir}", *protos]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {protos}")
     package = out_dir / "funnel" / "v1"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from funnel.release import MANIFEST, ArtifactStore
+from funnel.release.store import MANIFEST, ArtifactStore
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("FUNNEL_CACHE_DIR", ROOT / "var" / "cache"))
@@ -32,9 +32,26 @@ def artifact_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ArtifactStore(root).set_stable(RELEASE)
         return root
     subprocess.run(
-        [sys.executable, "-m", "trainer", "--artifact-root", str(root), "--data", "movielens-100k",
-         "--cache-dir", str(CACHE_DIR), "--max-users", str(TEST_USERS), "--epochs", "2", "--release-id", RELEASE],
-        cwd=ROOT, check=True, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--artifact-root",
+            str(root),
+            "--data",
+            "movielens-100k",
+            "--cache-dir",
+            str(CACHE_DIR),
+            "--max-users",
+            str(TEST_USERS),
+            "--epochs",
+            "2",
+            "--release-id",
+            RELEASE,
+        ],
+        cwd=ROOT,
+        check=True,
+        stdin=subprocess.DEVNULL,
     )
     assert ArtifactStore(root).get_channel("stable") == RELEASE
     return root
@@ -44,7 +61,13 @@ def clone_release(store: ArtifactStore, source: str, target: str, mutate: Callab
     """Publish a copy of ``source`` as ``target`` after ``mutate`` edits its files (checksums recomputed)."""
     manifest = store.read_manifest(source)
     with store.new_release(target) as writer:
-        shutil.copytree(store.release_dir(source), writer.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST))
+        shutil.copytree(
+            store.release_dir(source), writer.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST)
+        )
         mutate(writer.dir)
-        return writer.publish(training_runs=manifest.training_runs, data_fingerprint=manifest.data_fingerprint,
-                              metrics=manifest.metrics, config=manifest.config)
+        return writer.publish(
+            training_runs=manifest.training_runs,
+            data_fingerprint=manifest.data_fingerprint,
+            metrics=manifest.metrics,
+            config=manifest.config,
+        )

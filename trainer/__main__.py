@@ -11,10 +11,11 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from funnel.data import DATASET_SPECS
-from funnel.errors import DataError, FunnelError
-from funnel.release import validate_fraction
 from funnel.tf import tf
+
+from funnel.data.loaders import DATASET_SPECS
+from funnel.errors import DataError, FunnelError
+from funnel.release.store import validate_fraction
 from trainer.gate import GateConfig, GateRefused
 from trainer.index import RecallTooLow
 from trainer.models import RetrievalConfig
@@ -62,9 +63,11 @@ def parse_args(
 ) -> tuple[PipelineConfig, float | None]:
     """(job config, --every seconds or None); flags first, then the FUNNEL_* environment, then defaults."""
     parser = argparse.ArgumentParser(
-        prog="python -m trainer", description=DESCRIPTION, epilog=EPILOG,
+        prog="python -m trainer",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("--artifact-root", default=environ.get(ROOT_ENV), help=f"artifact store root [env {ROOT_ENV}]")
     parser.add_argument("--data", default="movielens-100k", help=f"dataset spec: {DATASET_SPECS}")
     parser.add_argument(
@@ -80,45 +83,60 @@ def parse_args(
     parser.add_argument("--max-users", type=int, help="train on the interactions of this many users only")
     parser.add_argument("--release-id", help="release id (default: UTC timestamp and random suffix)")
     parser.add_argument(
-        "--only", choices=ONLY_CHOICES,
+        "--only",
+        choices=ONLY_CHOICES,
         help="rebuild only this part of the stable release into a new one: 'ranker' retrains the ranking model, "
         "'index' re-indexes the catalog with the stable candidate tower; the other parts are copied "
         "(default: train both models)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--split", choices=SPLITS, default=PipelineConfig.split,
+        "--split",
+        choices=SPLITS,
+        default=PipelineConfig.split,
         help="the held-out part the models are evaluated and gated on: 'recent' holds out each user's most recent "
         f"{RECENT_FRACTION:.0%} of interactions (default), 'seeds' the TFRS tutorials' seeded shuffle, 'temporal' "
         "everything after one global time cut",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--no-refit", dest="refit", action="store_false",
+        "--no-refit",
+        dest="refit",
+        action="store_false",
         help="publish the evaluated models, trained without the held-out part (default: after the gate, train again "
         "on every interaction with the same settings and publish those)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--no-recency", dest="recency", action="store_false",
+        "--no-recency",
+        dest="recency",
+        action="store_false",
         help="for data whose order means nothing: both models read the history as a set, and the ranker alone orders "
         "the candidates (default: the latest items weigh most, and the order blends ranker and retrieval scores)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-gate", action="store_true", help="publish without comparing to the stable release")
     parser.add_argument(
-        "--max-recall-drop", type=float, default=GateConfig.max_recall_drop, metavar="X",
+        "--max-recall-drop",
+        type=float,
+        default=GateConfig.max_recall_drop,
+        metavar="X",
         help="gate: largest allowed fall in retrieval recall@100, seen items excluded, vs stable (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-rmse-increase", type=float, default=GateConfig.max_rmse_increase, metavar="X",
+        "--max-rmse-increase",
+        type=float,
+        default=GateConfig.max_rmse_increase,
+        metavar="X",
         help="gate: largest allowed rise in ranking RMSE vs stable (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--set-stable", action=argparse.BooleanOptionalAction,
+        "--set-stable",
+        action=argparse.BooleanOptionalAction,
         help="point channel stable at the new release instead of starting a rollout "
         "(default: only if no stable release exists yet)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--admin-target", default=environ.get(ADMIN_TARGET_ENV),
+        "--admin-target",
+        default=environ.get(ADMIN_TARGET_ENV),
         help=f"gateway AdminService host:port that starts the rollout [env {ADMIN_TARGET_ENV}]",
-    )  # fmt: skip
+    )
     parser.add_argument("--admin-token", default=environ.get(ADMIN_TOKEN_ENV), help=f"[env {ADMIN_TOKEN_ENV}]")
     parser.add_argument(
         "--rollout-fraction", type=_fraction, default=0.1, help="candidate traffic share to start at (default 0.1)"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funnel.data import Interactions
+from funnel.data.loaders import Interactions
 
 MAX_K = 200  # the longest list ranked; recall@K is defined for K <= MAX_K
 EASE_LAMBDA = 500.0
@@ -218,8 +218,9 @@ def item_item_scorer(data: EvalSet, weights: np.ndarray, cold_scores: np.ndarray
     return score
 
 
-def ials_factors(history: np.ndarray, *, factors: int, regularization: float, alpha: float, iterations: int,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def ials_factors(
+    history: np.ndarray, *, factors: int, regularization: float, alpha: float, iterations: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(user factors [rows, factors], item factors [columns, factors]) of the binary user x item ``history`` from
     implicit's CPU AlternatingLeastSquares (confidence 1 + alpha on interactions), on 2 threads, seeded.
 
@@ -230,17 +231,25 @@ def ials_factors(history: np.ndarray, *, factors: int, regularization: float, al
         from scipy.sparse import csr_matrix
         from threadpoolctl import threadpool_limits
     except ImportError as error:
-        raise ImportError(f"expected the 'implicit' package for the iALS baseline (pip install implicit==0.7.3), "
-                          f"got: {error}") from error  # fmt: skip
+        raise ImportError(
+            f"expected the 'implicit' package for the iALS baseline (pip install implicit==0.7.3), got: {error}"
+        ) from error
     with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS threads on top only contend
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                        iterations=iterations, num_threads=2, random_state=seed)  # fmt: skip
+        model = AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            num_threads=2,
+            random_state=seed,
+        )
         model.fit(csr_matrix(np.asarray(history, dtype=np.float32)), show_progress=False)
     return np.asarray(model.user_factors, dtype=np.float64), np.asarray(model.item_factors, dtype=np.float64)
 
 
-def factor_scorer(data: EvalSet, user_rows: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
-                  cold_scores: np.ndarray) -> Scorer:  # fmt: skip
+def factor_scorer(
+    data: EvalSet, user_rows: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray, cold_scores: np.ndarray
+) -> Scorer:
     """User factors times item factors; EvalSet row r is factor row ``user_rows[r]``, -1 for a user without factors,
     who gets ``cold_scores`` (popularity) as does a user with no training history."""
     if item_factors.shape[0] != len(data.items):

@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from funnel.tf import tf
+
 import numpy as np
 
-from funnel.data import DATASET_SPECS, Dataset, Interactions, load_dataset
-from funnel.release import CANDIDATE_TOWER_DIR, ArtifactStore, Manifest
-from funnel.scoring import blend, retrieval_weight
-from funnel.tf import tf
-from ranking_service.core import RankingRelease
-from retrieval_service.core import RetrievalRelease
+from funnel.data.loaders import DATASET_SPECS, Dataset, Interactions, load_dataset
+from funnel.release.ranking import RankingRelease
+from funnel.release.retrieval import RetrievalRelease
+from funnel.release.scoring import blend, retrieval_weight
+from funnel.release.store import CANDIDATE_TOWER_DIR, ArtifactStore, Manifest
 from trainer.__main__ import CACHE_ENV
 from trainer.baselines import (
     MAX_K,
@@ -45,8 +46,12 @@ DEFAULT_SPLITS = ("recent", "seeds")  # "temporal" (mostly cold start) and "vali
 PIPELINE_CANDIDATES = 100  # the pipeline retrieves this many unseen items, then ranks them with the ranker
 FUNNEL_RETRIEVAL, FUNNEL_PIPELINE = "Funnel retrieval", f"Funnel pipeline (rank top {PIPELINE_CANDIDATES})"
 FUNNEL_BY_HISTORY = "Funnel pipeline, unknown id + history"
-BASELINE_NAMES = {"popularity": "Popularity", "item_knn": "item-kNN (tuned)", "ease": "EASE (tuned)",
-                  "ials": "iALS, implicit (tuned)"}  # fmt: skip
+BASELINE_NAMES = {
+    "popularity": "Popularity",
+    "item_knn": "item-kNN (tuned)",
+    "ease": "EASE (tuned)",
+    "ials": "iALS, implicit (tuned)",
+}
 BASELINE_GRIDS, BASELINE_FACTORIZER = Grids(), ials_factors  # implicit's iALS; tests put a numpy stand-in here
 # Splits that hold out a random share regardless of time: measured with the time-agnostic models (--no-recency),
 # the ones for data whose order carries nothing; the recency-aware defaults predict what comes next instead.
@@ -55,9 +60,13 @@ TRAINER_SPLIT = "recent"  # the trainer job's own held-out part (for its gate an
 FUNNEL_RANKER, GLOBAL_MEAN = "Funnel ranker", "Global mean rating"
 # Measured with TFRS on the seeds split of MovieLens 100K; the baselines here must land within about 0.005.
 REFERENCE = {
-    "global_mean_rmse": 1.130, "popularity_recall_at_100": 0.407, "popularity_top100_incl_seen": 0.298,
-    "ease_recall_at_100": 0.619, "ease_recall_at_10": 0.173, "ease_top100_incl_seen": 0.314,
-}  # fmt: skip
+    "global_mean_rmse": 1.130,
+    "popularity_recall_at_100": 0.407,
+    "popularity_top100_incl_seen": 0.298,
+    "ease_recall_at_100": 0.619,
+    "ease_recall_at_10": 0.173,
+    "ease_top100_incl_seen": 0.314,
+}
 
 
 def pipeline_config(artifact_root: Path, split: str, epochs: int | None) -> PipelineConfig:
@@ -74,8 +83,9 @@ def pipeline_config(artifact_root: Path, split: str, epochs: int | None) -> Pipe
     return dataclasses.replace(config, **{n: dataclasses.replace(p, epochs=epochs) for n, p in trained.items()})
 
 
-def _pipeline(retrieval: RetrievalRelease, ranking: RankingRelease, weight: float, user: str,
-              history: np.ndarray | None) -> np.ndarray:  # fmt: skip
+def _pipeline(
+    retrieval: RetrievalRelease, ranking: RankingRelease, weight: float, user: str, history: np.ndarray | None
+) -> np.ndarray:
     """The served pipeline's list for one user: retrieve PIPELINE_CANDIDATES unseen items, order them as the gateway
     does (the ranker's score blended with the retrieval score by ``weight``; ties keep retrieval order);
     ``history`` sent as the request's, as the gateway passes it to both stages."""
@@ -86,8 +96,9 @@ def _pipeline(retrieval: RetrievalRelease, ranking: RankingRelease, weight: floa
     return candidates.item_ids[np.argsort(-scores, kind="stable")]
 
 
-def measure_release(path: Path, manifest: Manifest, data: EvalSet, test: Interactions, batch_size: int
-                    ) -> dict[str, Any]:  # fmt: skip
+def measure_release(
+    path: Path, manifest: Manifest, data: EvalSet, test: Interactions, batch_size: int
+) -> dict[str, Any]:
     """A release as served, through the services' release cores: {"retrieval", "pipeline", "pipeline_by_history"}
     Positions (the last: each test user under an id the release does not know, sending their stored history with
     the request) and "rmse" of the ranker's rating prediction."""
@@ -114,18 +125,22 @@ def measure_release(path: Path, manifest: Manifest, data: EvalSet, test: Interac
         predicted[pairs] = rated.scores if rated.ratings is None else rated.ratings
     # FactorizedTopK over the catalog, seen items counted: the query embeddings retrieve() uses (the stored
     # history) against the candidate tower's embeddings of the catalog.
-    queries = np.concatenate([
-        retrieval.embed(users[s : s + batch_size], [retrieval.seen.get(u) for u in users[s : s + batch_size]])
-        for s in range(0, len(users), batch_size)
-    ])  # fmt: skip
+    queries = np.concatenate(
+        [
+            retrieval.embed(users[s : s + batch_size], [retrieval.seen.get(u) for u in users[s : s + batch_size]])
+            for s in range(0, len(users), batch_size)
+        ]
+    )
     catalog = run_batched(load_signature(path, CANDIDATE_TOWER_DIR), "embedding", batch_size, item_id=data.items)
     return {
-        "retrieval": Positions(list_positions(listed, data.pair_rows, data.pair_cols),
-                               rank_by_scores(lambda rows: queries[rows] @ catalog.T, data).incl_seen),
+        "retrieval": Positions(
+            list_positions(listed, data.pair_rows, data.pair_cols),
+            rank_by_scores(lambda rows: queries[rows] @ catalog.T, data).incl_seen,
+        ),
         "pipeline": Positions(list_positions(ranked, data.pair_rows, data.pair_cols)),
         "pipeline_by_history": Positions(list_positions(anonymous, data.pair_rows, data.pair_cols)),
         "rmse": rmse(predicted, test.ratings),
-    }  # fmt: skip
+    }
 
 
 def _round(value: float) -> float:
@@ -139,17 +154,21 @@ def evaluate_split(dataset: Dataset, split: str, config: PipelineConfig) -> Spli
     train, test = dataset.interactions.take(train_idx), dataset.interactions.take(test_idx)
     data = EvalSet.build(train, test, dataset.items.item_ids)
     print(f"[eval] {split} split: baselines tuned on a {split} carve of the training part", flush=True)
-    baselines, tuning = tuned_baselines(train, data, seed=config.seed, carve=split, grids=BASELINE_GRIDS,
-                                        factorize=BASELINE_FACTORIZER)
+    baselines, tuning = tuned_baselines(
+        train, data, seed=config.seed, carve=split, grids=BASELINE_GRIDS, factorize=BASELINE_FACTORIZER
+    )
     print(f"[eval] {split} split: trainer job on the {len(train)} training interactions", flush=True)
     job = run(config, dataset=dataclasses.replace(dataset, interactions=train))
     print(f"[eval] {split} split: measuring release {job.release_id} through the service cores", flush=True)
     path, manifest = ArtifactStore(config.artifact_root).verify(job.release_id)
     served = measure_release(path, manifest, data, test, config.eval_batch_size)
 
-    positions = {FUNNEL_RETRIEVAL: served["retrieval"], FUNNEL_PIPELINE: served["pipeline"],
-                 FUNNEL_BY_HISTORY: served["pipeline_by_history"],
-                 **{BASELINE_NAMES[name]: p for name, p in baselines.items()}}  # fmt: skip
+    positions = {
+        FUNNEL_RETRIEVAL: served["retrieval"],
+        FUNNEL_PIPELINE: served["pipeline"],
+        FUNNEL_BY_HISTORY: served["pipeline_by_history"],
+        **{BASELINE_NAMES[name]: p for name, p in baselines.items()},
+    }
     curves = {
         name: hit_rates(p.unseen, range(1, (MAX_K if p.incl_seen is not None else PIPELINE_CANDIDATES) + 1))
         for name, p in positions.items()
@@ -173,10 +192,17 @@ def evaluate_split(dataset: Dataset, split: str, config: PipelineConfig) -> Spli
         "pipeline_vs_best_ndcg_at_10": _round(ndcg[FUNNEL_PIPELINE] / max(ndcg[BASELINE_NAMES[n]] for n in baselines)),
         "baselines": {
             "global_mean_rmse": _round(rmses[GLOBAL_MEAN]),
-            **{f"{name}_{metric}": _round(value) for name, label in BASELINE_NAMES.items() for metric, value in (
-                ("recall_at_10", curves[label][10]), ("recall_at_100", curves[label][100]),
-                ("ndcg_at_10", ndcg[label]), ("top100_incl_seen", incl_seen[label]))},
-        },  # fmt: skip
+            **{
+                f"{name}_{metric}": _round(value)
+                for name, label in BASELINE_NAMES.items()
+                for metric, value in (
+                    ("recall_at_10", curves[label][10]),
+                    ("recall_at_100", curves[label][100]),
+                    ("ndcg_at_10", ndcg[label]),
+                    ("top100_incl_seen", incl_seen[label]),
+                )
+            },
+        },
         "baseline_tuning": tuning,
         "num_train": len(train),
         "num_test": len(test),
@@ -236,11 +262,18 @@ NOTES = (
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report directory (default %(default)s)")
-    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get(CACHE_ENV, "var/cache")),
-                        help=f"dataset download cache [env {CACHE_ENV}]")  # fmt: skip
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get(CACHE_ENV, "var/cache")),
+        help=f"dataset download cache [env {CACHE_ENV}]",
+    )
     parser.add_argument("--data", default="movielens-100k", help=f"dataset spec: {DATASET_SPECS}")
-    parser.add_argument("--splits", default=",".join(DEFAULT_SPLITS),
-                        help=f"comma-separated splits from {', '.join(SPLITS)} (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--splits",
+        default=",".join(DEFAULT_SPLITS),
+        help=f"comma-separated splits from {', '.join(SPLITS)} (default %(default)s)",
+    )
     parser.add_argument("--epochs", type=int, help="training epochs for each model (default: the trainer's)")
     parser.add_argument("--max-users", type=int, help="evaluate on the interactions of this many users only")
     args = parser.parse_args(argv)

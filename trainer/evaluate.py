@@ -6,13 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from funnel.tf import tf
+
 import numpy as np
 
-from funnel.artifacts import pad_histories
-from funnel.data import Interactions
+from funnel.data.loaders import Interactions
 from funnel.errors import ReleaseError
-from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
-from funnel.tf import tf
+from funnel.release.files import pad_histories
+from funnel.release.store import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from trainer.baselines import rmse
 from trainer.index import ITEM_IDS_FILE
 from trainer.models import TOP_KS, Histories
@@ -82,9 +83,11 @@ def rank_pairs(ranker: Signature, pairs: Interactions, histories: Histories, bat
     for start in range(0, len(users), step):
         rows = range(start, min(start + step, len(users)))
         candidates = [pairs.item_ids[order[bounds[r] : bounds[r + 1]]] for r in rows]
-        out = ranker(user_id=tf.constant(users[start : start + len(rows)]),
-                     history=tf.constant(histories.padded(users[start : start + len(rows)])),
-                     item_id=tf.constant(pad_histories(candidates)))[output].numpy()  # fmt: skip
+        out = ranker(
+            user_id=tf.constant(users[start : start + len(rows)]),
+            history=tf.constant(histories.padded(users[start : start + len(rows)])),
+            item_id=tf.constant(pad_histories(candidates)),
+        )[output].numpy()
         for k, r in enumerate(rows):
             predicted[order[bounds[r] : bounds[r + 1]]] = out[k, : bounds[r + 1] - bounds[r]]
     return predicted
@@ -113,9 +116,13 @@ def _catalog_rows(catalog_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def recall_unseen(
-    queries: np.ndarray, catalog: np.ndarray, catalog_ids: np.ndarray, histories: Histories,
-    user_ids: np.ndarray, item_ids: np.ndarray,
-) -> dict[str, float]:  # fmt: skip
+    queries: np.ndarray,
+    catalog: np.ndarray,
+    catalog_ids: np.ndarray,
+    histories: Histories,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+) -> dict[str, float]:
     """Share of test pairs (user_ids[i], item_ids[i]) whose item is among the K best-scoring catalog items once the
     user's training items are removed (ties count in), as served; ``queries[i]`` is the user's query embedding.
 
@@ -140,9 +147,13 @@ def recall_unseen(
 
 
 def evaluate_release(
-    release_dir: Path, test: Interactions, histories: Histories, batch_size: int = 4096,
-    max_pairs: int | None = None, seed: int = 42,
-) -> Evaluation:  # fmt: skip
+    release_dir: Path,
+    test: Interactions,
+    histories: Histories,
+    batch_size: int = 4096,
+    max_pairs: int | None = None,
+    seed: int = 42,
+) -> Evaluation:
     """Retrieval top-K through the query and candidate towers over the index's items, with the users' training
     items (``histories``, also the v2 query tower's and ranker's input) counted and excluded, on ``test`` or, with
     ``max_pairs``, on a sample of that many of its pairs drawn with ``seed``; the ranker's RMSE on all of ``test``

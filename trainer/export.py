@@ -6,9 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from funnel.artifacts import HISTORY_PADDING
-from funnel.release import SIDECAR
 from funnel.tf import tf
+
+from funnel.release.files import HISTORY_PADDING
+from funnel.release.store import SIDECAR
 
 
 class _TowerServing(tf.Module):

@@ -40,11 +40,15 @@ def check_gate(new: Evaluation, stable: Evaluation, stable_release_id: str, conf
     """
     new_top, stable_top = new.recall["top_100"], stable.recall["top_100"]
     checks = [
-        (new_top < stable_top - config.max_recall_drop,
-         _comparison("retrieval recall@100", new_top, stable_top, stable_top - new_top, config.max_recall_drop)),
-        (new.rmse > stable.rmse + config.max_rmse_increase,
-         _comparison("ranking RMSE", new.rmse, stable.rmse, new.rmse - stable.rmse, config.max_rmse_increase)),
-    ]  # fmt: skip
+        (
+            new_top < stable_top - config.max_recall_drop,
+            _comparison("retrieval recall@100", new_top, stable_top, stable_top - new_top, config.max_recall_drop),
+        ),
+        (
+            new.rmse > stable.rmse + config.max_rmse_increase,
+            _comparison("ranking RMSE", new.rmse, stable.rmse, new.rmse - stable.rmse, config.max_rmse_increase),
+        ),
+    ]
     failures = [text for failed, text in checks if failed]
     record = {
         "stable_release_id": stable_release_id,

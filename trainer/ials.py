@@ -14,8 +14,14 @@ def _grouped(pairs: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return indptr, pairs[order, 1]
 
 
-def _solve(fixed: np.ndarray, indptr: np.ndarray, columns: np.ndarray, alpha: float, l2: float,
-           weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+def _solve(
+    fixed: np.ndarray,
+    indptr: np.ndarray,
+    columns: np.ndarray,
+    alpha: float,
+    l2: float,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Each row's exact least-squares factor given the other side's ``fixed`` factors, an observed cell's confidence
     1 + alpha (times its weight in ``weights``, aligned with ``columns``, when given); rows without pairs get 0."""
     unobserved = gram(fixed, l2)  # the unobserved cells, confidence 1 and target 0, of every row
@@ -28,8 +34,9 @@ def _solve(fixed: np.ndarray, indptr: np.ndarray, columns: np.ndarray, alpha: fl
     return out
 
 
-def fold_in(items: np.ndarray, pairs: np.ndarray, num_users: int, *, alpha: float, l2: float,
-            weights: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+def fold_in(
+    items: np.ndarray, pairs: np.ndarray, num_users: int, *, alpha: float, l2: float, weights: np.ndarray | None = None
+) -> np.ndarray:
     """float32 [num_users, d]: each user's exact factor given the item factors and their (user row, item row)
     ``pairs``, pair i observed with confidence 1 + alpha * weights[i] (weights 1 when None), as the served ranker
     computes it from a history."""
@@ -41,9 +48,16 @@ def fold_in(items: np.ndarray, pairs: np.ndarray, num_users: int, *, alpha: floa
 
 
 def fit_ials(
-    pairs: np.ndarray, num_users: int, num_items: int, *, dim: int, alpha: float, l2: float, iterations: int,
+    pairs: np.ndarray,
+    num_users: int,
+    num_items: int,
+    *,
+    dim: int,
+    alpha: float,
+    l2: float,
+    iterations: int,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:
     """Factors (users [num_users, dim], items [num_items, dim]) minimising
     sum over all cells c_ui (p_ui - <x_u, y_i>)^2 + l2 (|X|^2 + |Y|^2), where p = 1 and c = 1 + alpha on the
     (user row, item row) ``pairs`` and p = 0, c = 1 elsewhere. Rows without pairs keep zero factors."""
@@ -51,8 +65,10 @@ def fit_ials(
     if not len(pairs):
         raise ValueError("expected (user, item) pairs to factorise, got none")
     if pairs.min() < 0 or pairs[:, 0].max() >= num_users or pairs[:, 1].max() >= num_items:
-        raise ValueError(f"expected pairs within {num_users} users x {num_items} items, got rows up to "
-                         f"{pairs[:, 0].max()} x {pairs[:, 1].max()} (min {pairs.min()})")  # fmt: skip
+        raise ValueError(
+            f"expected pairs within {num_users} users x {num_items} items, got rows up to "
+            f"{pairs[:, 0].max()} x {pairs[:, 1].max()} (min {pairs.min()})"
+        )
     by_user, by_item = _grouped(pairs, num_users), _grouped(pairs[:, ::-1], num_items)
     items = np.random.default_rng(seed).normal(0.0, 0.1, (num_items, dim)) * (np.diff(by_item[0]) > 0)[:, None]
     users = np.zeros((num_users, dim))

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import funnel.tf  # noqa: F401  (scann imports TensorFlow, so Keras 2 must be selected first)
-import scann  # noqa: E402
 
-from funnel.ann import SEARCH_KEY, SearchParams, search  # noqa: E402
+import numpy as np
+import scann
+
+from funnel.release.ann import SEARCH_KEY, SearchParams, search
 
 SCANN_DIR = "scann"  # the searcher, inside the release's index/ directory
 ITEM_IDS_FILE = "item_ids.npy"
@@ -76,22 +76,32 @@ REORDER_FACTORS = (2.0, 4.0, 10.0)  # approximate neighbours rescored exactly, p
 
 def search_ladder(params: TreeParams) -> list[SearchParams]:
     """Tree-AH search settings from cheapest to dearest; the last is the searcher's built-in one."""
-    leaves = sorted({min(params.num_leaves, max(1, math.ceil(f * params.num_leaves))) for f in LEAF_FRACTIONS}
-                    | {params.leaves_to_search})
+    leaves = sorted(
+        {min(params.num_leaves, max(1, math.ceil(f * params.num_leaves))) for f in LEAF_FRACTIONS}
+        | {params.leaves_to_search}
+    )
     ladder = [SearchParams(n, f) for n in leaves if n <= params.leaves_to_search for f in REORDER_FACTORS]
     return [*ladder[:-1], SearchParams(params.leaves_to_search, params.reorder / RECALL_K)]
 
 
-def tune_search(searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray,
-                params: TreeParams, target: float) -> tuple[SearchParams, float]:
+def tune_search(
+    searcher: scann.scann_ops_pybind.ScannSearcher,
+    database: np.ndarray,
+    queries: np.ndarray,
+    params: TreeParams,
+    target: float,
+) -> tuple[SearchParams, float]:
     """The first setting of search_ladder(params) whose recall@100 against exact search reaches ``target``
     (else the dearest), with its recall. Deterministic: recall, not timing, decides."""
     k = min(RECALL_K, len(database))
     exact = exact_top_k(database, queries, k)
     for setting in search_ladder(params):
         recall = recall_at_k(search(searcher, queries, k, setting)[0], exact, k)
-        print(f"[index] leaves_to_search {setting.leaves_to_search}, reorder {setting.reorder_factor:g}×k: "
-              f"recall@{k} {recall:.4f}", flush=True)
+        print(
+            f"[index] leaves_to_search {setting.leaves_to_search}, reorder {setting.reorder_factor:g}×k: "
+            f"recall@{k} {recall:.4f}",
+            flush=True,
+        )
         if recall >= target:
             break
     return setting, recall
@@ -109,12 +119,15 @@ def exact_top_k(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray
 
 
 def measure_recall(
-    searcher: scann.scann_ops_pybind.ScannSearcher, database: np.ndarray, queries: np.ndarray, k: int,
-    params: SearchParams = SearchParams(),
+    searcher: scann.scann_ops_pybind.ScannSearcher,
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    params: SearchParams | None = None,
 ) -> float:
     """Mean fraction of the exact top-k that the searcher returns in its top-k when searched with ``params``."""
     k = min(k, len(database))
-    return recall_at_k(search(searcher, queries, k, params)[0], exact_top_k(database, queries, k), k)
+    return recall_at_k(search(searcher, queries, k, params or SearchParams())[0], exact_top_k(database, queries, k), k)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int) -> float:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
-from funnel.artifacts import HISTORY_PADDING, Histories
 from funnel.tf import tf
 
-import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
+import numpy as np
+import tensorflow_recommenders as tfrs
+
+from funnel.release.files import HISTORY_PADDING, Histories
 
 TOP_KS = (1, 5, 10, 50, 100)
 
@@ -92,9 +92,10 @@ class QueryTower(tf.keras.layers.Layer):
             bucket = np.arange(RECENCY_BUCKETS)
             start = -np.where(bucket < 32, bucket, 32 * 2 ** ((bucket - 32) / 4))  # each bucket's first position
             self.position_logits = self.add_weight(
-                name="position_logits", shape=(RECENCY_BUCKETS,),
+                name="position_logits",
+                shape=(RECENCY_BUCKETS,),
                 initializer=tf.keras.initializers.Constant(np.maximum(start / config.recency_scale, -30.0)),
-            )  # fmt: skip
+            )
         self.mlp = tf.keras.Sequential(
             [tf.keras.layers.Dense(h, activation="relu") for h in config.hidden_dims]
             + [tf.keras.layers.Dense(config.embedding_dim)]
@@ -255,19 +256,24 @@ def _item_counts(item_ids: np.ndarray, item_vocab: np.ndarray) -> np.ndarray:
 
 
 def train_retrieval(
-    train: Features, item_vocab: np.ndarray, config: RetrievalConfig, verbose: bool = True,
+    train: Features,
+    item_vocab: np.ndarray,
+    config: RetrievalConfig,
+    verbose: bool = True,
     histories: Histories | None = None,
 ) -> RetrievalModel:
     """Fit the retrieval model on the training interactions, each user's training items as the query history
     (``histories``: those items when the caller has them already)."""
     seed_everything(config.seed)
-    histories = histories if histories is not None else Histories(train["user_id"], train["item_id"],
-                                                                  train.get("timestamp"))  # fmt: skip
+    histories = (
+        histories if histories is not None else Histories(train["user_id"], train["item_id"], train.get("timestamp"))
+    )
     item_vocab = np.asarray(item_vocab, dtype=np.int64)
     reserved = np.intersect1d(item_vocab, [PADDING, DROPPED])
     if len(reserved):
-        raise ValueError(f"expected item ids other than {PADDING} and {DROPPED} (reserved in histories), got "
-                         f"{reserved.tolist()}")  # fmt: skip
+        raise ValueError(
+            f"expected item ids other than {PADDING} and {DROPPED} (reserved in histories), got {reserved.tolist()}"
+        )
     model = RetrievalModel(item_vocab, config, _item_counts(np.asarray(train["item_id"], dtype=np.int64), item_vocab))
     batches = _retrieval_batches(train, histories, config.batch_size, shuffle_seed=config.seed)
     steps = config.epochs * -(-len(train["item_id"]) // config.batch_size)

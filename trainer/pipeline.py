@@ -15,11 +15,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from funnel.admin_client import AdminClient
-from funnel.artifacts import read_seen, write_catalog, write_popularity, write_seen
-from funnel.data import Dataset, Interactions, load_dataset
+from funnel.client import AdminClient
+from funnel.data.loaders import Dataset, Interactions, load_dataset
 from funnel.errors import ReleaseError
-from funnel.release import (
+from funnel.release.files import read_seen, write_catalog, write_popularity, write_seen
+from funnel.release.scoring import RETRIEVAL_WEIGHT_KEY
+from funnel.release.store import (
     CANDIDATE_TOWER_DIR,
     INDEX_DIR,
     QUERY_TOWER_DIR,
@@ -29,7 +30,6 @@ from funnel.release import (
     RolloutState,
     new_release_id,
 )
-from funnel.scoring import RETRIEVAL_WEIGHT_KEY
 from trainer.evaluate import Evaluation, embed_users, evaluate_release, load_signature, run_batched
 from trainer.export import export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig, check_gate
@@ -83,8 +83,12 @@ def time_agnostic(config: PipelineConfig) -> PipelineConfig:
     """``config`` for data whose order says nothing (`--no-recency`): the query tower pools the whole history
     alike and trains leave-one-out, the ranker weighs history items alike, and the ranker alone orders the
     candidates (the models as tuned on random validation cuts before the recency-aware ones)."""
-    return replace(config, retrieval=replace(config.retrieval, recency=False),
-                   ranking=replace(config.ranking, recency_scale=0.0), retrieval_weight=0.0)  # fmt: skip
+    return replace(
+        config,
+        retrieval=replace(config.retrieval, recency=False),
+        ranking=replace(config.ranking, recency_scale=0.0),
+        retrieval_weight=0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,10 @@ def _stable_base(store: ArtifactStore, stable_id: str | None, only: str | None) 
     missing = [part for part in (*RETRIEVAL_PARTS, RANKER_DIR) if not (path / part).is_dir()]
     if missing:
         user, remedy = (
-            (f"--only {only}", "run without --only to train both models") if only
+            (f"--only {only}", "run without --only to train both models")
+            if only
             else ("the gate", "pass --no-gate to publish without comparing")
-        )  # fmt: skip
+        )
         raise ReleaseError(
             f"{user}: expected stable release {stable_id} to hold {', '.join(missing)}/, found none "
             f"(published before the trainer exported them); {remedy}"
@@ -219,9 +224,11 @@ class _Job:
                         retrieval.candidate_tower, target / CANDIDATE_TOWER_DIR, training_run=runs["retrieval"]
                     )
                     export_query_tower(
-                        retrieval.query_tower, target / QUERY_TOWER_DIR,
-                        candidate_fingerprint=fingerprint, training_run=runs["retrieval"],
-                    )  # fmt: skip
+                        retrieval.query_tower,
+                        target / QUERY_TOWER_DIR,
+                        candidate_fingerprint=fingerprint,
+                        training_run=runs["retrieval"],
+                    )
             with self.phase(f"build index ({label})"):
                 _index_from_towers(target, np.unique(data.user_ids), item_vocab, histories, config.index)
         if config.only != "index":
@@ -247,8 +254,11 @@ class _Job:
         assert self.base_dir is not None
         unseen = test.take(~read_seen(self.base_dir).contains(test.user_ids, test.item_ids))
         if not len(unseen):
-            print(f"[trainer] gate skipped: stable release {self.stable_id} was given every held-out interaction "
-                  "(the same data): nothing to compare on", flush=True)  # fmt: skip
+            print(
+                f"[trainer] gate skipped: stable release {self.stable_id} was given every held-out interaction "
+                "(the same data): nothing to compare on",
+                flush=True,
+            )
             return evaluation, {"stable_release_id": self.stable_id, "passed": True, "compared_pairs": 0}
         with self.phase(f"gate against stable release {self.stable_id} on {len(unseen)} held-out interactions"):
             new = evaluation if len(unseen) == len(test) else evaluate_release(models, unseen, histories, **options)
@@ -278,8 +288,11 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
         with job.phase("split"):
             train_idx, test_idx = make_split(config.split, everything, seed=config.seed)
             train, test = everything.take(train_idx), everything.take(test_idx)
-            print(f"[trainer] {config.split} split: {len(train)} train / {len(test)} held-out interactions, "
-                  f"{len(np.unique(train.user_ids))} users", flush=True)  # fmt: skip
+            print(
+                f"[trainer] {config.split} split: {len(train)} train / {len(test)} held-out interactions, "
+                f"{len(np.unique(train.user_ids))} users",
+                flush=True,
+            )
 
         runs = dict(base_runs) if config.only else {}  # a part copied from stable keeps the run it came from
         if config.refit:
@@ -300,10 +313,12 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
             "num_test": len(test),
             "gate": gate,
             "trained_on": {
-                "interactions": len(published), "users": len(np.unique(published.user_ids)),
-                "until_timestamp": int(published.timestamps.max()), "refit": config.refit,
+                "interactions": len(published),
+                "users": len(np.unique(published.user_ids)),
+                "until_timestamp": int(published.timestamps.max()),
+                "refit": config.refit,
             },
-        }  # fmt: skip
+        }
         with job.phase("publish"):
             write_catalog(writer.dir, dataset.items)
             write_seen(writer.dir, Histories(everything.user_ids, everything.item_ids, everything.timestamps))
@@ -337,11 +352,17 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
         print(f"[trainer] channel stable -> {release_id}", flush=True)
     elif config.admin_target:
         rollout = _start_rollout(config.admin_target, config.admin_token, release_id, config.rollout_fraction)
-        print(f"[trainer] rollout started via {config.admin_target}: stable {rollout.stable}, "
-              f"candidate {rollout.candidate} at fraction {rollout.fraction:g}", flush=True)  # fmt: skip
+        print(
+            f"[trainer] rollout started via {config.admin_target}: stable {rollout.stable}, "
+            f"candidate {rollout.candidate} at fraction {rollout.fraction:g}",
+            flush=True,
+        )
     else:
-        print(f"[trainer] channel stable stays at {stable_id}; no admin target, so start the rollout with:\n"
-              f"  funnel rollout start {release_id} --fraction {config.rollout_fraction:g}", flush=True)  # fmt: skip
+        print(
+            f"[trainer] channel stable stays at {stable_id}; no admin target, so start the rollout with:\n"
+            f"  funnel rollout start {release_id} --fraction {config.rollout_fraction:g}",
+            flush=True,
+        )
     return PipelineResult(release_id, metrics, make_stable, rollout, job.timings, job.histories)
 
 
@@ -350,17 +371,21 @@ def _load(config: PipelineConfig, dataset: Dataset | None) -> Dataset:
         dataset = load_dataset(config.data, config.cache_dir)
     if config.max_users is not None:
         dataset = dataset.subset_users(config.max_users)
-    print(f"[trainer] dataset {dataset.name}: {len(dataset.interactions)} interactions, "
-          f"{len(dataset.items)} items", flush=True)  # fmt: skip
+    print(
+        f"[trainer] dataset {dataset.name}: {len(dataset.interactions)} interactions, {len(dataset.items)} items",
+        flush=True,
+    )
     return dataset
 
 
 def _print_summary(metrics: dict[str, Any], timings: dict[str, float]) -> None:
     top_k = "  ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in metrics["retrieval_top_k"].items())
     trained_on = metrics["trained_on"]
-    print(f"Evaluation of models trained on {metrics['num_train']} interactions, on {metrics['num_test']} held-out "
-          f"ones; the published models were trained on {trained_on['interactions']} "
-          f"({'refit on all' if trained_on['refit'] else 'the held-out models, --no-refit'}):")  # fmt: skip
+    print(
+        f"Evaluation of models trained on {metrics['num_train']} interactions, on {metrics['num_test']} held-out "
+        f"ones; the published models were trained on {trained_on['interactions']} "
+        f"({'refit on all' if trained_on['refit'] else 'the held-out models, --no-refit'}):"
+    )
     recall = "  ".join(f"recall@{k.split('_')[1]} {v:.4f}" for k, v in metrics["retrieval_recall"].items())
     print(f"  retrieval (factorized top-k accuracy over the catalog): {top_k}")
     print(f"  retrieval (recall over the catalog, the user's training items excluded): {recall}")

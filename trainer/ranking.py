@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from funnel.artifacts import HISTORY_PADDING, Histories
-from funnel.data import Dataset, Interactions
 from funnel.tf import tf
+
+import numpy as np
+import tensorflow_recommenders as tfrs
+
+from funnel.data.loaders import Dataset, Interactions
+from funnel.release.files import HISTORY_PADDING, Histories
 from trainer.baselines import rmse
 from trainer.export import save_module
 from trainer.ials import fit_ials, fold_in, gram, unseen_spread
 from trainer.models import EpochLog, history_positions, seed_everything
-
-import tensorflow_recommenders as tfrs  # noqa: E402  (after funnel.tf, which selects Keras 2)
 
 AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)  # the MovieLens 1M age groups; age 0 is unknown
 YEAR_BUCKETS = 12  # release years fall into at most this many quantile buckets; year 0 is unknown
@@ -64,9 +63,17 @@ class RankingConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
         for name in (
-            "l2", "bias_l2", "engagement_weight", "engagement_l2", "score_rating_weight", "ials_weight", "ials_alpha",
-            "ials_l2", "ials_max_items", "recency_scale",
-        ):  # fmt: skip
+            "l2",
+            "bias_l2",
+            "engagement_weight",
+            "engagement_l2",
+            "score_rating_weight",
+            "ials_weight",
+            "ials_alpha",
+            "ials_l2",
+            "ials_max_items",
+            "recency_scale",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"expected {name} >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -171,9 +178,19 @@ def build_tables(train: Interactions, dataset: Dataset) -> Tables:
     timed_rows = timed.rows(entry_users)
     from_end = np.diff(timed.indptr)[timed_rows] - 1 - history_positions(timed, timed_rows, entry_items)
     return Tables(
-        user_ids, item_ids, user_trained, item_trained, categories, sizes, genres, year, len(edges) + 2, history,
-        from_end.astype(np.int64), float(np.mean(train.ratings)),
-    )  # fmt: skip
+        user_ids,
+        item_ids,
+        user_trained,
+        item_trained,
+        categories,
+        sizes,
+        genres,
+        year,
+        len(edges) + 2,
+        history,
+        from_end.astype(np.int64),
+        float(np.mean(train.ratings)),
+    )
 
 
 def recency_weights(from_end: np.ndarray, scale: float) -> np.ndarray:
@@ -259,8 +276,9 @@ class _Side(tf.keras.layers.Layer):
             terms.append(self.genre_weights(tf.gather(self.genres, rows)))
         if self.history is not None and with_history:
             if self.per_batch:
-                weighted = tf.gather(self.y, tf.gather(self.history, rows)) * tf.gather(self.entry_weights, rows)[
-                    ..., None]
+                weighted = (
+                    tf.gather(self.y, tf.gather(self.history, rows)) * tf.gather(self.entry_weights, rows)[..., None]
+                )
                 implicit = tf.reduce_sum(weighted, axis=1)
             else:
                 implicit = tf.gather(tf.sparse.sparse_dense_matmul(self.history, self.y), rows)
@@ -311,18 +329,31 @@ def ials_factors(tables: Tables, config: RankingConfig) -> IalsTerm | None:
     if config.ials_weight == 0 or tables.num_items - 1 > config.ials_max_items:
         return None
     users, items = fit_ials(
-        tables.history, tables.num_users, tables.num_items, dim=config.ials_dim, alpha=config.ials_alpha,
-        l2=config.ials_l2, iterations=config.ials_iterations, seed=config.seed,
-    )  # fmt: skip
+        tables.history,
+        tables.num_users,
+        tables.num_items,
+        dim=config.ials_dim,
+        alpha=config.ials_alpha,
+        l2=config.ials_l2,
+        iterations=config.ials_iterations,
+        seed=config.seed,
+    )
     weights = recency_weights(tables.from_end, config.recency_scale)  # as the served ranker folds users in
-    users = fold_in(items, tables.history, tables.num_users, alpha=config.ials_alpha, l2=config.ials_l2,
-                    weights=weights)  # fmt: skip
+    users = fold_in(
+        items, tables.history, tables.num_users, alpha=config.ials_alpha, l2=config.ials_l2, weights=weights
+    )
     spread = unseen_spread(users, items, tables.history, config.seed)
     if spread == 0:
         return None
     scale = config.ials_weight / spread
-    return IalsTerm(users * np.float32(scale), items, gram(items, config.ials_l2).astype(np.float32),
-                    config.ials_alpha, scale, config.recency_scale)  # fmt: skip
+    return IalsTerm(
+        users * np.float32(scale),
+        items,
+        gram(items, config.ials_l2).astype(np.float32),
+        config.ials_alpha,
+        scale,
+        config.recency_scale,
+    )
 
 
 class RankingModel(tfrs.Model):
@@ -335,9 +366,7 @@ class RankingModel(tfrs.Model):
     user and item factors from `ials_factors`), fitted before and apart from the two tasks.
     """
 
-    def __init__(
-        self, tables: Tables, config: RankingConfig, ials: IalsTerm | None = None
-    ) -> None:  # fmt: skip
+    def __init__(self, tables: Tables, config: RankingConfig, ials: IalsTerm | None = None) -> None:
         super().__init__()
         self.tables, self.config, self.ials_term = tables, config, ials
         self.ials = None if ials is None else (tf.constant(ials.users), tf.constant(ials.items))
@@ -415,16 +444,22 @@ class RankingModel(tfrs.Model):
             candidates = tf.concat([catalog["vector"], catalog["engagement_bias"][:, None]], axis=1)
             mask = tf.concat([tf.eye(tf.shape(query)[0], dtype=tf.bool), ~tf.gather(self.seen, features["user"])], 1)
             engagement = self.engagement_task(
-                query, tf.concat([positives, candidates], axis=0),
-                candidate_ids=tf.concat([features["item"], self.catalog], axis=0), score_mask=mask,
-                compute_metrics=False, compute_batch_metrics=False,
-            )  # fmt: skip
+                query,
+                tf.concat([positives, candidates], axis=0),
+                candidate_ids=tf.concat([features["item"], self.catalog], axis=0),
+                score_mask=mask,
+                compute_metrics=False,
+                compute_batch_metrics=False,
+            )
         else:
             engagement = self.engagement_task(
-                query, positives, candidate_ids=features["item"],
+                query,
+                positives,
+                candidate_ids=features["item"],
                 candidate_sampling_probability=tf.gather(self.sampling_probability, features["item"]),
-                compute_metrics=False, compute_batch_metrics=False,
-            )  # fmt: skip
+                compute_metrics=False,
+                compute_batch_metrics=False,
+            )
         penalty = _l2(user_terms["engagement"] + item_terms["vector"])
         return loss + config.engagement_weight * (engagement + config.engagement_l2 * penalty)
 
@@ -433,8 +468,11 @@ def _batches(tables: Tables, data: Interactions, batch_size: int, seed: int | No
     """Row-indexed batches; shuffled every epoch when ``seed`` is given."""
     users, items = tables.user_rows(data.user_ids), tables.item_rows(data.item_ids)
     columns = {
-        "user": users, "item": items, "rating": data.ratings.astype(np.float32), "entry": tables.entries(users, items)
-    }  # fmt: skip
+        "user": users,
+        "item": items,
+        "rating": data.ratings.astype(np.float32),
+        "entry": tables.entries(users, items),
+    }
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     if seed is not None:
         dataset = dataset.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)

@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display; before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from trainer.models import HIDDEN_LOGS  # noqa: E402
+from trainer.models import HIDDEN_LOGS
 
 TABLE_KS = (1, 5, 10, 20, 50, 100, 200)
 DASH = "–"
@@ -40,8 +40,9 @@ def table(result: SplitResult) -> list[list[str]]:
     for name, curve in result.curves.items():
         cells = [f"{curve[k]:.4f}" if k in curve else DASH for k in TABLE_KS]
         incl, ndcg = result.incl_seen.get(name), result.ndcg.get(name)
-        rows.append([name, *cells, DASH if ndcg is None else f"{ndcg:.4f}", DASH if incl is None else f"{incl:.4f}",
-                     DASH])  # fmt: skip
+        rows.append(
+            [name, *cells, DASH if ndcg is None else f"{ndcg:.4f}", DASH if incl is None else f"{incl:.4f}", DASH]
+        )
     for name, value in result.rmse.items():
         rows.append([name, *(DASH for _ in TABLE_KS), DASH, DASH, f"{value:.4f}"])
     return rows
@@ -127,9 +128,10 @@ def write_report(
         lines += [f"Trainer phases: {times}.", ""]
     lines += ["## Recall@K", "", "![recall@K against K](recall_at_k.png)", "", "## Training curves", ""]
     lines += (
-        ["![per-epoch training logs](training_curves.png)", ""] if has_training
+        ["![per-epoch training logs](training_curves.png)", ""]
+        if has_training
         else ["The trainer reported no per-epoch logs (PipelineResult.histories is empty).", ""]
-    )  # fmt: skip
+    )
     lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")

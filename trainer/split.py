@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from funnel.tf import tf
+
 import numpy as np
 
-from funnel.data import Interactions
-from funnel.tf import tf
+from funnel.data.loaders import Interactions
 
 SHUFFLE_BUFFER = 100_000
 SPLITS = ("recent", "seeds", "temporal", "validation")
@@ -44,8 +45,9 @@ def temporal_split(timestamps: np.ndarray, train_fraction: float = 0.8) -> tuple
     return order[:num_train], order[num_train:]
 
 
-def recent_split(user_ids: np.ndarray, timestamps: np.ndarray, fraction: float = RECENT_FRACTION
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def recent_split(
+    user_ids: np.ndarray, timestamps: np.ndarray, fraction: float = RECENT_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_idx, test_idx) int64 arrays, each in file order: every user's most recent ``fraction`` of their
     interactions (rounded down, so a user with fewer than 1 / fraction interactions keeps all of them in train) is
     held out. Equal timestamps keep file order, so of a tie at a user's cut the rows that come later are held out.
@@ -54,8 +56,9 @@ def recent_split(user_ids: np.ndarray, timestamps: np.ndarray, fraction: float =
     """
     users, timestamps = np.asarray(user_ids), np.asarray(timestamps)
     if users.shape != timestamps.shape or users.ndim != 1:
-        raise ValueError(f"expected user id and timestamp columns of equal length, got {users.shape} and "
-                         f"{timestamps.shape}")
+        raise ValueError(
+            f"expected user id and timestamp columns of equal length, got {users.shape} and {timestamps.shape}"
+        )
     _check(len(users), 1.0 - fraction)
     _, user_rows = np.unique(users, return_inverse=True)
     order = np.lexsort((np.arange(len(users)), timestamps, user_rows))  # by user, then time, then file order

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from funnel.data import Interactions
+from funnel.data.loaders import Interactions
 from trainer.baselines import (
     EvalSet,
     Positions,
@@ -52,8 +52,15 @@ class Grids:
     ials_passes: int = 3  # coordinate sweeps at most; stops early after a sweep that changes nothing
 
 
-def baseline_scorer(name: str, params: Mapping[str, Any], train: Interactions, data: EvalSet, *, seed: int = 0,
-                    factorize: Factorizer = ials_factors) -> Scorer:  # fmt: skip
+def baseline_scorer(
+    name: str,
+    params: Mapping[str, Any],
+    train: Interactions,
+    data: EvalSet,
+    *,
+    seed: int = 0,
+    factorize: Factorizer = ials_factors,
+) -> Scorer:
     """Baseline ``name`` (one of BASELINES) fitted on ``train`` with ``params``, scoring ``data``'s rows; users with
     no training history get popularity scores."""
     counts = popularity_counts(train, data.items)
@@ -67,8 +74,10 @@ def baseline_scorer(name: str, params: Mapping[str, Any], train: Interactions, d
     if name == "ials":
         users, items = factorize(history, seed=seed, **params)
         if (users.shape[0], items.shape[0]) != history.shape or users.shape[1:] != items.shape[1:]:
-            raise ValueError(f"expected user and item factors of shapes ({history.shape[0]}, d) and "
-                             f"({history.shape[1]}, d), got {users.shape} and {items.shape}")  # fmt: skip
+            raise ValueError(
+                f"expected user and item factors of shapes ({history.shape[0]}, d) and "
+                f"({history.shape[1]}, d), got {users.shape} and {items.shape}"
+            )
         return factor_scorer(data, user_rows(train, data), users, items, counts)
     raise ValueError(f"expected a baseline in {BASELINES}, got {name!r}")
 
@@ -84,8 +93,9 @@ def _settings(name: str, grids: Grids) -> list[Params]:
     raise ValueError(f"expected a grid-searched baseline, got {name!r}")
 
 
-def coordinate_search(axes: Mapping[str, tuple[Any, ...]], evaluate: Callable[[Params], float], passes: int
-                      ) -> tuple[Params, float, int]:  # fmt: skip
+def coordinate_search(
+    axes: Mapping[str, tuple[Any, ...]], evaluate: Callable[[Params], float], passes: int
+) -> tuple[Params, float, int]:
     """(best setting, its score, settings evaluated): from each axis's middle value, sweep one axis at a time keeping
     any strictly better value, until a sweep changes nothing or after ``passes`` sweeps."""
     if not axes or any(not values for values in axes.values()):
@@ -120,8 +130,10 @@ def describe(name: str, params: Mapping[str, Any]) -> str:
         neighbors = "all" if params["neighbors"] is None else params["neighbors"]
         return f"item-kNN neighbors={neighbors} shrink={params['shrink']:g}"
     if name == "ials":
-        return (f"iALS factors={params['factors']} regularization={params['regularization']:g} "
-                f"alpha={params['alpha']:g} iterations={params['iterations']}")  # fmt: skip
+        return (
+            f"iALS factors={params['factors']} regularization={params['regularization']:g} "
+            f"alpha={params['alpha']:g} iterations={params['iterations']}"
+        )
     return name
 
 
@@ -130,14 +142,23 @@ def validation_carve(train: Interactions, catalog: np.ndarray, carve: str = "rec
     of trainer.split: "recent" holds out each user's most recent 20%)."""
     fit_idx, validation_idx = make_split(carve, train, seed=VALIDATION_SEED)
     if not len(validation_idx):
-        raise ValueError(f"expected training users with at least 5 interactions to hold out validation from, got "
-                         f"{len(np.unique(train.user_ids))} users with {len(train)} interactions")  # fmt: skip
+        raise ValueError(
+            f"expected training users with at least 5 interactions to hold out validation from, got "
+            f"{len(np.unique(train.user_ids))} users with {len(train)} interactions"
+        )
     fit = train.take(fit_idx)
     return fit, EvalSet.build(fit, train.take(validation_idx), catalog)
 
 
-def tune_baselines(train: Interactions, catalog: np.ndarray, *, seed: int = 0, grids: Grids = Grids(),
-                   factorize: Factorizer = ials_factors, carve: str = "recent") -> dict[str, dict]:  # fmt: skip
+def tune_baselines(
+    train: Interactions,
+    catalog: np.ndarray,
+    *,
+    seed: int = 0,
+    grids: Grids = Grids(),
+    factorize: Factorizer = ials_factors,
+    carve: str = "recent",
+) -> dict[str, dict]:
     """Per baseline, the setting with the best recall@10 on a validation carve of ``train`` (validation_carve; the
     fit part's items excluded from each list) and that recall: {name: {"params", "validation_recall_at_10",
     "settings_tried"}}. Ties keep the earlier setting. Reads nothing but ``train``."""
@@ -151,11 +172,15 @@ def tune_baselines(train: Interactions, catalog: np.ndarray, *, seed: int = 0, g
     for name in BASELINES:
         start = time.perf_counter()
         if name == "ials":
-            axes = {"factors": grids.ials_factors, "regularization": grids.ials_regularizations,
-                    "alpha": grids.ials_alphas}  # fmt: skip
+            axes = {
+                "factors": grids.ials_factors,
+                "regularization": grids.ials_regularizations,
+                "alpha": grids.ials_alphas,
+            }
             fixed = {"iterations": grids.ials_iterations}
-            best, best_recall, tried = coordinate_search(axes, lambda p: recall("ials", {**p, **fixed}),
-                                                         grids.ials_passes)  # fmt: skip
+            best, best_recall, tried = coordinate_search(
+                axes, lambda p, fixed=fixed: recall("ials", {**p, **fixed}), grids.ials_passes
+            )
             best = {**best, **fixed}
         else:
             settings = _settings(name, grids)
@@ -164,21 +189,31 @@ def tune_baselines(train: Interactions, catalog: np.ndarray, *, seed: int = 0, g
         records[name] = {"params": best, "validation_recall_at_10": best_recall, "settings_tried": tried}
         seconds = time.perf_counter() - start
         action = "popularity: nothing to tune" if name == "popularity" else f"tuned {describe(name, best)}"
-        print(f"[eval] {action} (validation recall@10 {best_recall:.4f}, {tried} setting{'s' * (tried != 1)}) "
-              f"in {seconds:.1f} s", flush=True)  # fmt: skip
+        print(
+            f"[eval] {action} (validation recall@10 {best_recall:.4f}, {tried} setting{'s' * (tried != 1)}) "
+            f"in {seconds:.1f} s",
+            flush=True,
+        )
     return records
 
 
-def tuned_baselines(train: Interactions, data: EvalSet, *, seed: int = 0, grids: Grids = Grids(),
-                    factorize: Factorizer = ials_factors, carve: str = "recent"
-                    ) -> tuple[dict[str, Positions], dict[str, dict]]:  # fmt: skip
+def tuned_baselines(
+    train: Interactions,
+    data: EvalSet,
+    *,
+    seed: int = 0,
+    grids: Grids = Grids(),
+    factorize: Factorizer = ials_factors,
+    carve: str = "recent",
+) -> tuple[dict[str, Positions], dict[str, dict]]:
     """(test Positions per baseline in BASELINES, tuning record): each baseline tuned on a validation carve of
     ``train`` (tune_baselines, which never sees ``data``'s test pairs), then refit on all of ``train`` and ranked
     over ``data``."""
     records = tune_baselines(train, data.items, seed=seed, grids=grids, factorize=factorize, carve=carve)
     positions = {
-        name: rank_by_scores(baseline_scorer(name, records[name]["params"], train, data, seed=seed,
-                                             factorize=factorize), data)  # fmt: skip
+        name: rank_by_scores(
+            baseline_scorer(name, records[name]["params"], train, data, seed=seed, factorize=factorize), data
+        )
         for name in BASELINES
     }
     return positions, records

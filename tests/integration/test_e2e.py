@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from funnel import stack
-from funnel.artifacts import read_seen
-from funnel.data import load_dataset
-from funnel.release import ArtifactStore
+from funnel.cli import stack
+from funnel.data.loaders import load_dataset
+from funnel.release.files import read_seen
+from funnel.release.store import ArtifactStore
 from funnel.v1 import (
     common_pb2,
     gateway_pb2,
@@ -43,10 +43,12 @@ def gateway(services):
         yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
-def recommend(stub, user_id: str = "1", k: int = 10, history: list[int] = (), **kwargs
-              ) -> gateway_pb2.RecommendResponse:  # fmt: skip
-    request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user_id, history_item_ids=history), k=k,
-                                           **kwargs)  # fmt: skip
+def recommend(
+    stub, user_id: str = "1", k: int = 10, history: list[int] = (), **kwargs
+) -> gateway_pb2.RecommendResponse:
+    request = gateway_pb2.RecommendRequest(
+        user=common_pb2.UserContext(user_id=user_id, history_item_ids=history), k=k, **kwargs
+    )
     return stub.Recommend(request, timeout=15)
 
 
@@ -133,8 +135,11 @@ def test_bad_input_gets_a_clear_status(gateway, kwargs, code, message) -> None:
 
 
 def _failed_everywhere(services, release_id: str) -> bool:
-    stubs = {"retrieval": retrieval_pb2_grpc.RetrievalServiceStub, "ranking": ranking_pb2_grpc.RankingServiceStub,
-             "gateway": gateway_pb2_grpc.GatewayServiceStub}
+    stubs = {
+        "retrieval": retrieval_pb2_grpc.RetrievalServiceStub,
+        "ranking": ranking_pb2_grpc.RankingServiceStub,
+        "gateway": gateway_pb2_grpc.GatewayServiceStub,
+    }
     for name, stub_class in stubs.items():
         with grpc.insecure_channel(services[name].address) as channel:
             status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
@@ -144,8 +149,9 @@ def _failed_everywhere(services, release_id: str) -> bool:
 
 
 @pytest.mark.parametrize("breakage", ["checksum", "no-manifest"])
-def test_corrupt_or_partial_release_is_refused_while_current_keeps_serving(services, gateway, artifact_root,
-                                                                          breakage) -> None:
+def test_corrupt_or_partial_release_is_refused_while_current_keeps_serving(
+    services, gateway, artifact_root, breakage
+) -> None:
     store = ArtifactStore(artifact_root)
     bad = f"test-bad-{breakage}"
     clone_release(store, RELEASE, bad, lambda d: None)
@@ -171,9 +177,14 @@ def test_corrupt_or_partial_release_is_refused_while_current_keeps_serving(servi
 
 
 def test_cli_prints_a_table(services) -> None:
-    out = subprocess.run([sys.executable, "-m", "funnel.cli", "recommend", "1", "-k", "3",
-                          "--gateway", services["gateway"].address],
-                         cwd=ROOT, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "funnel.cli", "recommend", "1", "-k", "3", "--gateway", services["gateway"].address],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout
     lines = out.splitlines()
     assert lines[0] == f"Top 3 for user 1 — release {RELEASE}"
     assert lines[1].split() == ["rank", "item", "title", "year", "score", "rating", "retrieval"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funnel.data import load_dataset
-from funnel.release import ArtifactStore
-from retrieval_service.core import Query, RetrievalRelease
+from funnel.data.loaders import load_dataset
+from funnel.release.retrieval import Query, RetrievalRelease
+from funnel.release.store import ArtifactStore
 from tests.conftest import CACHE_DIR, ROOT
 
 pytestmark = pytest.mark.integration
@@ -20,9 +20,28 @@ pytestmark = pytest.mark.integration
 def test_no_movielens_user_is_offered_a_film_they_rated(tmp_path: Path) -> None:
     """All 943 users and 100,000 ratings, the held-out fifth included (one epoch each: exclusion, not quality)."""
     root = tmp_path / "store"
-    subprocess.run([sys.executable, "-m", "trainer", "--artifact-root", str(root), "--data", "movielens-100k",
-                    "--cache-dir", str(CACHE_DIR), "--epochs", "1", "--no-refit", "--release-id", "all"],
-                   cwd=ROOT, check=True, stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--artifact-root",
+            str(root),
+            "--data",
+            "movielens-100k",
+            "--cache-dir",
+            str(CACHE_DIR),
+            "--epochs",
+            "1",
+            "--no-refit",
+            "--release-id",
+            "all",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
     release = RetrievalRelease(*ArtifactStore(root).verify("all"))
     data = load_dataset("movielens-100k", CACHE_DIR).interactions
     users = np.unique(data.user_ids)

@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 import pytest
 
-from funnel import stack
-from funnel.admin_client import AdminClient
-from funnel.release import INDEX_DIR, ArtifactStore
+from funnel.cli import stack
+from funnel.client import AdminClient
+from funnel.release.store import INDEX_DIR, ArtifactStore
 from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import CACHE_DIR, RELEASE, ROOT, TEST_USERS, clone_release
 
@@ -56,12 +56,19 @@ class Load:
             started = time.perf_counter()
             try:
                 r = self.stub.Recommend(request, timeout=10)
-                sample = Sample(time.monotonic(), user, "OK", r.release_id,
-                                (r.retrieval_release_id, r.ranking_release_id), tuple(r.degraded_reasons),
-                                (time.perf_counter() - started) * 1000)
+                sample = Sample(
+                    time.monotonic(),
+                    user,
+                    "OK",
+                    r.release_id,
+                    (r.retrieval_release_id, r.ranking_release_id),
+                    tuple(r.degraded_reasons),
+                    (time.perf_counter() - started) * 1000,
+                )
             except grpc.RpcError as exc:
-                sample = Sample(time.monotonic(), user, exc.code().name, "", ("", ""), (),
-                                (time.perf_counter() - started) * 1000)
+                sample = Sample(
+                    time.monotonic(), user, exc.code().name, "", ("", ""), (), (time.perf_counter() - started) * 1000
+                )
             self.samples.append(sample)
 
     def __enter__(self) -> Load:
@@ -111,10 +118,34 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
             marks["publish"] = time.monotonic()
             r2 = "test-r2"
             job = subprocess.run(  # the trainer job: retrain the ranker, evaluate, gate, publish, start the rollout
-                [sys.executable, "-m", "trainer", "--artifact-root", str(root), "--data", "movielens-100k",
-                 "--cache-dir", str(CACHE_DIR), "--max-users", str(TEST_USERS), "--epochs", "2", "--only", "ranker",
-                 "--release-id", r2, "--admin-target", services["gateway"].address, "--rollout-fraction", "0.5"],
-                cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-m",
+                    "trainer",
+                    "--artifact-root",
+                    str(root),
+                    "--data",
+                    "movielens-100k",
+                    "--cache-dir",
+                    str(CACHE_DIR),
+                    "--max-users",
+                    str(TEST_USERS),
+                    "--epochs",
+                    "2",
+                    "--only",
+                    "ranker",
+                    "--release-id",
+                    r2,
+                    "--admin-target",
+                    services["gateway"].address,
+                    "--rollout-fraction",
+                    "0.5",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
             assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
             # Same data as test-r1, which was given every held-out rating: the gate has nothing fair to compare on.
             assert f"gate skipped: stable release {RELEASE} was given every held-out interaction" in job.stdout
@@ -135,9 +166,13 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
             r3 = clone_release(store, r2, "test-r3-bad", mismatched_index)  # checksums valid, towers mismatched
             marks["bad"] = time.monotonic()
             admin.start_rollout(r3, 0.5)
-            wait_until(lambda: any(r.release_id == r3 and r.state == "failed"
-                                   for svc in admin.status().services for r in svc.releases), 60,
-                       "retrieval to refuse the bad release")
+            wait_until(
+                lambda: any(
+                    r.release_id == r3 and r.state == "failed" for svc in admin.status().services for r in svc.releases
+                ),
+                60,
+                "retrieval to refuse the bad release",
+            )
             with pytest.raises(grpc.RpcError) as refused:
                 admin.promote(r3)
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -182,12 +217,21 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
     steady = load.between(0, marks["publish"])
     swaps = load.between(marks["publish"], marks["end"])
     duration = samples[-1].at - samples[0].at
-    print(json.dumps({
-        "requests": len(samples), "rps": round(len(samples) / duration, 1), "clients": CLIENTS,
-        "failed": len(failures), "split_users": len(by_user), "candidate_user_share": round(user_share, 3),
-        "candidate_request_share": round(request_share, 3),
-        "p50_ms_steady": round(float(np.percentile([s.latency_ms for s in steady], 50)), 1),
-        "p99_ms_steady": round(p99(steady), 1), "p99_ms_during_swaps": round(p99(swaps), 1),
-        "rss_mb_one_release": {k: round(v) for k, v in rss_one_release.items()},
-        "peak_rss_mb": {k: round(v[1]) for k, v in memory.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "requests": len(samples),
+                "rps": round(len(samples) / duration, 1),
+                "clients": CLIENTS,
+                "failed": len(failures),
+                "split_users": len(by_user),
+                "candidate_user_share": round(user_share, 3),
+                "candidate_request_share": round(request_share, 3),
+                "p50_ms_steady": round(float(np.percentile([s.latency_ms for s in steady], 50)), 1),
+                "p99_ms_steady": round(p99(steady), 1),
+                "p99_ms_during_swaps": round(p99(swaps), 1),
+                "rss_mb_one_release": {k: round(v) for k, v in rss_one_release.items()},
+                "peak_rss_mb": {k: round(v[1]) for k, v in memory.items()},
+            }
+        )
+    )

@@ -6,22 +6,23 @@ import json
 import shutil
 from pathlib import Path
 
+from funnel.tf import tf
+
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from funnel.artifacts import read_seen
 from funnel.errors import ReleaseError
-from funnel.release import INDEX_DIR, ArtifactStore
-from funnel.service import release_manager
-from funnel.tf import tf
+from funnel.release.files import read_seen
+from funnel.release.ranking import RankingRelease, RankQuery
+from funnel.release.retrieval import RetrievalRelease
+from funnel.release.store import INDEX_DIR, ArtifactStore
+from funnel.serving.service import release_manager
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from ranking_service.core import RankingRelease, RankQuery
 from ranking_service.server import RankingConfig
 from ranking_service.server import create_server as create_ranking_server
-from retrieval_service.core import RetrievalRelease
 from retrieval_service.server import RetrievalConfig
 from retrieval_service.server import create_server as create_retrieval_server
 from tests.conftest import RELEASE, clone_release
@@ -52,9 +53,15 @@ def ranking(artifact_root):
 
 
 def retrieve(stub, user_id="1", n=50, exclude_seen=True, release_id=RELEASE):
-    return stub.Retrieve(retrieval_pb2.RetrieveRequest(
-        release_id=release_id, user=common_pb2.UserContext(user_id=user_id), num_candidates=n,
-        exclude_seen=exclude_seen), timeout=10)
+    return stub.Retrieve(
+        retrieval_pb2.RetrieveRequest(
+            release_id=release_id,
+            user=common_pb2.UserContext(user_id=user_id),
+            num_candidates=n,
+            exclude_seen=exclude_seen,
+        ),
+        timeout=10,
+    )
 
 
 def test_retrieve_excludes_seen_items(retrieval, artifact_root) -> None:
@@ -93,8 +100,12 @@ def test_retrieve_bad_input(retrieval, kwargs, code, message) -> None:
 
 
 def rank(stub, user_id: str, items: list[int], history: list[int] = ()) -> ranking_pb2.RankResponse:
-    return stub.Rank(ranking_pb2.RankRequest(release_id=RELEASE, item_ids=items, user=common_pb2.UserContext(
-        user_id=user_id, history_item_ids=history)), timeout=10)
+    return stub.Rank(
+        ranking_pb2.RankRequest(
+            release_id=RELEASE, item_ids=items, user=common_pb2.UserContext(user_id=user_id, history_item_ids=history)
+        ),
+        timeout=10,
+    )
 
 
 def test_rank_scores_match_the_saved_model_with_the_stored_history(ranking, artifact_root) -> None:
@@ -103,8 +114,9 @@ def test_rank_scores_match_the_saved_model_with_the_stored_history(ranking, arti
     path = ArtifactStore(artifact_root).release_dir(RELEASE)
     scorer = tf.saved_model.load(str(path / "ranker")).signatures["serving_default"]
     history = read_seen(path).get("1")
-    expected = scorer(user_id=tf.constant(["1"]), history=tf.constant(history[None, :]),
-                      item_id=tf.constant([items], tf.int64))["score"].numpy()
+    expected = scorer(
+        user_id=tf.constant(["1"]), history=tf.constant(history[None, :]), item_id=tf.constant([items], tf.int64)
+    )["score"].numpy()
     assert response.release_id == RELEASE
     np.testing.assert_allclose(response.scores, expected.reshape(-1), rtol=1e-5)
 
@@ -124,9 +136,12 @@ def test_a_history_personalises_ranking_for_a_user_the_release_does_not_know(ran
 
 
 def test_retrieve_with_a_history_of_only_unknown_items_is_cold_start(retrieval) -> None:
-    request = retrieval_pb2.RetrieveRequest(release_id=RELEASE, num_candidates=10, exclude_seen=True,
-                                            user=common_pb2.UserContext(user_id="no-such-user",
-                                                                        history_item_ids=[999991, 999992]))
+    request = retrieval_pb2.RetrieveRequest(
+        release_id=RELEASE,
+        num_candidates=10,
+        exclude_seen=True,
+        user=common_pb2.UserContext(user_id="no-such-user", history_item_ids=[999991, 999992]),
+    )
     response = retrieval[0].Retrieve(request, timeout=10)
     assert response.cold_start and len(response.item_ids) == 10
     request.user.history_item_ids.append(50)  # one known item makes it personal
@@ -135,14 +150,18 @@ def test_retrieve_with_a_history_of_only_unknown_items_is_cold_start(retrieval) 
 
 @pytest.mark.parametrize(
     "items, message",
-    [([], "item_ids length must be between 1 and 1000, got 0"),
-     ([1, 999999], "unknown: [999999]"),
-     (list(range(1, 1002)), "got 1001")],
+    [
+        ([], "item_ids length must be between 1 and 1000, got 0"),
+        ([1, 999999], "unknown: [999999]"),
+        (list(range(1, 1002)), "got 1001"),
+    ],
 )
 def test_rank_bad_items(ranking, items, message) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        ranking[0].Rank(ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id="1"),
-                                                item_ids=items), timeout=10)
+        ranking[0].Rank(
+            ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id="1"), item_ids=items),
+            timeout=10,
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
 
 
@@ -151,8 +170,10 @@ def test_release_not_held_is_failed_precondition(ranking, artifact_root) -> None
     if not store.exists("test-unloaded"):
         clone_release(store, RELEASE, "test-unloaded", lambda d: None)
     with pytest.raises(grpc.RpcError) as info:
-        ranking[0].Rank(ranking_pb2.RankRequest(release_id="test-unloaded", user=common_pb2.UserContext(user_id="1"),
-                                                item_ids=[1]), timeout=10)
+        ranking[0].Rank(
+            ranking_pb2.RankRequest(release_id="test-unloaded", user=common_pb2.UserContext(user_id="1"), item_ids=[1]),
+            timeout=10,
+        )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not loaded" in info.value.details()
 
 
@@ -185,29 +206,50 @@ def test_health_reflection_and_status(retrieval) -> None:
 
 def test_batches_answer_like_single_calls(retrieval, ranking) -> None:
     users = ["1", "2", "no-such-user", "3"]
-    batch = retrieval[0].RetrieveBatch(retrieval_pb2.RetrieveBatchRequest(release_id=RELEASE, queries=[
-        retrieval_pb2.RetrieveQuery(user=common_pb2.UserContext(user_id=u), num_candidates=20 + i,
-                                    exclude_seen=i % 2 == 0)
-        for i, u in enumerate(users)]), timeout=10)
+    batch = retrieval[0].RetrieveBatch(
+        retrieval_pb2.RetrieveBatchRequest(
+            release_id=RELEASE,
+            queries=[
+                retrieval_pb2.RetrieveQuery(
+                    user=common_pb2.UserContext(user_id=u), num_candidates=20 + i, exclude_seen=i % 2 == 0
+                )
+                for i, u in enumerate(users)
+            ],
+        ),
+        timeout=10,
+    )
     assert batch.release_id == RELEASE and len(batch.results) == len(users)
     for i, (user, result) in enumerate(zip(users, batch.results)):
         single = retrieve(retrieval[0], user_id=user, n=20 + i, exclude_seen=i % 2 == 0)
         assert list(result.item_ids) == list(single.item_ids) and result.cold_start == single.cold_start
         np.testing.assert_allclose(result.scores, single.scores, rtol=1e-5)
-    ranked = ranking[0].RankBatch(ranking_pb2.RankBatchRequest(release_id=RELEASE, queries=[
-        ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=u), item_ids=list(r.item_ids)[:10])
-        for u, r in zip(users, batch.results)]), timeout=10)
+    ranked = ranking[0].RankBatch(
+        ranking_pb2.RankBatchRequest(
+            release_id=RELEASE,
+            queries=[
+                ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id=u), item_ids=list(r.item_ids)[:10])
+                for u, r in zip(users, batch.results)
+            ],
+        ),
+        timeout=10,
+    )
     for user, r, result in zip(users, batch.results, ranked.results):
-        single = ranking[0].Rank(ranking_pb2.RankRequest(release_id=RELEASE, user=common_pb2.UserContext(user_id=user),
-                                                         item_ids=list(r.item_ids)[:10]), timeout=10)
+        single = ranking[0].Rank(
+            ranking_pb2.RankRequest(
+                release_id=RELEASE, user=common_pb2.UserContext(user_id=user), item_ids=list(r.item_ids)[:10]
+            ),
+            timeout=10,
+        )
         np.testing.assert_allclose(result.scores, single.scores, rtol=1e-5)
 
 
 def test_batch_limits(retrieval, ranking) -> None:
     with pytest.raises(grpc.RpcError) as info:
         retrieval[0].RetrieveBatch(retrieval_pb2.RetrieveBatchRequest(release_id=RELEASE), timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "queries length must be between 1 and 128" \
-        in info.value.details()
+    assert (
+        info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "queries length must be between 1 and 128" in info.value.details()
+    )
     query = ranking_pb2.RankQuery(user=common_pb2.UserContext(user_id="1"), item_ids=[1])
     with pytest.raises(grpc.RpcError) as info:
         ranking[0].RankBatch(ranking_pb2.RankBatchRequest(release_id=RELEASE, queries=[query] * 129), timeout=10)
@@ -217,8 +259,12 @@ def test_batch_limits(retrieval, ranking) -> None:
 class _V1Ranker(tf.Module):
     """The ranker signature before rankers read history: (user_id [N], item_id [N]) pairs -> score, rating [N]."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
-                                  tf.TensorSpec([None], tf.int64, name="item_id")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="user_id"),
+            tf.TensorSpec([None], tf.int64, name="item_id"),
+        ]
+    )
     def serve(self, user_id: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
         score = tf.cast(item_id, tf.float32) + tf.cast(tf.strings.length(user_id), tf.float32)
         return {"score": score, "rating": tf.fill(tf.shape(score), 3.0)}

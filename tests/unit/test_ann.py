@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from funnel.ann import SearchParams, search
 from funnel.errors import ReleaseError
+from funnel.release.ann import SearchParams, search
 
 
 class RecordingSearcher:
@@ -38,8 +38,16 @@ def test_tuned_settings_scale_the_rescoring_with_k() -> None:
     assert SearchParams.from_index_meta({"search": params.to_json()}) == params
 
 
-@pytest.mark.parametrize("raw", [{"leaves_to_search": 0, "reorder_factor": 2}, {"leaves_to_search": 5,
-                                 "reorder_factor": 0.5}, {"leaves_to_search": "50"}, [50, 2], "fast"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"leaves_to_search": 0, "reorder_factor": 2},
+        {"leaves_to_search": 5, "reorder_factor": 0.5},
+        {"leaves_to_search": "50"},
+        [50, 2],
+        "fast",
+    ],
+)
 def test_malformed_settings_refuse_the_release(raw: object) -> None:
     with pytest.raises(ReleaseError, match="index.json: expected search"):
         SearchParams.from_index_meta({"search": raw})

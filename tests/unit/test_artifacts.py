@@ -5,17 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
-from funnel.artifacts import (Histories, IdIndex, read_catalog, read_popularity, read_seen, write_catalog,
-                              write_popularity, write_seen)
-from funnel.data import Items
+from funnel.data.loaders import Items
+from funnel.release.files import (
+    Histories,
+    IdIndex,
+    read_catalog,
+    read_popularity,
+    read_seen,
+    write_catalog,
+    write_popularity,
+    write_seen,
+)
 
 
 def test_catalog_round_trip(tmp_path: Path) -> None:
-    items = Items(np.array([7, 3], dtype=np.int64), ("Heat", "Ran"), np.array([1995, 0], dtype=np.int32),
-                  (("Action", "Crime"), ()))
+    items = Items(
+        np.array([7, 3], dtype=np.int64),
+        ("Heat", "Ran"),
+        np.array([1995, 0], dtype=np.int32),
+        (("Action", "Crime"), ()),
+    )
     write_catalog(tmp_path, items)
     catalog = read_catalog(tmp_path)
     assert catalog[7].title == "Heat" and catalog[7].genres == ("Action", "Crime") and catalog[3].year == 0
@@ -43,10 +54,13 @@ def test_popularity_order_ties_and_exclusion(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores, [2 / 3, 1 / 3], rtol=1e-6)
 
 
-@pytest.mark.parametrize("ids", [
-    np.array([5, 0, 9, 2], dtype=np.int64),  # small non-negative ids: the dense table
-    np.array([5, -3, 10**12, 2], dtype=np.int64),  # negative and huge ids: binary search
-])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([5, 0, 9, 2], dtype=np.int64),  # small non-negative ids: the dense table
+        np.array([5, -3, 10**12, 2], dtype=np.int64),  # negative and huge ids: binary search
+    ],
+)
 def test_id_index_gives_each_ids_row_and_minus_one_for_the_rest(ids: np.ndarray) -> None:
     index = IdIndex(ids)
     asked = np.concatenate([ids[::-1], [1, 11, -1, 10**13, -(10**13)]])

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from funnel.data import Interactions
+from funnel.data.loaders import Interactions
 from trainer.baselines import (
     EvalSet,
     hit_rates,
@@ -32,16 +32,27 @@ from trainer.tuning import (
 GROUP_ITEMS = 12  # planted: items 1..12 are group 0, 13..24 group 1; each user rates 10 of their group's items
 CATALOG = np.arange(1, 2 * GROUP_ITEMS + 1, dtype=np.int64)
 GOOD_REGULARIZATION = 10.0  # the fake factorizer's only setting that scores a user's own group first
-SMALL = Grids(ease_lambdas=(1.0, 10.0), knn_neighbors=(2, None), knn_shrinks=(0.0,), ials_factors=(2,),
-              ials_regularizations=(0.1, 1.0, GOOD_REGULARIZATION), ials_alphas=(1.0,), ials_iterations=3)  # fmt: skip
+SMALL = Grids(
+    ease_lambdas=(1.0, 10.0),
+    knn_neighbors=(2, None),
+    knn_shrinks=(0.0,),
+    ials_factors=(2,),
+    ials_regularizations=(0.1, 1.0, GOOD_REGULARIZATION),
+    ials_alphas=(1.0,),
+    ials_iterations=3,
+)
 
 
 def _interactions(rows: list[tuple[str, int]]) -> Interactions:
     """One interaction per (user, item), timestamps in list order."""
     users, items = zip(*rows, strict=True)
     n = len(rows)
-    return Interactions(np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
-                        np.full(n, 3.0, dtype=np.float32), np.arange(n, dtype=np.int64))  # fmt: skip
+    return Interactions(
+        np.array(users, dtype=np.str_),
+        np.array(items, dtype=np.int64),
+        np.full(n, 3.0, dtype=np.float32),
+        np.arange(n, dtype=np.int64),
+    )
 
 
 def _planted(users_per_group: int = 6, seed: int = 0) -> Interactions:
@@ -126,15 +137,21 @@ def test_tuning_picks_the_best_setting_on_validation_and_never_reads_the_test_pa
     calls: list = []
     fake = _fake_factorizer(calls)
     good, bad = ({"factors": 2, "regularization": r, "alpha": 1.0, "iterations": 3} for r in (GOOD_REGULARIZATION, 1.0))
-    on_test = {r["regularization"]: rank_by_scores(baseline_scorer("ials", r, train, data, factorize=fake), data).unseen
-               for r in (good, bad)}  # fmt: skip
+    on_test = {
+        r["regularization"]: rank_by_scores(baseline_scorer("ials", r, train, data, factorize=fake), data).unseen
+        for r in (good, bad)
+    }
     assert (on_test[1.0] < on_test[GOOD_REGULARIZATION]).all()
 
     records = tune_baselines(train, CATALOG, grids=SMALL, factorize=fake)
     assert records["ials"]["params"] == good and records["ials"]["validation_recall_at_10"] == 1.0
     fit, validation = validation_carve(train, CATALOG)
-    recalls = [hit_rates(rank_by_scores(baseline_scorer("ease", {"lam": lam}, fit, validation), validation, 10).unseen,
-                         [10])[10] for lam in SMALL.ease_lambdas]  # fmt: skip
+    recalls = [
+        hit_rates(rank_by_scores(baseline_scorer("ease", {"lam": lam}, fit, validation), validation, 10).unseen, [10])[
+            10
+        ]
+        for lam in SMALL.ease_lambdas
+    ]
     assert records["ease"]["validation_recall_at_10"] == max(recalls)
 
     calls.clear()
@@ -153,8 +170,12 @@ def test_cold_users_get_popularity_scores():
     cold = int(np.flatnonzero(data.users == "newcomer")[0])
     assert data.cold[cold] and data.cold.sum() == 1
     counts = popularity_counts(train, CATALOG)
-    params = {"popularity": {}, "item_knn": {"neighbors": 5, "shrink": 0.0}, "ease": {"lam": 10.0},
-              "ials": {"factors": 2, "regularization": GOOD_REGULARIZATION, "alpha": 1.0, "iterations": 3}}  # fmt: skip
+    params = {
+        "popularity": {},
+        "item_knn": {"neighbors": 5, "shrink": 0.0},
+        "ease": {"lam": 10.0},
+        "ials": {"factors": 2, "regularization": GOOD_REGULARIZATION, "alpha": 1.0, "iterations": 3},
+    }
     for name in BASELINES:
         scores = baseline_scorer(name, params[name], train, data, factorize=_fake_factorizer([]))(np.arange(2))
         np.testing.assert_array_equal(scores[cold], counts, err_msg=name)

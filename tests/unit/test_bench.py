@@ -21,7 +21,7 @@ from bench.loadgen import Part, Target, closed_loop, merge, percentile, run_load
 from bench.profile import summarize
 from bench.run import alternating, goals
 from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
-from funnel.stack import pinned_layout
+from funnel.cli.stack import pinned_layout
 
 SMALL = SyntheticConfig(items=2_000, users=300, interactions_per_user=15, clusters=10, seed=7)
 
@@ -76,8 +76,17 @@ def test_build_spec_key_follows_every_parameter() -> None:
     spec = BuildSpec(items=1_000)
     assert spec.key() == BuildSpec(items=1_000).key()
     assert spec.release_id() == f"bench-{spec.key()}"
-    assert len({spec.key(), BuildSpec(items=1_001).key(), BuildSpec(items=1_000, seed=1).key(),
-                BuildSpec(items=1_000, retrieval_epochs=4).key()}) == 4
+    assert (
+        len(
+            {
+                spec.key(),
+                BuildSpec(items=1_001).key(),
+                BuildSpec(items=1_000, seed=1).key(),
+                BuildSpec(items=1_000, retrieval_epochs=4).key(),
+            }
+        )
+        == 4
+    )
 
 
 # ------------------------------------------------------------------------------------ percentiles and merging
@@ -96,8 +105,9 @@ def test_percentile_is_nearest_rank() -> None:
 
 def test_merge_pools_latencies_sums_errors_and_flags() -> None:
     a = Part([3.0, 1.0], Counter({"UNAVAILABLE": 1}), {"retrieval_ms": [1.0, 2.0]}, Counter({"degraded": 1}), 2.0)
-    b = Part([2.0, 4.0, 5.0], Counter({"UNAVAILABLE": 2, "DEADLINE_EXCEEDED": 1}), {"retrieval_ms": [3.0]},
-             Counter(), 2.0)
+    b = Part(
+        [2.0, 4.0, 5.0], Counter({"UNAVAILABLE": 2, "DEADLINE_EXCEEDED": 1}), {"retrieval_ms": [3.0]}, Counter(), 2.0
+    )
     result = merge([a, b], concurrency=8)
     np.testing.assert_array_equal(result.latencies_ms, [1, 2, 3, 4, 5])
     assert result.requests == 5 and result.duration == 2.0 and result.rps == 2.5
@@ -125,6 +135,7 @@ def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window
         def code(self):  # noqa: ANN202  (looks like grpc.RpcError.code())
             class Code:
                 name = "UNAVAILABLE"
+
             return Code()
 
     def make_call(thread: int):  # noqa: ANN202
@@ -133,6 +144,7 @@ def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window
             if n % 4 == 3:
                 raise Refused()
             return {"retrieval_ms": 1.5, "degraded": n % 2 == 1}
+
         return call
 
     part = closed_loop(make_call, threads=3, duration=0.3)
@@ -145,9 +157,18 @@ def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window
 
 
 def test_goals_compare_the_headline_figures() -> None:
-    record = {"catalog_items": 1_000_000, "concurrency": 16, "e2e_rps": 500.0, "echo_rps": 1_400.0,
-              "e2e_p99_ms": 19.0, "e2e_errors": 0, "tfrs_bruteforce_rps": 90.0, "tfrs_scann_rps": 400.0,
-              "ann_recall_at_100": 0.96, "load_time_s": 31.0}
+    record = {
+        "catalog_items": 1_000_000,
+        "concurrency": 16,
+        "e2e_rps": 500.0,
+        "echo_rps": 1_400.0,
+        "e2e_p99_ms": 19.0,
+        "e2e_errors": 0,
+        "tfrs_bruteforce_rps": 90.0,
+        "tfrs_scann_rps": 400.0,
+        "ann_recall_at_100": 0.96,
+        "load_time_s": 31.0,
+    }
     result = goals(record)
     assert result["applies"] is True
     assert result["e2e_rps >= 0.33 x echo_rps"]["met"] and result["e2e_p99_ms <= 20"]["met"]
@@ -159,11 +180,19 @@ def test_goals_compare_the_headline_figures() -> None:
 
 
 def test_goals_also_judge_the_side_by_side_means_when_measured() -> None:
-    record = {"catalog_items": 1_000_000, "concurrency": 16, "e2e_rps": 500.0, "echo_rps": 1_400.0,
-              "e2e_p99_ms": 19.0, "e2e_errors": 0, "tfrs_bruteforce_rps": 90.0, "tfrs_scann_rps": 400.0,
-              "ann_recall_at_100": 0.96, "load_time_s": 20.0,
-              "side_by_side": {"e2e_rps": 450.0, "echo_rps": 1_500.0, "tfrs_bruteforce_rps": 100.0,
-                               "tfrs_scann_rps": 290.0}}
+    record = {
+        "catalog_items": 1_000_000,
+        "concurrency": 16,
+        "e2e_rps": 500.0,
+        "echo_rps": 1_400.0,
+        "e2e_p99_ms": 19.0,
+        "e2e_errors": 0,
+        "tfrs_bruteforce_rps": 90.0,
+        "tfrs_scann_rps": 400.0,
+        "ann_recall_at_100": 0.96,
+        "load_time_s": 20.0,
+        "side_by_side": {"e2e_rps": 450.0, "echo_rps": 1_500.0, "tfrs_bruteforce_rps": 100.0, "tfrs_scann_rps": 290.0},
+    }
     result = goals(record)
     assert not result["e2e_rps >= 1.5 x tfrs_scann_rps"]["met"]  # the sequential figures: 1.25
     assert result["side by side: e2e_rps >= 1.5 x tfrs_scann_rps"] == {"value": 1.552, "met": True}
@@ -223,7 +252,9 @@ def test_side_by_side_order_loads_every_variant_each_round_alternating_which_goe
 def test_compared_variants_default_to_the_two_layouts_and_parse_name_layout_and_settings() -> None:
     assert parse_variants(None) == DEFAULT_VARIANTS == (Variant("shared", "shared"), Variant("pinned", "pinned"))
     assert parse_variants([["now", "pinned"], ["wide", "pinned", "FUNNEL_MAX_IN_FLIGHT=2", "X=a=b"]]) == (
-        Variant("now", "pinned"), Variant("wide", "pinned", {"FUNNEL_MAX_IN_FLIGHT": "2", "X": "a=b"}))
+        Variant("now", "pinned"),
+        Variant("wide", "pinned", {"FUNNEL_MAX_IN_FLIGHT": "2", "X": "a=b"}),
+    )
     with pytest.raises(ValueError, match="expected a layout in"):
         parse_variants([["a", "tight"], ["b", "pinned"]])
     with pytest.raises(ValueError, match="expected ENV=VALUE settings, got \\['=1', 'FLAG'\\]"):
@@ -237,19 +268,23 @@ def test_compared_variants_default_to_the_two_layouts_and_parse_name_layout_and_
 
 
 def test_load_generator_counts_failures_by_status() -> None:
-    result = run_load(Target("echo", "127.0.0.1:1", payload=b"x", timeout=0.2), concurrency=1, duration=0.5,
-                      processes=1, warmup=0)
-    assert result.requests == 0 and result.errors >= 1 and set(result.error_codes) <= {"UNAVAILABLE",
-                                                                                       "DEADLINE_EXCEEDED"}
+    result = run_load(
+        Target("echo", "127.0.0.1:1", payload=b"x", timeout=0.2), concurrency=1, duration=0.5, processes=1, warmup=0
+    )
+    assert (
+        result.requests == 0 and result.errors >= 1 and set(result.error_codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    )
 
 
 def test_profile_summary_counts_self_and_inclusive_samples_per_frame() -> None:
-    collapsed = "\n".join([
-        "process 1;thread 7;serve (a.py:1);score (b.py:2) 6",
-        "process 1;thread 8;serve (a.py:1);parse (c.py:3) 3",
-        "process 1;thread 8;serve (a.py:1) 1",
-        "garbage line",
-    ])
+    collapsed = "\n".join(
+        [
+            "process 1;thread 7;serve (a.py:1);score (b.py:2) 6",
+            "process 1;thread 8;serve (a.py:1);parse (c.py:3) 3",
+            "process 1;thread 8;serve (a.py:1) 1",
+            "garbage line",
+        ]
+    )
     summary = summarize(collapsed, top=2)
     assert summary["samples"] == 10
     assert summary["self"] == [("score (b.py:2)", 0.6), ("parse (c.py:3)", 0.3)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from funnel import cli, stack
-from funnel.stack import CpuLayout
+from funnel.cli import main as cli
+from funnel.cli import stack
+from funnel.cli.stack import CpuLayout
 
 
 def test_the_pinned_layout_gives_the_gateway_the_front_cpu_and_the_stages_the_rest() -> None:
@@ -16,7 +17,8 @@ def test_the_pinned_layout_gives_the_gateway_the_front_cpu_and_the_stages_the_re
 
 
 def test_up_refuses_the_pinned_layout_on_one_cpu_before_training_or_starting_anything(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0})
     monkeypatch.setattr(stack, "start_stack", lambda *a, **k: pytest.fail("started services"))
     monkeypatch.setattr(cli, "_train_stable", lambda *a, **k: pytest.fail("trained a release"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from funnel.config import ConfigError, parse_config
+from funnel.serving.config import ConfigError, parse_config
 from gateway.server import GatewayConfig
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funnel import data, datasets
+from funnel.data import loaders as data
+from funnel.data import movielens as datasets
 from funnel.errors import DataError
 
 RECBOLE_INTER = (

@@ -1,4 +1,4 @@
-"""Unit tests for funnel.datasets: fetching, verifying and caching MovieLens 100K from the recbole wheel."""
+"""Unit tests for funnel.data.movielens: fetching, verifying and caching MovieLens 100K from the recbole wheel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from funnel import data, datasets
+from funnel.data import loaders as data
+from funnel.data import movielens as datasets
 from funnel.errors import DataError
 
 FAKE_FILES = {"ml-100k.inter": b"inter\n", "ml-100k.item": b"item\n", "ml-100k.user": b"user\n"}

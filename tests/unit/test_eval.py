@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from funnel.data import Interactions
+from funnel.data.loaders import Interactions
 from tests.unit.test_trainer import synthetic_dataset
 from trainer import baselines
 from trainer import eval as evaluation
@@ -31,9 +31,11 @@ from trainer.tuning import Grids
 def _interactions(users: list[str], items: list[int], ratings: list[float] | None = None) -> Interactions:
     n = len(users)
     return Interactions(
-        np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
-        np.array(ratings or [3.0] * n, dtype=np.float32), np.arange(n, dtype=np.int64),
-    )  # fmt: skip
+        np.array(users, dtype=np.str_),
+        np.array(items, dtype=np.int64),
+        np.array(ratings or [3.0] * n, dtype=np.float32),
+        np.arange(n, dtype=np.int64),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -138,8 +140,9 @@ def test_temporal_split_trains_on_the_past_with_ties_in_file_order():
 
 def test_make_split_dispatches_by_name():
     interactions = _interactions(["a"] * 10, list(range(10)))
-    interactions = Interactions(interactions.user_ids, interactions.item_ids, interactions.ratings,
-                                np.arange(10)[::-1].copy())  # fmt: skip
+    interactions = Interactions(
+        interactions.user_ids, interactions.item_ids, interactions.ratings, np.arange(10)[::-1].copy()
+    )
     for got, want in zip(make_split("seeds", interactions, seed=5), seeds_split(10, seed=5)):
         assert got.tolist() == want.tolist()
     train, test = make_split("temporal", interactions)
@@ -177,14 +180,30 @@ def _svd_factors(history, *, factors, regularization, alpha, iterations, seed):
 def test_eval_prints_the_recent_metrics_with_seeds_nested_and_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "load_dataset", lambda spec, cache_dir: synthetic_dataset())
     monkeypatch.setattr(evaluation, "BASELINE_FACTORIZER", _svd_factors)
-    monkeypatch.setattr(evaluation, "BASELINE_GRIDS", Grids(ease_lambdas=(10.0, 100.0), knn_neighbors=(10, None),
-                                                            knn_shrinks=(0.0,), ials_factors=(4, 8),
-                                                            ials_regularizations=(1.0,), ials_alphas=(1.0,)))
+    monkeypatch.setattr(
+        evaluation,
+        "BASELINE_GRIDS",
+        Grids(
+            ease_lambdas=(10.0, 100.0),
+            knn_neighbors=(10, None),
+            knn_shrinks=(0.0,),
+            ials_factors=(4, 8),
+            ials_regularizations=(1.0,),
+            ials_alphas=(1.0,),
+        ),
+    )
     out = tmp_path / "report"
     assert evaluation.main(["--out", str(out), "--cache-dir", str(tmp_path), "--epochs", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    keys = {"ranking_rmse", "retrieval_top100_incl_seen", "recall_at_100", "recall_at_10", "pipeline_recall_at_10",
-            "pipeline_ndcg_at_10", "pipeline_by_history_recall_at_10"}
+    keys = {
+        "ranking_rmse",
+        "retrieval_top100_incl_seen",
+        "recall_at_100",
+        "recall_at_10",
+        "pipeline_recall_at_10",
+        "pipeline_ndcg_at_10",
+        "pipeline_by_history_recall_at_10",
+    }
     baselines = ("popularity", "item_knn", "ease", "ials")
     baseline_keys = {f"{b}_{m}" for b in baselines for m in ("recall_at_10", "recall_at_100", "ndcg_at_10")}
     for metrics, split in ((result, "recent"), (result["seeds"], "seeds")):
@@ -201,10 +220,12 @@ def test_eval_prints_the_recent_metrics_with_seeds_nested_and_writes_the_report(
         assert metrics["ranking_rmse"] > 0 and metrics["baselines"]["global_mean_rmse"] > 0
         assert set(metrics["baseline_tuning"]) == set(baselines)
         best = metrics["best_baseline"]
-        assert metrics["baselines"][f"{best}_recall_at_10"] == max(metrics["baselines"][f"{b}_recall_at_10"]
-                                                                   for b in baselines)  # fmt: skip
+        assert metrics["baselines"][f"{best}_recall_at_10"] == max(
+            metrics["baselines"][f"{b}_recall_at_10"] for b in baselines
+        )
         assert metrics["pipeline_vs_best_recall_at_10"] == pytest.approx(
-            metrics["pipeline_recall_at_10"] / metrics["baselines"][f"{best}_recall_at_10"], abs=2e-3)
+            metrics["pipeline_recall_at_10"] / metrics["baselines"][f"{best}_recall_at_10"], abs=2e-3
+        )
     assert result["cold_test_users"] == 0  # every user keeps their earlier 80% in training
     assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "recall_at_k.png", "training_curves.png"}
     assert json.loads((out / "metrics.json").read_text()) == result

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funnel.artifacts import Histories, write_catalog, write_popularity, write_seen
-from funnel.data import Items
+from funnel.data.loaders import Items
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound, ReleaseError, Unavailable
-from funnel.release import ArtifactStore, RolloutState
-from funnel.scoring import blend, retrieval_weight
-from funnel.serving import ReleaseManager
+from funnel.release.files import Histories, write_catalog, write_popularity, write_seen
+from funnel.release.scoring import blend, retrieval_weight
+from funnel.release.store import ArtifactStore, RolloutState
+from funnel.serving.manager import ReleaseManager
 from gateway.admin import Admin
 from gateway.core import (
     Gateway,
@@ -24,8 +24,12 @@ from gateway.core import (
     StageUnavailable,
 )
 
-ITEMS = Items(item_ids=np.arange(1, 7, dtype=np.int64), titles=tuple(f"Film {i}" for i in range(1, 7)),
-              years=np.full(6, 1999, dtype=np.int32), genres=tuple(("Drama",) for _ in range(6)))
+ITEMS = Items(
+    item_ids=np.arange(1, 7, dtype=np.int64),
+    titles=tuple(f"Film {i}" for i in range(1, 7)),
+    years=np.full(6, 1999, dtype=np.int32),
+    genres=tuple(("Drama",) for _ in range(6)),
+)
 
 
 def publish_release(store: ArtifactStore, release_id: str, config: dict | None = None) -> None:
@@ -38,8 +42,9 @@ def publish_release(store: ArtifactStore, release_id: str, config: dict | None =
 
 
 class FakeRetrieval:
-    def __init__(self, fail: bool = False, release_override: str = "", cold: bool = False,
-                 not_held: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, fail: bool = False, release_override: str = "", cold: bool = False, not_held: tuple[str, ...] = ()
+    ) -> None:
         self.fail, self.release_override, self.cold, self.not_held = fail, release_override, cold, not_held
         self.calls: list[tuple] = []
 
@@ -50,8 +55,9 @@ class FakeRetrieval:
         if self.fail:
             raise StageUnavailable("retrieval", "DEADLINE_EXCEEDED")
         ids = np.array([2, 3, 4, 5], dtype=np.int64)
-        return StageCandidates(self.release_override or release_id, ids,
-                               np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32), self.cold)
+        return StageCandidates(
+            self.release_override or release_id, ids, np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32), self.cold
+        )
 
 
 class FakeRanking:
@@ -117,8 +123,12 @@ def test_blend_standardizes_both_scores_and_weight_zero_keeps_the_rankers() -> N
     np.testing.assert_allclose(blend(ranker, retrieval, 0.5), z + 0.5 * -z, rtol=1e-6)
     np.testing.assert_array_equal(blend(np.array([4.0]), np.array([1.0]), 1.0), [0.0])  # one candidate: no spread
     assert retrieval_weight({"retrieval_weight": 1.5}) == 1.5
-    assert retrieval_weight({}) == retrieval_weight({"retrieval_weight": "x"}) == retrieval_weight(
-        {"retrieval_weight": -1}) == 0.0
+    assert (
+        retrieval_weight({})
+        == retrieval_weight({"retrieval_weight": "x"})
+        == retrieval_weight({"retrieval_weight": -1})
+        == 0.0
+    )
 
 
 def test_ranking_down_serves_retrieval_order_marked_degraded(releases) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import replace
-from pathlib import Path
+
+from funnel.tf import tf
 
 import numpy as np
 import pytest
 
-from funnel.data import Dataset, Interactions, Items, Users
-from funnel.release import SIDECAR
-from funnel.tf import tf
+from funnel.data.loaders import Dataset, Interactions, Items, Users
+from funnel.release.store import SIDECAR
 from trainer.ials import fit_ials, unseen_spread
 from trainer.models import Histories
 from trainer.ranking import RankingConfig, RankingModel, evaluate_rmse, export_ranker, predict, train_ranker
@@ -42,19 +42,26 @@ def synthetic_dataset() -> Dataset:
         items += [*ITEM_IDS[liked], *ITEM_IDS[other]]
         ratings += [*rng.choice([4.0, 5.0], 12), *rng.choice([1.0, 2.0], 3)]
     interactions = Interactions(
-        np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
-        np.array(ratings, dtype=np.float32), np.arange(len(users), dtype=np.int64),
-    )  # fmt: skip
+        np.array(users, dtype=np.str_),
+        np.array(items, dtype=np.int64),
+        np.array(ratings, dtype=np.float32),
+        np.arange(len(users), dtype=np.int64),
+    )
     catalog = Items(
-        ITEM_IDS, tuple(f"Item {i}" for i in ITEM_IDS), 1990 + (np.arange(NUM_ITEMS, dtype=np.int32) % 10),
+        ITEM_IDS,
+        tuple(f"Item {i}" for i in ITEM_IDS),
+        1990 + (np.arange(NUM_ITEMS, dtype=np.int32) % 10),
         tuple((f"Genre{g}",) for g in group_of_item(ITEM_IDS)),
-    )  # fmt: skip
+    )
     people = [f"user{u}" for u in range(NUM_USERS)] + [FRESH_USER]
     groups = [u % GROUPS for u in range(NUM_USERS)] + [1]
     users_table = Users(
-        np.array(people, dtype=np.str_), np.full(len(people), 30, dtype=np.int32),
-        tuple("MF"[g % 2] for g in groups), tuple(f"job{g}" for g in groups), tuple("00000" for _ in people),
-    )  # fmt: skip
+        np.array(people, dtype=np.str_),
+        np.full(len(people), 30, dtype=np.int32),
+        tuple("MF"[g % 2] for g in groups),
+        tuple(f"job{g}" for g in groups),
+        tuple("00000" for _ in people),
+    )
     return Dataset("synthetic", interactions, catalog, users_table)
 
 
@@ -79,14 +86,18 @@ def train_histories() -> Histories:
     return Histories(train.user_ids, train.item_ids, train.timestamps)
 
 
-def served(serve, user_ids: list[str] | np.ndarray, item_ids: list[int] | np.ndarray,
-           histories: Histories | None = None) -> dict[str, np.ndarray]:
+def served(
+    serve, user_ids: list[str] | np.ndarray, item_ids: list[int] | np.ndarray, histories: Histories | None = None
+) -> dict[str, np.ndarray]:
     """The exported ranker's outputs for (user, item) pairs, each pair a row of one candidate, each user with their
     items in ``histories`` (default: the fixture's training part) as history."""
     histories = train_histories() if histories is None else histories
     user_ids = np.asarray(user_ids).astype(str)
-    out = serve(user_id=tf.constant(user_ids, tf.string), history=tf.constant(histories.padded(user_ids)),
-                item_id=tf.constant(np.asarray(item_ids, dtype=np.int64)[:, None]))
+    out = serve(
+        user_id=tf.constant(user_ids, tf.string),
+        history=tf.constant(histories.padded(user_ids)),
+        item_id=tf.constant(np.asarray(item_ids, dtype=np.int64)[:, None]),
+    )
     return {key: value.numpy()[:, 0] for key, value in out.items()}
 
 
@@ -201,11 +212,14 @@ def test_export_serves_the_contract_and_the_models_numbers(trained):
     serve = trained["serve"]
     (_, inputs) = serve.structured_input_signature
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in inputs.items()} == {
-        "user_id": (tf.string, [None]), "history": (tf.int64, [None, None]), "item_id": (tf.int64, [None, None]),
-    }  # fmt: skip
+        "user_id": (tf.string, [None]),
+        "history": (tf.int64, [None, None]),
+        "item_id": (tf.int64, [None, None]),
+    }
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in serve.structured_outputs.items()} == {
-        "score": (tf.float32, [None, None]), "rating": (tf.float32, [None, None]),
-    }  # fmt: skip
+        "score": (tf.float32, [None, None]),
+        "rating": (tf.float32, [None, None]),
+    }
     test = trained["test"]
     out = served(serve, test.user_ids, test.item_ids)
     expected = predict(trained["model"], test.user_ids, test.item_ids)
@@ -285,9 +299,16 @@ def test_training_is_deterministic():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("embedding_dim", 0), ("epochs", 0), ("l2", -1.0), ("learning_rate", 0.0), ("optimizer", "sgd"),
-        ("ials_dim", 0), ("ials_weight", -0.5), ("ials_alpha", -1.0), ("ials_max_items", -1),
-    ],  # fmt: skip
+        ("embedding_dim", 0),
+        ("epochs", 0),
+        ("l2", -1.0),
+        ("learning_rate", 0.0),
+        ("optimizer", "sgd"),
+        ("ials_dim", 0),
+        ("ials_weight", -0.5),
+        ("ials_alpha", -1.0),
+        ("ials_max_items", -1),
+    ],
 )
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

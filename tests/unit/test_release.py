@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from funnel.errors import InvalidArgument, NotFound, ReleaseError
-from funnel.release import MANIFEST, ArtifactStore, RolloutState, validate_release_id
+from funnel.release.store import MANIFEST, ArtifactStore, RolloutState, validate_release_id
 
 
 def publish(store: ArtifactStore, release_id: str = "r1", files: dict[str, bytes] | None = None) -> str:

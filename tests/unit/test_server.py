@@ -1,4 +1,4 @@
-"""The shared rpc wrapper: domain errors keep their status, unknown errors become a generic INTERNAL; all are tallied."""
+"""The rpc wrapper: domain errors keep their status, unknown errors become a generic INTERNAL; all are tallied."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from funnel.errors import NotFound
-from funnel.server import REQUESTS, rpc
+from funnel.serving.server import REQUESTS, rpc
 
 
 class Aborted(Exception):

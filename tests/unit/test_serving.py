@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from funnel.errors import FailedPrecondition, NotFound, ReleaseError, Unavailable
-from funnel.release import ArtifactStore, Manifest
-from funnel.serving import FAILED, READY, ReleaseManager
+from funnel.release.store import ArtifactStore, Manifest
+from funnel.serving.manager import FAILED, READY, ReleaseManager
 from tests.unit.test_release import publish
 
 

@@ -13,8 +13,12 @@ STUBS = ROOT / "funnel" / "v1"
 
 def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     # A separate process: grpc_tools' protoc extension crashes when loaded beside TensorFlow's protobuf runtime.
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "run_codegen.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run_codegen.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     generated = sorted((tmp_path / "funnel" / "v1").iterdir())
     assert len(generated) == len(list(STUBS.glob("*_pb2*.py*"))) + 1, "a stub was added or removed: `make stubs`"
     stale = [p.name for p in generated if not filecmp.cmp(p, STUBS / p.name, shallow=False)]

@@ -6,29 +6,46 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from funnel.tf import tf
+
 import numpy as np
 import pytest
+import scann
 
-from funnel.ann import SearchParams
-from funnel.artifacts import read_seen
-from funnel.data import Dataset, Interactions, Items
-from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
-from funnel.tf import tf
-from trainer import evaluate
+from funnel.data.loaders import Dataset, Interactions, Items
+from funnel.release.ann import SearchParams
+from funnel.release.files import read_seen
+from funnel.release.store import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
+from trainer import evaluate, export
 from trainer.__main__ import parse_args
 from trainer.evaluate import embed_users, evaluate_release, factorized_top_k, recall_unseen
-from trainer import export
 from trainer.export import candidate_tower_fingerprint, export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig
-from trainer.index import (ITEM_IDS_FILE, IndexConfig, RecallTooLow, build_index, build_searcher, exact_top_k,
-                           measure_recall, search_ladder, tree_params, tune_search)
-from trainer.models import (Histories, QueryTower, RetrievalConfig, evaluate_retrieval, history_positions, item_tower,
-                            recency_bucket, train_retrieval)
+from trainer.index import (
+    ITEM_IDS_FILE,
+    IndexConfig,
+    RecallTooLow,
+    build_index,
+    build_searcher,
+    exact_top_k,
+    measure_recall,
+    search_ladder,
+    tree_params,
+    tune_search,
+)
+from trainer.models import (
+    Histories,
+    QueryTower,
+    RetrievalConfig,
+    evaluate_retrieval,
+    history_positions,
+    item_tower,
+    recency_bucket,
+    train_retrieval,
+)
 from trainer.pipeline import PipelineConfig, run
 from trainer.ranking import RankingConfig, evaluate_rmse, export_ranker, train_ranker
 from trainer.split import seeds_split
-
-import scann  # noqa: E402  (after funnel.tf)
 
 NUM_USERS, NUM_ITEMS, GROUPS = 60, 80, 4
 RANKING_CONFIG = RankingConfig(embedding_dim=8, batch_size=64, epochs=30, learning_rate=0.01)
@@ -57,13 +74,17 @@ def synthetic_dataset(later: int = 0) -> Dataset:
         ratings += [*rng.choice([4.0, 5.0], later)]
     n = len(users)
     interactions = Interactions(
-        np.array(users, dtype=np.str_), np.array(items, dtype=np.int64),
-        np.array(ratings, dtype=np.float32), np.arange(n, dtype=np.int64),
-    )  # fmt: skip
+        np.array(users, dtype=np.str_),
+        np.array(items, dtype=np.int64),
+        np.array(ratings, dtype=np.float32),
+        np.arange(n, dtype=np.int64),
+    )
     catalog = Items(
-        item_ids, tuple(f"Item {i}" for i in item_ids), np.full(NUM_ITEMS, 1999, dtype=np.int32),
+        item_ids,
+        tuple(f"Item {i}" for i in item_ids),
+        np.full(NUM_ITEMS, 1999, dtype=np.int32),
         tuple(("Drama",) for _ in item_ids),
-    )  # fmt: skip
+    )
     return Dataset("synthetic", interactions, catalog, None)
 
 
@@ -78,12 +99,18 @@ def trained():
     retrieval = train_retrieval(as_features(train), item_vocab, RETRIEVAL_CONFIG, verbose=False, histories=histories)
     ranking = train_ranker(train, data, RANKING_CONFIG, verbose=False)
     return {
-        "data": data, "train": train, "test": test, "user_vocab": user_vocab, "item_vocab": item_vocab,
-        "histories": histories, "retrieval": retrieval, "ranking": ranking,
+        "data": data,
+        "train": train,
+        "test": test,
+        "user_vocab": user_vocab,
+        "item_vocab": item_vocab,
+        "histories": histories,
+        "retrieval": retrieval,
+        "ranking": ranking,
         "top_k": evaluate_retrieval(retrieval, as_features(test), histories),
         "rmse": evaluate_rmse(ranking, test),
         "mean_rating_rmse": float(np.sqrt(np.mean((test.ratings - train.ratings.mean()) ** 2))),
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- split
@@ -173,7 +200,14 @@ def test_retrieval_training_is_deterministic_and_the_sampled_softmax_learns(trai
 
 def test_recency_weights_start_at_a_decay_by_place_from_the_end_and_training_sees_only_the_past():
     assert recency_bucket(tf.constant([0, 5, 31, 32, 63, 64, 10**6], tf.int64)).numpy().tolist() == [
-        0, 5, 31, 32, 35, 36, 63]  # fmt: skip
+        0,
+        5,
+        31,
+        32,
+        35,
+        36,
+        63,
+    ]
     tower = QueryTower(np.array([1, 2, 3], np.int64), replace(RETRIEVAL_CONFIG, recency_scale=10.0))
     weights = np.exp(tower.position_logits.numpy())
     np.testing.assert_allclose(weights[:3], np.exp(-np.arange(3) / 10.0), rtol=1e-6)
@@ -200,9 +234,13 @@ def test_histories_hold_each_users_distinct_items_padded_with_minus_one():
 
 @pytest.mark.parametrize(
     "change, expected",
-    [({"epochs": 0}, "expected epochs >= 1, got 0"), ({"history_dropout": 1.0}, "expected 0 <= history_dropout < 1"),
-     ({"hidden_dims": (0,)}, "expected positive hidden_dims"), ({"learning_rate": 0.0}, "expected learning_rate > 0")],
-)  # fmt: skip
+    [
+        ({"epochs": 0}, "expected epochs >= 1, got 0"),
+        ({"history_dropout": 1.0}, "expected 0 <= history_dropout < 1"),
+        ({"hidden_dims": (0,)}, "expected positive hidden_dims"),
+        ({"learning_rate": 0.0}, "expected learning_rate > 0"),
+    ],
+)
 def test_retrieval_config_rejects_bad_values(change, expected):
     with pytest.raises(ValueError, match=expected):
         RetrievalConfig(**change)
@@ -238,14 +276,24 @@ def test_query_tower_savedmodel_matches_keras_and_ignores_padding_and_unknown_it
     later = serve(user_id=users[2:3], history=tf.constant([[1009, 1012, 1015, 4]], dtype=tf.int64))["embedding"]
     assert not np.allclose(reordered.numpy(), out.numpy()[2:3]) and not np.allclose(later.numpy(), out.numpy()[2:3])
     plain = replace(RETRIEVAL_CONFIG, recency=False, epochs=1)  # the plain mean ignores order and unknown items
-    tower = train_retrieval({"user_id": trained["train"].user_ids, "item_id": trained["train"].item_ids},
-                            trained["item_vocab"], plain, verbose=False).query_tower  # fmt: skip
+    tower = train_retrieval(
+        {"user_id": trained["train"].user_ids, "item_id": trained["train"].item_ids},
+        trained["item_vocab"],
+        plain,
+        verbose=False,
+    ).query_tower
     mixed = tf.constant([[1003, 5, 1000, -1], [-1, 1006, 7, -1], [1015, 1009, 1012, 4]], dtype=tf.int64)
-    np.testing.assert_allclose(tower({"user_id": users[:3], "history": mixed}).numpy(),
-                               tower({"user_id": users[:3], "history": history}).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tower({"user_id": users[:3], "history": mixed}).numpy(),
+        tower({"user_id": users[:3], "history": history}).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert json.loads((tmp_path / "qt" / SIDECAR).read_text()) == {
-        "candidate_tower_fingerprint": "abc", "embedding_dim": DIM, "training_run": "run-1",
-    }  # fmt: skip
+        "candidate_tower_fingerprint": "abc",
+        "embedding_dim": DIM,
+        "training_run": "run-1",
+    }
 
 
 def test_candidate_tower_savedmodel_embeds_items_like_keras_and_records_its_fingerprint(trained, tmp_path):
@@ -260,8 +308,9 @@ def test_candidate_tower_savedmodel_embeds_items_like_keras_and_records_its_fing
     np.testing.assert_allclose(out.numpy(), tower(items).numpy(), rtol=1e-6)
     assert fingerprint == candidate_tower_fingerprint(tower)
     assert json.loads((tmp_path / "ct" / SIDECAR).read_text()) == {
-        "candidate_tower_fingerprint": fingerprint, "training_run": "run-3",
-    }  # fmt: skip
+        "candidate_tower_fingerprint": fingerprint,
+        "training_run": "run-3",
+    }
 
 
 def test_candidate_tower_fingerprint_tracks_the_weights():
@@ -292,10 +341,15 @@ def test_brute_force_index_is_exact_and_survives_a_rename(trained, tmp_path):
     queries = _query(retrieval, users.tolist(), [trained["histories"].get(u).tolist() for u in users])
     meta = build_index(tmp_path / "staging", item_vocab, items, queries, **RUN)
     assert meta == {
-        "candidate_tower_fingerprint": "fp", "num_items": NUM_ITEMS, "embedding_dim": DIM,
-        "distance": "dot_product", "searcher": "brute_force", "recall_at_100": 1.0, "training_run": "r",
+        "candidate_tower_fingerprint": "fp",
+        "num_items": NUM_ITEMS,
+        "embedding_dim": DIM,
+        "distance": "dot_product",
+        "searcher": "brute_force",
+        "recall_at_100": 1.0,
+        "training_run": "r",
         "search": {"leaves_to_search": None, "reorder_factor": None},
-    }  # fmt: skip
+    }
     (tmp_path / "staging").rename(tmp_path / "published")
     index_dir = tmp_path / "published"
     assert json.loads((index_dir / "index.json").read_text()) == meta
@@ -373,7 +427,12 @@ def _export_release(trained: dict, directory: Path) -> None:
 
 
 def test_release_evaluation_through_savedmodels_matches_the_in_memory_metrics(trained, tmp_path):
-    retrieval, test, histories, items = trained["retrieval"], trained["test"], trained["histories"], trained["item_vocab"]
+    retrieval, test, histories, items = (
+        trained["retrieval"],
+        trained["test"],
+        trained["histories"],
+        trained["item_vocab"],
+    )
     _export_release(trained, tmp_path)
     result = evaluate_release(tmp_path, test, histories, batch_size=100)
     assert result.top_k.keys() == trained["top_k"].keys() == result.recall.keys()
@@ -444,7 +503,8 @@ def test_recall_unseen_removes_the_users_training_items_before_the_cut(monkeypat
 
 def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, capsys):
     config = PipelineConfig(
-        artifact_root=tmp_path / "store", retrieval=replace(RETRIEVAL_CONFIG, epochs=1),
+        artifact_root=tmp_path / "store",
+        retrieval=replace(RETRIEVAL_CONFIG, epochs=1),
         ranking=replace(RANKING_CONFIG, epochs=1),
     )
     first = run(config, dataset=synthetic_dataset())
@@ -452,17 +512,24 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
     path, manifest = store.verify(first.release_id)
     assert first.stable and store.get_channel("stable") == first.release_id
     assert set(manifest.metrics) == {
-        "retrieval_top_k", "retrieval_recall", "ranking_rmse", "index_recall_at_100", "num_train", "num_test", "gate",
+        "retrieval_top_k",
+        "retrieval_recall",
+        "ranking_rmse",
+        "index_recall_at_100",
+        "num_train",
+        "num_test",
+        "gate",
         "trained_on",
-    }  # fmt: skip
+    }
     assert manifest.metrics["gate"] is None  # nothing to compare with yet
     # Evaluated on each user's latest 6 of 30, then refitted on all 1,800; seen items cover all of them.
     assert manifest.metrics["trained_on"] == {"interactions": 1800, "users": 60, "until_timestamp": 1799, "refit": True}
     data = synthetic_dataset()
     seen = read_seen(path)
     assert seen.contains(data.interactions.user_ids, data.interactions.item_ids).all()
-    assert sum(len(seen.get(u)) for u in seen.users()) == len(set(zip(data.interactions.user_ids,
-                                                                       data.interactions.item_ids)))
+    assert sum(len(seen.get(u)) for u in seen.users()) == len(
+        set(zip(data.interactions.user_ids, data.interactions.item_ids))
+    )
     assert manifest.config["split"] == "recent" and manifest.config["refit"]
     assert set(manifest.metrics["retrieval_top_k"]) == {"top_1", "top_5", "top_10", "top_50", "top_100"}
     assert manifest.metrics["retrieval_recall"].keys() == manifest.metrics["retrieval_top_k"].keys()
@@ -495,9 +562,11 @@ def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
         parse_args([], environ={})
     assert "FUNNEL_ARTIFACT_ROOT" in capsys.readouterr().err
     environ = {
-        "FUNNEL_ARTIFACT_ROOT": "/x", "FUNNEL_CACHE_DIR": "/c",
-        "FUNNEL_ADMIN_TARGET": "gw:1", "FUNNEL_ADMIN_TOKEN": "t",
-    }  # fmt: skip
+        "FUNNEL_ARTIFACT_ROOT": "/x",
+        "FUNNEL_CACHE_DIR": "/c",
+        "FUNNEL_ADMIN_TARGET": "gw:1",
+        "FUNNEL_ADMIN_TOKEN": "t",
+    }
     config, every = parse_args(["--epochs", "1", "--no-set-stable", "--only", "ranker", "--every", "60"], environ)
     assert (config.artifact_root, config.cache_dir) == (Path("/x"), Path("/c"))
     assert config.retrieval.epochs == config.ranking.epochs == 1
@@ -519,12 +588,16 @@ def test_cli_requires_an_artifact_root_and_reads_the_environment(capsys):
 
 @pytest.mark.parametrize(
     "flags, expected",
-    [(["--rollout-fraction", "1.5"], "--rollout-fraction: expected a fraction between 0 and 1, got '1.5'"),
-     (["--every", "0"], "expected --every > 0, got 0.0"),
-     (["--only", "towers"], "invalid choice: 'towers'"), (["--split", "random"], "invalid choice: 'random'"),
-     (["--max-rmse-increase", "-1"], "expected max_rmse_increase >= 0, got -1.0"),
-     (["--epochs", "0"], "expected epochs >= 1, got 0"), (["--ranking-epochs", "0"], "expected epochs >= 1, got 0")],
-)  # fmt: skip
+    [
+        (["--rollout-fraction", "1.5"], "--rollout-fraction: expected a fraction between 0 and 1, got '1.5'"),
+        (["--every", "0"], "expected --every > 0, got 0.0"),
+        (["--only", "towers"], "invalid choice: 'towers'"),
+        (["--split", "random"], "invalid choice: 'random'"),
+        (["--max-rmse-increase", "-1"], "expected max_rmse_increase >= 0, got -1.0"),
+        (["--epochs", "0"], "expected epochs >= 1, got 0"),
+        (["--ranking-epochs", "0"], "expected epochs >= 1, got 0"),
+    ],
+)
 def test_cli_rejects_bad_job_flags(flags, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--artifact-root", "/x", *flags], environ={})

@@ -16,11 +16,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from funnel.artifacts import read_seen
 from funnel.errors import ReleaseError
-from funnel.release import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, ArtifactStore, RolloutState
+from funnel.release.files import read_seen
+from funnel.release.retrieval import Query, RetrievalRelease
+from funnel.release.store import (
+    CANDIDATE_TOWER_DIR,
+    INDEX_DIR,
+    QUERY_TOWER_DIR,
+    RANKER_DIR,
+    ArtifactStore,
+    RolloutState,
+)
 from funnel.v1 import admin_pb2, admin_pb2_grpc
-from retrieval_service.core import Query, RetrievalRelease
 from tests.conftest import clone_release
 from tests.unit.test_trainer import RANKING_CONFIG, RETRIEVAL_CONFIG, synthetic_dataset
 from trainer import __main__ as cli
@@ -88,9 +95,12 @@ def test_gate_passes_within_tolerance_and_records_both_sides():
     new, stable = _evaluation(0.4950, 1.1300), _evaluation(0.5000, 1.1125)
     record = check_gate(new, stable, "r0", GateConfig())
     assert record == {
-        "stable_release_id": "r0", "stable": stable.as_metrics(), "new": new.as_metrics(),
-        "tolerance": {"max_recall_drop": 0.01, "max_rmse_increase": 0.02}, "passed": True,
-    }  # fmt: skip
+        "stable_release_id": "r0",
+        "stable": stable.as_metrics(),
+        "new": new.as_metrics(),
+        "tolerance": {"max_recall_drop": 0.01, "max_rmse_increase": 0.02},
+        "passed": True,
+    }
 
 
 def test_gate_refuses_naming_each_metric_its_values_difference_and_tolerance():
@@ -202,8 +212,12 @@ def test_rollout_is_started_through_the_admin_service(store):
     admin, channels = RecordingAdmin(), _channels(store)
     with admin_server(admin) as target:
         config = PipelineConfig(
-            store.root, only="index", release_id="r-new",
-            admin_target=target, admin_token="s3cret", rollout_fraction=0.25,
+            store.root,
+            only="index",
+            release_id="r-new",
+            admin_target=target,
+            admin_token="s3cret",
+            rollout_fraction=0.25,
         )
         result = run(config, dataset=synthetic_dataset())
     assert result.rollout == RolloutState(STABLE, "r-new", 0.25) and not result.stable
@@ -215,8 +229,18 @@ def test_rollout_is_started_through_the_admin_service(store):
 def test_cli_rollout_refusal_exits_4_and_names_the_published_release(store, tmp_path, capsys):
     admin = RecordingAdmin(refusal="release r-new is not ready on ranking")
     with admin_server(admin) as target:
-        argv = ["--artifact-root", str(store.root), "--data", _csv_spec(tmp_path), "--only", "index",
-                "--release-id", "r-new", "--admin-target", target]  # fmt: skip
+        argv = [
+            "--artifact-root",
+            str(store.root),
+            "--data",
+            _csv_spec(tmp_path),
+            "--only",
+            "index",
+            "--release-id",
+            "r-new",
+            "--admin-target",
+            target,
+        ]
         assert cli.main(argv) == cli.EXIT_ROLLOUT_REFUSED
     assert capsys.readouterr().err == (
         f"trainer: error: release r-new is published, but the admin service at {target} refused to start its rollout: "
@@ -289,8 +313,12 @@ def test_a_csv_release_never_recommends_an_item_its_user_rated(tmp_path):
 
 
 def test_no_refit_publishes_the_evaluated_models_with_every_interaction_as_seen(tmp_path):
-    config = PipelineConfig(tmp_path / "store", refit=False, retrieval=replace(RETRIEVAL_CONFIG, epochs=1),
-                            ranking=replace(RANKING_CONFIG, epochs=1))  # fmt: skip
+    config = PipelineConfig(
+        tmp_path / "store",
+        refit=False,
+        retrieval=replace(RETRIEVAL_CONFIG, epochs=1),
+        ranking=replace(RANKING_CONFIG, epochs=1),
+    )
     result = run(config, dataset=NEW_DATA)
     assert [name for name in result.phase_seconds if "refit" in name] == []
     assert result.metrics["trained_on"] == {"interactions": 1860, "users": 60, "until_timestamp": 2272, "refit": False}

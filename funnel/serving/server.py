@@ -76,8 +76,9 @@ def rpc(method: F) -> F:
             REQUESTS.record(name, release_id, grpc.StatusCode.INTERNAL)
             log.exception("unhandled error in %s", method.__qualname__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        REQUESTS.record(name, getattr(response, "release_id", release_id), grpc.StatusCode.OK,
-                        len(getattr(request, "queries", ())))
+        REQUESTS.record(
+            name, getattr(response, "release_id", release_id), grpc.StatusCode.OK, len(getattr(request, "queries", ()))
+        )
         return response
 
     return wrapper  # type: ignore[return-value]
@@ -151,8 +152,10 @@ def release_statuses(states: Iterable[Any]) -> list[Any]:
     """ReleaseStatus messages from ReleaseManager.status() rows."""
     from funnel.v1 import common_pb2
 
-    return [common_pb2.ReleaseStatus(release_id=s.release_id, state=s.state, error=s.error, channels=list(s.channels))
-            for s in states]
+    return [
+        common_pb2.ReleaseStatus(release_id=s.release_id, state=s.state, error=s.error, channels=list(s.channels))
+        for s in states
+    ]
 
 
 def status_response(service: str, states: Iterable[Any]) -> Any:

@@ -94,7 +94,7 @@ class CpuLayout:
 
     @property
     def services(self) -> dict[str, frozenset[int]] | None:
-        """funnel.stack.start_stack's ``cpus``: the gateway in front, the stages with the rest."""
+        """funnel.cli.stack.start_stack's ``cpus``: the gateway in front, the stages with the rest."""
         if self.front is None or self.rest is None:
             return None
         return {"gateway": self.front, "retrieval": self.rest, "ranking": self.rest}
@@ -108,24 +108,40 @@ def pin_to(cpus: Collection[int] | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, allowed)
 
 
-def start_service(name: str, address: str, artifact_root: Path, log_dir: Path,
-                  extra_env: dict[str, str] | None = None, args: list[str] | None = None,
-                  cpus: Collection[int] | None = None) -> ServiceProcess:
+def start_service(
+    name: str,
+    address: str,
+    artifact_root: Path,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    cpus: Collection[int] | None = None,
+) -> ServiceProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, "FUNNEL_ARTIFACT_ROOT": str(artifact_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", MODULES[name], "--address", address, *(args or [])],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=pin_to(cpus),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pin_to(cpus),
         )
     return ServiceProcess(name, address, process, log_path)
 
 
-def start_stack(artifact_root: Path, log_dir: Path, ports: dict[str, int] | None = None,
-                extra_env: dict[str, str] | None = None, timeout: float = 180.0,
-                cpus: Mapping[str, Collection[int]] | None = None) -> dict[str, ServiceProcess]:
+def start_stack(
+    artifact_root: Path,
+    log_dir: Path,
+    ports: dict[str, int] | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+    cpus: Mapping[str, Collection[int]] | None = None,
+) -> dict[str, ServiceProcess]:
     """Start retrieval, ranking and gateway (each its own process, confined to ``cpus[name]`` when given) and
     wait until all three are SERVING."""
     ports = ports or {name: free_port() for name in SERVICES}
@@ -134,8 +150,15 @@ def start_stack(artifact_root: Path, log_dir: Path, ports: dict[str, int] | None
     stack: dict[str, ServiceProcess] = {}
     try:
         for name in SERVICES:
-            stack[name] = start_service(name, addresses[name], artifact_root, log_dir, extra_env,
-                                        gateway_args if name == "gateway" else None, (cpus or {}).get(name))
+            stack[name] = start_service(
+                name,
+                addresses[name],
+                artifact_root,
+                log_dir,
+                extra_env,
+                gateway_args if name == "gateway" else None,
+                (cpus or {}).get(name),
+            )
         for service in stack.values():
             wait_serving(service, timeout)
     except BaseException:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from funnel.artifacts import IdIndex
 from funnel.errors import InvalidArgument
 from funnel.limits import MAX_HISTORY, MAX_USER_ID_CHARS
-from funnel.release import validate_release_id
+from funnel.release.files import IdIndex
+from funnel.release.store import validate_release_id
 
 
 def user_id(value: str) -> str:

@@ -33,15 +33,13 @@ CHANNELS = ("stable", "candidate")
 def validate_release_id(release_id: str) -> str:
     """Return ``release_id`` if it is a safe directory name, else raise InvalidArgument."""
     if not isinstance(release_id, str) or not RELEASE_ID_RE.match(release_id) or ".." in release_id:
-        raise InvalidArgument(
-            f"release id must match {RELEASE_ID_RE.pattern} without '..', got {release_id!r}"
-        )
+        raise InvalidArgument(f"release id must match {RELEASE_ID_RE.pattern} without '..', got {release_id!r}")
     return release_id
 
 
 def new_release_id(now: dt.datetime | None = None) -> str:
     """A sortable, unique release id: UTC timestamp plus random suffix."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
@@ -134,9 +132,7 @@ class Manifest:
         except KeyError as exc:
             raise ReleaseError(f"release {release_id}: manifest lacks field {exc.args[0]!r}") from None
         if manifest.release_id != release_id:
-            raise ReleaseError(
-                f"release directory {release_id!r} holds a manifest for {manifest.release_id!r}"
-            )
+            raise ReleaseError(f"release directory {release_id!r} holds a manifest for {manifest.release_id!r}")
         if not isinstance(manifest.files, dict) or not manifest.files:
             raise ReleaseError(f"release {release_id}: manifest lists no files")
         return manifest
@@ -188,7 +184,7 @@ class ReleaseWriter:
             _fsync_path(Path(dirpath))
         manifest = Manifest(
             release_id=self.release_id,
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             schema_version=SCHEMA_VERSION,
             training_runs=dict(training_runs),
             data_fingerprint=data_fingerprint,
@@ -236,7 +232,9 @@ class ArtifactStore:
 
     def list_releases(self) -> list[str]:
         """Published release ids, oldest first (ids sort by creation time)."""
-        return sorted(p.name for p in self.releases_dir.iterdir() if RELEASE_ID_RE.match(p.name) and self.exists(p.name))
+        return sorted(
+            p.name for p in self.releases_dir.iterdir() if RELEASE_ID_RE.match(p.name) and self.exists(p.name)
+        )
 
     def read_manifest(self, release_id: str) -> Manifest:
         path = self.release_dir(release_id) / MANIFEST

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import grpc
 
-from funnel import stack
-from funnel.admin_client import AdminClient, rollout_state
-from funnel.data import load_dataset
-from funnel.release import ArtifactStore, RolloutState, new_release_id
+from funnel.cli import stack
+from funnel.client import AdminClient, rollout_state
+from funnel.data.loaders import load_dataset
+from funnel.release.store import ArtifactStore, RolloutState, new_release_id
 from funnel.v1 import (
     common_pb2,
     gateway_pb2,
@@ -38,10 +37,12 @@ def _artifact_root(value: str | None) -> Path:
     return Path(value or os.environ.get("FUNNEL_ARTIFACT_ROOT") or VAR / "artifacts")
 
 
-def recommend(gateway: str, user_id: str, k: int, release_id: str = "", include_seen: bool = False,
-              timeout: float = 10.0) -> gateway_pb2.RecommendResponse:
-    request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user_id), k=k, release_id=release_id,
-                                           exclude_seen=not include_seen)
+def recommend(
+    gateway: str, user_id: str, k: int, release_id: str = "", include_seen: bool = False, timeout: float = 10.0
+) -> gateway_pb2.RecommendResponse:
+    request = gateway_pb2.RecommendRequest(
+        user=common_pb2.UserContext(user_id=user_id), k=k, release_id=release_id, exclude_seen=not include_seen
+    )
     with grpc.insecure_channel(gateway) as channel:
         return gateway_pb2_grpc.GatewayServiceStub(channel).Recommend(request, timeout=timeout)
 
@@ -49,17 +50,22 @@ def recommend(gateway: str, user_id: str, k: int, release_id: str = "", include_
 def format_recommendations(user_id: str, response: gateway_pb2.RecommendResponse) -> str:
     """A readable table of a RecommendResponse."""
     width = max([len(i.title) for i in response.items] + [5])
-    lines = [f"Top {len(response.items)} for user {user_id} — release {response.release_id}",
-             f"{'rank':>4}  {'item':>6}  {'title':<{width}}  {'year':>4}  {'score':>7}  {'rating':>6}  "
-             f"{'retrieval':>9}"]
+    lines = [
+        f"Top {len(response.items)} for user {user_id} — release {response.release_id}",
+        f"{'rank':>4}  {'item':>6}  {'title':<{width}}  {'year':>4}  {'score':>7}  {'rating':>6}  {'retrieval':>9}",
+    ]
     for rank, item in enumerate(response.items, 1):
         year = str(item.year) if item.year else ""
         rating = f"{item.predicted_rating:.2f}" if item.predicted_rating else "-"
-        lines.append(f"{rank:>4}  {item.item_id:>6}  {item.title:<{width}}  {year:>4}  {item.score:>7.3f}  "
-                     f"{rating:>6}  {item.retrieval_score:>9.3f}")
+        lines.append(
+            f"{rank:>4}  {item.item_id:>6}  {item.title:<{width}}  {year:>4}  {item.score:>7.3f}  "
+            f"{rating:>6}  {item.retrieval_score:>9.3f}"
+        )
     t = response.timings
-    lines.append(f"stages: retrieval {response.retrieval_release_id or '-'} ({t.retrieval_ms:.1f} ms), "
-                 f"ranking {response.ranking_release_id or '-'} ({t.ranking_ms:.1f} ms), total {t.total_ms:.1f} ms")
+    lines.append(
+        f"stages: retrieval {response.retrieval_release_id or '-'} ({t.retrieval_ms:.1f} ms), "
+        f"ranking {response.ranking_release_id or '-'} ({t.ranking_ms:.1f} ms), total {t.total_ms:.1f} ms"
+    )
     if response.cold_start:
         lines.append("cold start: the release does not know this user; showing popular items")
     if response.degraded:
@@ -88,7 +94,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
                     line += "".join(
                         f"\n    {r.release_id} {r.state} {','.join(r.channels)} {r.error}".rstrip()
-                        for r in status.releases)
+                        for r in status.releases
+                    )
                 except grpc.RpcError as exc:
                     line += f" (status: {exc.code().name})"
         print(line)
@@ -127,8 +134,21 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 def _train_stable(artifact_root: Path, data: str, release_id: str) -> None:
     """Train and publish ``release_id`` with the trainer CLI (its own process) as the stable release, ungated."""
-    command = [sys.executable, "-m", "trainer", "--artifact-root", str(artifact_root), "--data", data,
-               "--cache-dir", str(VAR / "cache"), "--release-id", release_id, "--set-stable", "--no-gate"]
+    command = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "--artifact-root",
+        str(artifact_root),
+        "--data",
+        data,
+        "--cache-dir",
+        str(VAR / "cache"),
+        "--release-id",
+        release_id,
+        "--set-stable",
+        "--no-gate",
+    ]
     subprocess.run(command, cwd=stack.ROOT, check=True, stdin=subprocess.DEVNULL)
 
 
@@ -141,8 +161,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     services = stack.start_stack(artifact_root, VAR / "log" / "demo")
     try:
-        print(f"   all SERVING after {time.monotonic() - started:.1f}s: "
-              + ", ".join(f"{s.name}@{s.address}" for s in services.values()), flush=True)
+        print(
+            f"   all SERVING after {time.monotonic() - started:.1f}s: "
+            + ", ".join(f"{s.name}@{s.address}" for s in services.values()),
+            flush=True,
+        )
         response = recommend(services["gateway"].address, args.user_id, args.k)
         print(format_recommendations(args.user_id, response))
         if response.release_id != release_id:
@@ -151,8 +174,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         interactions = load_dataset(args.data, VAR / "cache").interactions
         rated = set(interactions.item_ids[interactions.user_ids == args.user_id].tolist())
         again = sorted(rated & {item.item_id for item in response.items})
-        print(f"   user {args.user_id} rated {len(rated)} films in {args.data}; "
-              f"{len(again)} of them in this top {args.k}{': ' + str(again) if again else ''}")
+        print(
+            f"   user {args.user_id} rated {len(rated)} films in {args.data}; "
+            f"{len(again)} of them in this top {args.k}{': ' + str(again) if again else ''}"
+        )
         if again:
             print("error: recommended films the user already rated", file=sys.stderr)
             return 1
@@ -228,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name}", default=address)
     p.set_defaults(run=_cmd_status)
 
-    for name, run, text in (("demo", _cmd_demo, "train, serve, recommend for one user, stop"),
-                            ("up", _cmd_up, "start the three services in the background on the default ports")):
+    for name, run, text in (
+        ("demo", _cmd_demo, "train, serve, recommend for one user, stop"),
+        ("up", _cmd_up, "start the three services in the background on the default ports"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--artifact-root", default=None, help="default: $FUNNEL_ARTIFACT_ROOT or var/artifacts")
         p.add_argument("--data", default="movielens-100k", help="dataset spec (see trainer --help)")
@@ -237,15 +264,22 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--user-id", default="42")
             p.add_argument("-k", type=int, default=10)
         else:
-            p.add_argument("--layout", choices=stack.LAYOUTS, default="shared",
-                           help="shared: every service on every CPU; pinned: the gateway alone on the lowest CPU, "
-                                "the stages on the others (faster on a small machine; needs 2 CPUs)")
+            p.add_argument(
+                "--layout",
+                choices=stack.LAYOUTS,
+                default="shared",
+                help="shared: every service on every CPU; pinned: the gateway alone on the lowest CPU, "
+                "the stages on the others (faster on a small machine; needs 2 CPUs)",
+            )
         p.set_defaults(run=run)
     sub.add_parser("down", help="stop the services started by `up`").set_defaults(run=_cmd_down)
 
     p = sub.add_parser("rollout", help="blue-green rollout through the gateway's AdminService")
-    p.add_argument("--admin", default=os.environ.get("FUNNEL_ADMIN_TARGET", DEFAULT_ADDRESSES["gateway"]),
-                   help="AdminService target (the gateway) [env FUNNEL_ADMIN_TARGET]")
+    p.add_argument(
+        "--admin",
+        default=os.environ.get("FUNNEL_ADMIN_TARGET", DEFAULT_ADDRESSES["gateway"]),
+        help="AdminService target (the gateway) [env FUNNEL_ADMIN_TARGET]",
+    )
     p.add_argument("--token", default=os.environ.get("FUNNEL_ADMIN_TOKEN", ""), help="[env FUNNEL_ADMIN_TOKEN]")
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("status", help="rollout state and the releases each service holds")

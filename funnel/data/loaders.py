@@ -14,14 +14,31 @@ from typing import NoReturn
 
 import numpy as np
 
-from funnel import datasets
+from funnel.data import movielens
 from funnel.errors import DataError
 
 # The 19 genres of MovieLens 100K, in u.item flag order (used when u.genre is absent).
 GROUPLENS_GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 _TITLE_YEAR = re.compile(r"^(.*\S)\s+\((\d{4})\)\s*$")
 _ITEM_ID_HINT = " (integer item ids are required)"
@@ -423,7 +440,7 @@ def load_dataset(spec: str, cache_dir: str | Path) -> Dataset:
     """Load the dataset named by ``spec`` (see DATASET_SPECS); movielens-100k is fetched into ``cache_dir``."""
     kind, _, argument = spec.partition(":")
     if spec == "movielens-100k":
-        return load_recbole_ml100k(datasets.fetch_movielens_100k(cache_dir))
+        return load_recbole_ml100k(movielens.fetch_movielens_100k(cache_dir))
     if kind == "grouplens" and argument:
         return load_grouplens_ml100k(argument)
     if kind == "recbole" and argument:

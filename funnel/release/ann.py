@@ -36,14 +36,18 @@ class SearchParams:
             return cls()
         leaves, factor = (raw.get("leaves_to_search"), raw.get("reorder_factor")) if isinstance(raw, dict) else (0, 0)
         if not (leaves is None or (isinstance(leaves, int) and leaves >= 1)) or not (
-                factor is None or (isinstance(factor, (int, float)) and factor >= 1)):
-            raise ReleaseError(f"index.json: expected search {{leaves_to_search: int >= 1, reorder_factor: >= 1}} "
-                               f"(or nulls), got {raw!r}")
+            factor is None or (isinstance(factor, (int, float)) and factor >= 1)
+        ):
+            raise ReleaseError(
+                f"index.json: expected search {{leaves_to_search: int >= 1, reorder_factor: >= 1}} "
+                f"(or nulls), got {raw!r}"
+            )
         return cls(leaves, None if factor is None else float(factor))
 
 
-def search(searcher: Any, queries: np.ndarray, k: int, params: SearchParams = SearchParams()
-           ) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    searcher: Any, queries: np.ndarray, k: int, params: SearchParams = SearchParams()
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows [n, k], scores [n, k]) from a ScaNN searcher's ``search_batched`` under ``params``."""
     extra: dict[str, int] = {}
     if params.leaves_to_search is not None:

@@ -10,10 +10,10 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from funnel.config import setting
-from funnel.release import ArtifactStore, Manifest
-from funnel.server import REQUESTS, Health, build_server, serve_until_signalled
-from funnel.serving import ReleaseManager
+from funnel.release.store import ArtifactStore, Manifest
+from funnel.serving.config import setting
+from funnel.serving.manager import ReleaseManager
+from funnel.serving.server import REQUESTS, Health, build_server, serve_until_signalled
 
 log = logging.getLogger(__name__)
 REQUEST_LOG_INTERVAL = 30.0  # seconds between "served ..." summary lines
@@ -41,8 +41,9 @@ class ServiceConfig:
 class ModelServiceConfig(ServiceConfig):
     """Settings of a service that runs TensorFlow models (retrieval, ranking)."""
 
-    tf_threads: int = setting("FUNNEL_TF_THREADS", 1,
-                              "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)")
+    tf_threads: int = setting(
+        "FUNNEL_TF_THREADS", 1, "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)"
+    )
 
 
 def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R]) -> ReleaseManager[R]:
@@ -68,8 +69,9 @@ def create_service_server(
     if releases is None:
         releases = release_manager(config, name, load)
         releases.start(config.poll_interval)
-    server, port, health = build_server(config.address, lambda s: register(s, releases), service_names,
-                                        max_workers=config.max_workers, health=health)
+    server, port, health = build_server(
+        config.address, lambda s: register(s, releases), service_names, max_workers=config.max_workers, health=health
+    )
     releases.subscribe(lambda ready: health.set_serving(ready and warm()))
     return server, port
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from funnel.data import Items
+from funnel.data.loaders import Items
 from funnel.errors import ReleaseError
 
 CATALOG = "catalog.jsonl"
@@ -150,8 +150,10 @@ class Histories:
         users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)
         times = np.zeros(len(items), np.int64) if timestamps is None else np.asarray(timestamps, dtype=np.int64)
         if users.shape != items.shape or times.shape != items.shape or users.ndim != 1:
-            raise ValueError(f"expected user id, item id and timestamp columns of equal length, got {users.shape}, "
-                             f"{items.shape} and {times.shape}")  # fmt: skip
+            raise ValueError(
+                f"expected user id, item id and timestamp columns of equal length, got {users.shape}, "
+                f"{items.shape} and {times.shape}"
+            )
         self.users, codes = np.unique(users, return_inverse=True)
         order = np.lexsort((np.arange(len(items)), times, codes))  # by user, then time, then file order
         codes, items = codes[order], items[order]

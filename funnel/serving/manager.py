@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from funnel.errors import FailedPrecondition, FunnelError, NotFound, Unavailable
-from funnel.release import MANIFEST, ArtifactStore, Manifest, RolloutState, validate_release_id
+from funnel.release.store import MANIFEST, ArtifactStore, Manifest, RolloutState, validate_release_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,8 +72,7 @@ class ReleaseManager(Generic[T]):
     def start(self, poll_interval: float) -> None:
         """Poll the channels every ``poll_interval`` seconds; load what they name on a separate thread."""
         for target, suffix in ((self._poll, "poll"), (self._load_loop, "load")):
-            thread = threading.Thread(target=target, args=(poll_interval,), name=f"{self.name}-{suffix}",
-                                      daemon=True)
+            thread = threading.Thread(target=target, args=(poll_interval,), name=f"{self.name}-{suffix}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -139,8 +138,9 @@ class ReleaseManager(Generic[T]):
         with self._load_lock:
             while True:
                 with self._lock:
-                    todo = next((r for r in self._named()
-                                 if r not in self._loaded and not self._failed_unchanged(r)), None)
+                    todo = next(
+                        (r for r in self._named() if r not in self._loaded and not self._failed_unchanged(r)), None
+                    )
                 if todo is None:
                     return
                 self._load_one(todo)
@@ -208,8 +208,9 @@ class ReleaseManager(Generic[T]):
             self._loaded[release_id] = release
             self._failed.pop(release_id, None)
             self._apply()
-        log.info("%s: loaded, verified and warmed release %s in %.1fs", self.name, release_id,
-                 time.monotonic() - started)
+        log.info(
+            "%s: loaded, verified and warmed release %s in %.1fs", self.name, release_id, time.monotonic() - started
+        )
 
     # --- request path ------------------------------------------------------------------------------------
 

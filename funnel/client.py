@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import grpc
 
-from funnel.release import RolloutState
+from funnel.release.store import RolloutState
 from funnel.v1 import admin_pb2, admin_pb2_grpc
 
 ADMIN_TOKEN_HEADER = "authorization"
 
 
 def rollout_state(message: admin_pb2.RolloutState) -> RolloutState:
-    return RolloutState(message.stable_release_id or None, message.candidate_release_id or None,
-                        message.candidate_fraction)
+    return RolloutState(
+        message.stable_release_id or None, message.candidate_release_id or None, message.candidate_fraction
+    )
 
 
 class AdminClient:

@@ -33,8 +33,12 @@ def _convert(raw: str, type_name: str, source: str) -> Any:
         raise ConfigError(f"{source}: expected {type_name}, got {raw!r}") from None
 
 
-def parse_config(cls: type[C], argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
-                 description: str | None = None) -> C:
+def parse_config(
+    cls: type[C],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    description: str | None = None,
+) -> C:
     """Build ``cls`` from command-line flags (``--field-name``), its env variables and its defaults."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=description or cls.__doc__)
@@ -43,8 +47,12 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, environ: Mappi
         if str(f.type) not in _PARSERS:
             raise TypeError(f"config field {f.name}: unsupported type {f.type!r}")
         default = "" if f.default is dataclasses.MISSING else f" (default: {f.default})"
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            help=f"{f.metadata['help']} [env {f.metadata['env']}]{default}")
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            help=f"{f.metadata['help']} [env {f.metadata['env']}]{default}",
+        )
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for f in fields:

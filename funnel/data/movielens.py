@@ -103,7 +103,7 @@ def fetch_movielens_100k(cache_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m funnel.datasets", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m funnel.data.movielens", description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="default: %(default)s")
     print(fetch_movielens_100k(parser.parse_args(argv).cache_dir))
 

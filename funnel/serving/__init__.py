@@ -1,0 +1,1 @@
+"""The serving runtime every service shares: release manager, server bootstrap, interceptors, config, validation."""
