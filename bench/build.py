@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from funnel.paths import default_cache_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_JSON = "bench_build.json"  # next to releases/ and channels/, never read by the services
 SYNTHETIC = "synthetic"
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.build", description=__doc__)
     parser.add_argument("--spec", required=True, help="a BuildSpec as JSON")
     parser.add_argument("--root", required=True, type=Path, help="artifact root to publish into")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / "var" / "cache")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args(argv)
     spec = BuildSpec(**json.loads(args.spec))
     record = build(spec, args.root, args.cache_dir)

@@ -45,6 +45,7 @@ from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
 from bench.loadgen import LoadResult, Target, run_load
 from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_process, stop_stack
+from funnel.paths import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS_ITEMS = 1_000_000  # the catalog size the goals are stated for
@@ -545,9 +546,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=Path(os.environ.get("FUNNEL_CACHE_DIR", ROOT / "var" / "cache"))
-    )
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args(argv)
     try:
         args.cpu_layout = CpuLayout.of(args.layout, os.sched_getaffinity(0))

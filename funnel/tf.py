@@ -20,7 +20,7 @@ import tensorflow as tf
 __all__ = ["tf", "string_tensor"]
 
 
-def string_tensor(values: Sequence[str]) -> tf.Tensor:
+def string_tensor(values: Sequence[str] | np.ndarray) -> tf.Tensor:
     """A tf.string vector of Python strings (or a numpy array of them), as the serving signatures read ids."""
     return tf.constant(np.asarray(values, dtype=object), dtype=tf.string)
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import Sequence
 
 import grpc
 
-from funnel.errors import FailedPrecondition, Unauthenticated
+from funnel.errors import FailedPrecondition
 from funnel.release.store import ArtifactStore, RolloutState, validate_fraction, validate_release_id
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.server import release_statuses, rpc
+from funnel.serving.server import release_statuses
 from funnel.v1 import admin_pb2, admin_pb2_grpc
 from gateway.clients import StageClient
 from gateway.core import GatewayRelease, StageReadiness
@@ -106,68 +105,44 @@ def _state(rollout: RolloutState) -> admin_pb2.RolloutState:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Thin gRPC layer over Admin; with a token configured every call must carry ``authorization: Bearer``."""
+    """Thin gRPC layer over Admin (the server's TokenAuth interceptor guards it when a token is set)."""
 
-    def __init__(self, admin: Admin, token: str = "") -> None:
+    def __init__(self, admin: Admin) -> None:
         self.admin = admin
-        self._expected = f"Bearer {token}" if token else ""
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        if not self._expected:
-            return
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        if not hmac.compare_digest(given.encode(), self._expected.encode()):
-            raise Unauthenticated("admin calls need the metadata 'authorization: Bearer <FUNNEL_ADMIN_TOKEN>'")
-
-    @rpc
     def GetRolloutStatus(
         self, request: admin_pb2.GetRolloutStatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.GetRolloutStatusResponse:
-        self._authorize(context)
         services = [
             admin_pb2.ServiceReleases(service="gateway", releases=release_statuses(self.admin.releases.status()))
         ]
         for stage in self.admin.stages:
             try:
-                services.append(
-                    admin_pb2.ServiceReleases(
-                        service=stage.stage, target=stage.target, releases=stage.status().releases
-                    )
-                )
+                releases = stage.status().releases
             except grpc.RpcError as exc:
-                services.append(
-                    admin_pb2.ServiceReleases(
-                        service=stage.stage, target=stage.target, error=f"{exc.code().name}: {exc.details()}"
-                    )
-                )
+                error = f"{exc.code().name}: {exc.details()}"
+                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target, error=error))
+            else:
+                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target, releases=releases))
         return admin_pb2.GetRolloutStatusResponse(
             rollout=_state(self.admin.store.rollout()),
             services=services,
             published_release_ids=self.admin.store.list_releases(),
         )
 
-    @rpc
     def StartRollout(
         self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext
     ) -> admin_pb2.StartRolloutResponse:
-        self._authorize(context)
-        return admin_pb2.StartRolloutResponse(
-            rollout=_state(self.admin.start_rollout(request.release_id, request.fraction))
-        )
+        rollout = self.admin.start_rollout(request.release_id, request.fraction)
+        return admin_pb2.StartRolloutResponse(rollout=_state(rollout))
 
-    @rpc
     def SetCandidateFraction(
         self, request: admin_pb2.SetCandidateFractionRequest, context: grpc.ServicerContext
     ) -> admin_pb2.SetCandidateFractionResponse:
-        self._authorize(context)
         return admin_pb2.SetCandidateFractionResponse(rollout=_state(self.admin.set_fraction(request.fraction)))
 
-    @rpc
     def Promote(self, request: admin_pb2.PromoteRequest, context: grpc.ServicerContext) -> admin_pb2.PromoteResponse:
-        self._authorize(context)
         return admin_pb2.PromoteResponse(rollout=_state(self.admin.promote(request.release_id)))
 
-    @rpc
     def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext) -> admin_pb2.RollbackResponse:
-        self._authorize(context)
         return admin_pb2.RollbackResponse(rollout=_state(self.admin.rollback()))

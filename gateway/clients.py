@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
+from funnel.serving.server import ready_release_ids
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from gateway.core import StageCandidates, StageReadiness, StageScores, StageUnavailable
 
@@ -62,10 +63,12 @@ class StageClient:
         self._stub = stub_class(channel)
 
     def status(self, timeout: float = 2.0) -> common_pb2.GetStatusResponse:
-        return self._stub.GetStatus(common_pb2.GetStatusRequest(), timeout=timeout)
+        response: common_pb2.GetStatusResponse = self._stub.GetStatus(common_pb2.GetStatusRequest(), timeout=timeout)
+        return response
 
     def reload(self, timeout: float = 2.0) -> common_pb2.ReloadResponse:
-        return self._stub.Reload(common_pb2.ReloadRequest(), timeout=timeout)
+        response: common_pb2.ReloadResponse = self._stub.Reload(common_pb2.ReloadRequest(), timeout=timeout)
+        return response
 
 
 class GrpcRetrieval(StageClient):
@@ -138,7 +141,7 @@ def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> Non
     """Record which releases each stage reports ready; a stage that does not answer has none."""
     for client in stages:
         try:
-            ready = [r.release_id for r in client.status().releases if r.state == "ready"]
+            ready = ready_release_ids(client.status())
         except grpc.RpcError:
             readiness.update(client.stage, [], answered=False)
         else:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import grpc
 
 from funnel.serving.config import parse_config, setting
+from funnel.serving.interceptors import TokenAuth
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.server import Health, ReleaseStatusRPCs, configure_logging, rpc
-from funnel.serving.service import ServiceConfig, create_service_server, serve_service
+from funnel.serving.server import ReleaseStatusRPCs, configure_logging
+from funnel.serving.service import Service, ServiceConfig, create_service, release_manager, run_service
+from funnel.serving.workers import Periodic
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.admin import Admin, AdminServicer
 from gateway.batching import BatchedRanking, BatchedRetrieval
@@ -22,7 +23,7 @@ ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_
 
 
 @dataclass(frozen=True)
-class GatewayConfig(ServiceConfig):
+class GatewayServiceConfig(ServiceConfig):
     """Gateway settings."""
 
     address: str = setting("FUNNEL_GATEWAY_ADDRESS", "127.0.0.1:50051", "host:port to listen on")
@@ -55,7 +56,6 @@ class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer
         self.gateway = gateway
         self.service, self.releases = "gateway", gateway.router.releases
 
-    @rpc
     def Recommend(
         self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
@@ -93,35 +93,45 @@ class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer
         )
 
 
-def _probe_forever(
-    stages: list[StageClient], readiness: StageReadiness, releases: ReleaseManager[GatewayRelease], interval: float
-) -> None:
-    while True:
-        warm_before = readiness.all_answered_once()
-        probe_readiness(stages, readiness)
-        if readiness.all_answered_once() and not warm_before:
-            releases.refresh()  # re-evaluates health now that the stages are reachable
-        threading.Event().wait(interval)
+class ReadinessProbe:
+    """Every ``interval`` seconds, asks each stage which releases it holds ready (a candidate gets traffic only when
+    all do); the first time every stage has answered, health is re-evaluated at once."""
+
+    def __init__(
+        self,
+        stages: list[StageClient],
+        readiness: StageReadiness,
+        releases: ReleaseManager[GatewayRelease],
+        interval: float,
+    ) -> None:
+        self.stages, self.readiness, self.releases = stages, readiness, releases
+        self._periodic = Periodic("stage-readiness", interval, self.probe)
+
+    def probe(self) -> None:
+        warm_before = self.readiness.all_answered_once()
+        probe_readiness(self.stages, self.readiness)
+        if self.readiness.all_answered_once() and not warm_before:
+            self.releases.refresh()  # re-evaluates health now that the stages are reachable
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    def stop(self) -> None:
+        self._periodic.stop()
 
 
 def create_server(
-    config: GatewayConfig, releases: ReleaseManager[GatewayRelease] | None = None, health: Health | None = None
-) -> tuple[grpc.Server, int]:
-    """Build (not start) the gateway with its AdminService; see funnel.serving.service.create_service_server."""
-
+    config: GatewayServiceConfig, releases: ReleaseManager[GatewayRelease] | None = None
+) -> Service[GatewayRelease]:
+    """Build (not start) the gateway with its AdminService; see funnel.serving.service.create_service."""
     retrieval = GrpcRetrieval(stage_channel(config.retrieval_target), config.retrieval_target)
     ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
     readiness = StageReadiness([retrieval.stage, ranking.stage])
-
     window = config.batch_window_ms / 1000
+    releases = releases or release_manager(config, "gateway", GatewayRelease)
+    probe = ReadinessProbe([retrieval, ranking], readiness, releases, config.poll_interval)
 
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
-        threading.Thread(
-            target=_probe_forever,
-            args=([retrieval, ranking], readiness, releases, config.poll_interval),
-            name="stage-readiness",
-            daemon=True,
-        ).start()
         gateway = Gateway(
             Router(releases, readiness),
             BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight, window),
@@ -130,21 +140,21 @@ def create_server(
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
         admin = Admin(releases.store, releases, readiness, [retrieval, ranking])
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin, config.admin_token), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin), server)
 
-    return create_service_server(
+    return create_service(
         config,
         "gateway",
         GatewayRelease,
         register,
         [SERVICE_NAME, ADMIN_SERVICE_NAME],
-        releases,
-        health,
+        releases=releases,
+        interceptors=[TokenAuth(config.admin_token, [ADMIN_SERVICE_NAME])],
+        workers=[probe],
         warm=readiness.all_answered_once,
     )
 
 
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("gateway")
-    config = parse_config(GatewayConfig, argv)
-    serve_service(config, "gateway", [SERVICE_NAME, ADMIN_SERVICE_NAME], GatewayRelease, create_server)
+    run_service(parse_config(GatewayServiceConfig, argv), create_server)

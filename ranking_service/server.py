@@ -9,12 +9,8 @@ import grpc
 from funnel.release.ranking import RankingRelease
 from funnel.serving.config import parse_config, setting
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.server import Health, ReleaseStatusRPCs, configure_logging, rpc
-from funnel.serving.service import (
-    ModelServiceConfig,
-    create_service_server,
-    serve_service,
-)
+from funnel.serving.server import ReleaseStatusRPCs, configure_logging
+from funnel.serving.service import ModelServiceConfig, Service, create_service, run_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
 from ranking_service.core import Ranker
 
@@ -22,7 +18,7 @@ SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_na
 
 
 @dataclass(frozen=True)
-class RankingConfig(ModelServiceConfig):
+class RankingServiceConfig(ModelServiceConfig):
     """Ranking service settings."""
 
     address: str = setting("FUNNEL_RANKING_ADDRESS", "127.0.0.1:50053", "host:port to listen on")
@@ -33,7 +29,6 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
         self.ranker = ranker
         self.service, self.releases = "ranking", ranker.releases
 
-    @rpc
     def Rank(self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext) -> ranking_pb2.RankResponse:
         ranked = self.ranker.rank(
             request.release_id, request.user.user_id, request.item_ids, request.user.history_item_ids
@@ -41,7 +36,6 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
         ratings = ranked.ratings.tolist() if ranked.ratings is not None else []
         return ranking_pb2.RankResponse(release_id=ranked.release_id, scores=ranked.scores.tolist(), ratings=ratings)
 
-    @rpc
     def RankBatch(
         self, request: ranking_pb2.RankBatchRequest, context: grpc.ServicerContext
     ) -> ranking_pb2.RankBatchResponse:
@@ -59,18 +53,17 @@ class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer
 
 
 def create_server(
-    config: RankingConfig, releases: ReleaseManager[RankingRelease] | None = None, health: Health | None = None
-) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; see funnel.serving.service.create_service_server."""
+    config: RankingServiceConfig, releases: ReleaseManager[RankingRelease] | None = None
+) -> Service[RankingRelease]:
+    """Build (not start) the ranking service; see funnel.serving.service.create_service."""
 
     def register(server: grpc.Server, releases: ReleaseManager[RankingRelease]) -> None:
         servicer = RankingServicer(Ranker(releases))
         ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
 
-    return create_service_server(config, "ranking", RankingRelease, register, [SERVICE_NAME], releases, health)
+    return create_service(config, "ranking", RankingRelease, register, [SERVICE_NAME], releases=releases)
 
 
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("ranking")
-    config = parse_config(RankingConfig, argv)
-    serve_service(config, "ranking", [SERVICE_NAME], RankingRelease, create_server)
+    run_service(parse_config(RankingServiceConfig, argv), create_server)

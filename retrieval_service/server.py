@@ -9,12 +9,8 @@ import grpc
 from funnel.release.retrieval import RetrievalRelease
 from funnel.serving.config import parse_config, setting
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.server import Health, ReleaseStatusRPCs, configure_logging, rpc
-from funnel.serving.service import (
-    ModelServiceConfig,
-    create_service_server,
-    serve_service,
-)
+from funnel.serving.server import ReleaseStatusRPCs, configure_logging
+from funnel.serving.service import ModelServiceConfig, Service, create_service, run_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_service.core import Retriever
 
@@ -22,7 +18,7 @@ SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].ful
 
 
 @dataclass(frozen=True)
-class RetrievalConfig(ModelServiceConfig):
+class RetrievalServiceConfig(ModelServiceConfig):
     """Retrieval service settings."""
 
     address: str = setting("FUNNEL_RETRIEVAL_ADDRESS", "127.0.0.1:50052", "host:port to listen on")
@@ -33,7 +29,6 @@ class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceSe
         self.retriever = retriever
         self.service, self.releases = "retrieval", retriever.releases
 
-    @rpc
     def Retrieve(
         self, request: retrieval_pb2.RetrieveRequest, context: grpc.ServicerContext
     ) -> retrieval_pb2.RetrieveResponse:
@@ -51,7 +46,6 @@ class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceSe
             cold_start=found.cold_start,
         )
 
-    @rpc
     def RetrieveBatch(
         self, request: retrieval_pb2.RetrieveBatchRequest, context: grpc.ServicerContext
     ) -> retrieval_pb2.RetrieveBatchResponse:
@@ -71,18 +65,17 @@ class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceSe
 
 
 def create_server(
-    config: RetrievalConfig, releases: ReleaseManager[RetrievalRelease] | None = None, health: Health | None = None
-) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; see funnel.serving.service.create_service_server."""
+    config: RetrievalServiceConfig, releases: ReleaseManager[RetrievalRelease] | None = None
+) -> Service[RetrievalRelease]:
+    """Build (not start) the retrieval service; see funnel.serving.service.create_service."""
 
     def register(server: grpc.Server, releases: ReleaseManager[RetrievalRelease]) -> None:
         servicer = RetrievalServicer(Retriever(releases))
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
 
-    return create_service_server(config, "retrieval", RetrievalRelease, register, [SERVICE_NAME], releases, health)
+    return create_service(config, "retrieval", RetrievalRelease, register, [SERVICE_NAME], releases=releases)
 
 
 def serve(argv: list[str] | None = None) -> None:
     configure_logging("retrieval")
-    config = parse_config(RetrievalConfig, argv)
-    serve_service(config, "retrieval", [SERVICE_NAME], RetrievalRelease, create_server)
+    run_service(parse_config(RetrievalServiceConfig, argv), create_server)

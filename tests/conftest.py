@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from funnel.paths import default_cache_dir
 from funnel.release.store import MANIFEST, ArtifactStore
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = Path(os.environ.get("FUNNEL_CACHE_DIR", ROOT / "var" / "cache"))
+CACHE_DIR = default_cache_dir()
 RELEASE = "test-r1"
 TEST_USERS = 200  # the 200 lowest user ids of MovieLens 100K: ~20k ratings, trains in seconds
 

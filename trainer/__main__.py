@@ -15,6 +15,7 @@ from funnel.tf import tf
 
 from funnel.data.loaders import DATASET_SPECS
 from funnel.errors import DataError, FunnelError
+from funnel.paths import ARTIFACT_ROOT_ENV, CACHE_ENV, default_cache_dir
 from funnel.release.store import validate_fraction
 from trainer.gate import GateConfig, GateRefused
 from trainer.index import RecallTooLow
@@ -23,7 +24,6 @@ from trainer.pipeline import ONLY_CHOICES, PipelineConfig, RolloutRefused, run, 
 from trainer.ranking import RankingConfig
 from trainer.split import RECENT_FRACTION, SPLITS
 
-ROOT_ENV, CACHE_ENV = "FUNNEL_ARTIFACT_ROOT", "FUNNEL_CACHE_DIR"
 ADMIN_TARGET_ENV, ADMIN_TOKEN_ENV = "FUNNEL_ADMIN_TARGET", "FUNNEL_ADMIN_TOKEN"
 EXIT_OK, EXIT_ERROR, EXIT_GATE_REFUSED, EXIT_ROLLOUT_REFUSED = 0, 1, 3, 4  # argparse exits 2 on a usage error
 
@@ -68,10 +68,12 @@ def parse_args(
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--artifact-root", default=environ.get(ROOT_ENV), help=f"artifact store root [env {ROOT_ENV}]")
+    parser.add_argument(
+        "--artifact-root", default=environ.get(ARTIFACT_ROOT_ENV), help=f"artifact store root [env {ARTIFACT_ROOT_ENV}]"
+    )
     parser.add_argument("--data", default="movielens-100k", help=f"dataset spec: {DATASET_SPECS}")
     parser.add_argument(
-        "--cache-dir", default=environ.get(CACHE_ENV, "var/cache"), help=f"dataset download cache [env {CACHE_ENV}]"
+        "--cache-dir", default=default_cache_dir(environ), help=f"dataset download cache [env {CACHE_ENV}]"
     )
     parser.add_argument("--epochs", type=int, help="training epochs of both models (default: each model's own)")
     parser.add_argument(
@@ -144,7 +146,7 @@ def parse_args(
     parser.add_argument("--every", type=float, metavar="SECONDS", help="run again SECONDS after each run ends")
     args = parser.parse_args(argv)
     if not args.artifact_root:
-        parser.error(f"missing artifact root: pass --artifact-root or set {ROOT_ENV}")
+        parser.error(f"missing artifact root: pass --artifact-root or set {ARTIFACT_ROOT_ENV}")
     for name in ("max_users", "every"):
         value = getattr(args, name)
         if value is not None and value <= 0:

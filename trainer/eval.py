@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -17,11 +16,11 @@ from funnel.tf import tf
 import numpy as np
 
 from funnel.data.loaders import DATASET_SPECS, Dataset, Interactions, load_dataset
+from funnel.paths import CACHE_ENV, default_cache_dir
 from funnel.release.ranking import RankingRelease
 from funnel.release.retrieval import RetrievalRelease
 from funnel.release.scoring import blend, retrieval_weight
 from funnel.release.store import CANDIDATE_TOWER_DIR, ArtifactStore, Manifest
-from trainer.__main__ import CACHE_ENV
 from trainer.baselines import (
     MAX_K,
     EvalSet,
@@ -265,7 +264,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path(os.environ.get(CACHE_ENV, "var/cache")),
+        default=default_cache_dir(),
         help=f"dataset download cache [env {CACHE_ENV}]",
     )
     parser.add_argument("--data", default="movielens-100k", help=f"dataset spec: {DATASET_SPECS}")

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from funnel.cli import stack
-from funnel.client import AdminClient, rollout_state
+from funnel.client import AdminClient, format_release, recommend, rollout_state
 from funnel.data.loaders import load_dataset
+from funnel.paths import PROJECT_ROOT, VAR, default_artifact_root, default_cache_dir
 from funnel.release.store import ArtifactStore, RolloutState, new_release_id
 from funnel.v1 import (
     common_pb2,
@@ -24,9 +27,8 @@ from funnel.v1 import (
     retrieval_pb2_grpc,
 )
 
-VAR = stack.ROOT / "var"
 DEFAULT_ADDRESSES = {name: f"127.0.0.1:{port}" for name, port in stack.DEFAULT_PORTS.items()}
-STATUS_STUBS = {
+STATUS_STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "gateway": gateway_pb2_grpc.GatewayServiceStub,
     "retrieval": retrieval_pb2_grpc.RetrievalServiceStub,
     "ranking": ranking_pb2_grpc.RankingServiceStub,
@@ -34,17 +36,7 @@ STATUS_STUBS = {
 
 
 def _artifact_root(value: str | None) -> Path:
-    return Path(value or os.environ.get("FUNNEL_ARTIFACT_ROOT") or VAR / "artifacts")
-
-
-def recommend(
-    gateway: str, user_id: str, k: int, release_id: str = "", include_seen: bool = False, timeout: float = 10.0
-) -> gateway_pb2.RecommendResponse:
-    request = gateway_pb2.RecommendRequest(
-        user=common_pb2.UserContext(user_id=user_id), k=k, release_id=release_id, exclude_seen=not include_seen
-    )
-    with grpc.insecure_channel(gateway) as channel:
-        return gateway_pb2_grpc.GatewayServiceStub(channel).Recommend(request, timeout=timeout)
+    return Path(value) if value else default_artifact_root()
 
 
 def format_recommendations(user_id: str, response: gateway_pb2.RecommendResponse) -> str:
@@ -92,10 +84,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             with grpc.insecure_channel(address) as channel:
                 try:
                     status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
-                    line += "".join(
-                        f"\n    {r.release_id} {r.state} {','.join(r.channels)} {r.error}".rstrip()
-                        for r in status.releases
-                    )
+                    line += "".join("\n" + format_release(r) for r in status.releases)
                 except grpc.RpcError as exc:
                     line += f" (status: {exc.code().name})"
         print(line)
@@ -116,7 +105,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
                 for service in status.services:
                     print(f"{service.service:<10} {service.target or '':<21} {service.error}".rstrip())
                     for r in service.releases:
-                        print(f"    {r.release_id} {r.state} {','.join(r.channels)} {r.error}".rstrip())
+                        print(format_release(r))
                 print("published: " + ", ".join(status.published_release_ids))
                 return 0
             actions = {
@@ -143,13 +132,13 @@ def _train_stable(artifact_root: Path, data: str, release_id: str) -> None:
         "--data",
         data,
         "--cache-dir",
-        str(VAR / "cache"),
+        str(default_cache_dir()),
         "--release-id",
         release_id,
         "--set-stable",
         "--no-gate",
     ]
-    subprocess.run(command, cwd=stack.ROOT, check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True, stdin=subprocess.DEVNULL)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -171,7 +160,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if response.release_id != release_id:
             print(f"error: expected release {release_id}, served by {response.release_id}", file=sys.stderr)
             return 1
-        interactions = load_dataset(args.data, VAR / "cache").interactions
+        interactions = load_dataset(args.data, default_cache_dir()).interactions
         rated = set(interactions.item_ids[interactions.user_ids == args.user_id].tolist())
         again = sorted(rated & {item.item_id for item in response.items})
         print(
@@ -292,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_cmd_rollout)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    return int(args.run(args))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+from funnel.paths import PROJECT_ROOT
+
 SERVICES = ("retrieval", "ranking", "gateway")
 MODULES = {"retrieval": "retrieval_service", "ranking": "ranking_service", "gateway": "gateway"}
 DEFAULT_PORTS = {"gateway": 50051, "retrieval": 50052, "ranking": 50053}
@@ -24,7 +25,7 @@ DEFAULT_PORTS = {"gateway": 50051, "retrieval": 50052, "ranking": 50053}
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -48,7 +49,7 @@ def health_status(address: str, timeout: float = 1.0) -> str:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:
             return "UNREACHABLE"
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 def wait_serving(service: ServiceProcess, timeout: float) -> None:
@@ -123,7 +124,7 @@ def start_service(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", MODULES[name], "--address", address, *(args or [])],
-            cwd=ROOT,
+            cwd=PROJECT_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 
 from funnel.errors import DataError
+from funnel.paths import default_cache_dir
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 WHEEL_MEMBER_DIR = "recbole/dataset_example/ml-100k/"
 EXPECTED_SHA256: dict[str, str] = {
@@ -21,11 +21,6 @@ EXPECTED_SHA256: dict[str, str] = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
-
-
-def default_cache_dir() -> Path:
-    """``$FUNNEL_CACHE_DIR`` if set, else ``<project root>/var/cache``."""
-    return Path(os.environ.get("FUNNEL_CACHE_DIR") or PROJECT_ROOT / "var" / "cache")
 
 
 def _sha256_file(path: Path) -> str:

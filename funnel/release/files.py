@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ POPULARITY = "popularity.npz"
 HISTORY_PADDING = -1  # fills the query tower's history input past each user's items
 
 
-def pad_histories(histories: list[np.ndarray]) -> np.ndarray:
+def pad_histories(histories: Sequence[np.ndarray]) -> np.ndarray:
     """int64 [len(histories), max(1, longest)]: each history's item ids, right-padded with HISTORY_PADDING."""
     out = np.full((len(histories), max(1, max((len(h) for h in histories), default=0))), HISTORY_PADDING, np.int64)
     for row, items in enumerate(histories):

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from funnel.tf import string_tensor, tf
 
@@ -47,11 +48,14 @@ class Candidates:
     cold_start: bool
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ReleaseError(f"{path}: unreadable metadata: {exc}") from None
+    if not isinstance(data, dict):
+        raise ReleaseError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def embed_queries(
@@ -64,7 +68,7 @@ def embed_queries(
     inputs = {"user_id": string_tensor(user_ids)}
     if reads_history:
         inputs["history"] = tf.constant(pad_histories(histories))
-    return query_tower(**inputs)["embedding"].numpy()
+    return np.asarray(query_tower(**inputs)["embedding"].numpy())
 
 
 class RetrievalRelease:
@@ -161,7 +165,8 @@ class RetrievalRelease:
         if not len(seen_keys):
             return rows >= 0
         hit = seen_keys[np.minimum(np.searchsorted(seen_keys, found_keys), len(seen_keys) - 1)] == found_keys
-        return (rows >= 0) & ~hit
+        unseen: np.ndarray = (rows >= 0) & ~hit
+        return unseen
 
     def warmup(self) -> None:
         """Run real queries (known users, an unknown user) so the first request pays no tracing cost."""

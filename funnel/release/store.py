@@ -294,7 +294,8 @@ class ArtifactStore:
         """The release id the ``stable`` or ``candidate`` channel points to, or None when unset."""
         if name not in CHANNELS:
             raise InvalidArgument(f"channel must be one of {CHANNELS}, got {name!r}")
-        return getattr(self.rollout(), name)
+        rollout = self.rollout()
+        return rollout.stable if name == "stable" else rollout.candidate
 
     def set_stable(self, release_id: str) -> None:
         """Point ``stable`` at a published release (atomic replace)."""

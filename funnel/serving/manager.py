@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -16,14 +17,21 @@ from funnel.release.store import MANIFEST, ArtifactStore, Manifest, RolloutState
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LOADING, READY, FAILED = "loading", "ready", "failed"
 MAX_LOADED = 2  # stable and candidate; a third is never resident, not even while loading
 
 
+class LoadState(enum.Enum):
+    """Where a release stands in this process (funnel.v1.ReleaseState on the wire)."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
-class ReleaseState:
+class ReleaseStatus:
     release_id: str
-    state: str
+    state: LoadState
     error: str = ""
     channels: tuple[str, ...] = ()
 
@@ -46,9 +54,11 @@ class ReleaseManager(Generic[T]):
         warmup: Callable[[T], None] = lambda release: None,
         *,
         name: str,
+        poll_interval: float = 0.5,
     ) -> None:
         self.store = store
         self.name = name
+        self.poll_interval = poll_interval
         self._load, self._warmup = load, warmup
         self._listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()  # guards the fields below; never held during I/O or loading
@@ -57,7 +67,7 @@ class ReleaseManager(Generic[T]):
         self._loaded: dict[str, T] = {}
         self._effective: dict[str, str] = {}  # channel -> release id serving it here
         self._failed: dict[str, tuple[tuple[int, int] | None, str]] = {}  # id -> (manifest stat, error)
-        self._loading: str | None = None
+        self._loading: str | None = None  # the release being loaded now, if any
         self._stop = threading.Event()
         self._wake_loader = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -69,10 +79,10 @@ class ReleaseManager(Generic[T]):
 
     # --- background operation ------------------------------------------------------------------------------
 
-    def start(self, poll_interval: float) -> None:
+    def start(self) -> None:
         """Poll the channels every ``poll_interval`` seconds; load what they name on a separate thread."""
         for target, suffix in ((self._poll, "poll"), (self._load_loop, "load")):
-            thread = threading.Thread(target=target, args=(poll_interval,), name=f"{self.name}-{suffix}", daemon=True)
+            thread = threading.Thread(target=target, name=f"{self.name}-{suffix}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -82,24 +92,24 @@ class ReleaseManager(Generic[T]):
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def reload(self) -> list[ReleaseState]:
+    def reload(self) -> list[ReleaseStatus]:
         """Read the channels now and start any load they need; returns the status at this moment."""
         self.refresh()
         self._wake_loader.set()
         return self.status()
 
-    def _poll(self, poll_interval: float) -> None:
+    def _poll(self) -> None:
         while not self._stop.is_set():
             try:
                 if self.refresh():
                     self._wake_loader.set()
             except Exception:
                 log.exception("%s: reading channels failed", self.name)
-            self._stop.wait(poll_interval)
+            self._stop.wait(self.poll_interval)
 
-    def _load_loop(self, poll_interval: float) -> None:
+    def _load_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake_loader.wait(poll_interval)
+            self._wake_loader.wait(self.poll_interval)
             self._wake_loader.clear()
             if self._stop.is_set():
                 return
@@ -156,7 +166,8 @@ class ReleaseManager(Generic[T]):
                 if self._effective.get(channel) != wanted:
                     log.info("%s: channel %s now served by release %s", self.name, channel, wanted)
                 self._effective[channel] = wanted
-            elif channel == "candidate" and self._effective.pop("candidate", None):
+            elif channel == "candidate" and "candidate" in self._effective:
+                del self._effective["candidate"]
                 log.info("%s: no candidate served (channel names %s)", self.name, wanted)
         needed = set(self._effective.values()) | set(self._named())
         for release_id in [r for r in self._loaded if r not in needed]:
@@ -190,7 +201,8 @@ class ReleaseManager(Generic[T]):
     def _load_one(self, release_id: str) -> None:
         self._make_room()
         stat = self._manifest_stat(release_id)
-        self._loading = release_id
+        with self._lock:
+            self._loading = release_id
         started = time.monotonic()
         try:
             path, manifest = self.store.verify(release_id)
@@ -199,12 +211,12 @@ class ReleaseManager(Generic[T]):
         except Exception as exc:  # any failure means this release never serves
             message = str(exc) if isinstance(exc, FunnelError) else f"{type(exc).__name__}: {exc}"
             with self._lock:
+                self._loading = None
                 self._failed[release_id] = (stat, message)
             log.error("%s: refused release %s: %s", self.name, release_id, message)
             return
-        finally:
-            self._loading = None
         with self._lock:
+            self._loading = None
             self._loaded[release_id] = release
             self._failed.pop(release_id, None)
             self._apply()
@@ -252,13 +264,13 @@ class ReleaseManager(Generic[T]):
         with self._lock:
             return list(self._loaded)
 
-    def status(self) -> list[ReleaseState]:
+    def status(self) -> list[ReleaseStatus]:
         with self._lock:
             by_release: dict[str, list[str]] = {}
             for channel, release_id in self._effective.items():
                 by_release.setdefault(release_id, []).append(channel)
-            states = [ReleaseState(r, READY, "", tuple(sorted(by_release.get(r, [])))) for r in self._loaded]
-            states += [ReleaseState(r, FAILED, err) for r, (_, err) in sorted(self._failed.items())]
+            states = [ReleaseStatus(r, LoadState.READY, "", tuple(sorted(by_release.get(r, [])))) for r in self._loaded]
+            states += [ReleaseStatus(r, LoadState.FAILED, err) for r, (_, err) in sorted(self._failed.items())]
             if self._loading is not None:
-                states.append(ReleaseState(self._loading, LOADING))
+                states.append(ReleaseStatus(self._loading, LoadState.LOADING))
         return states

@@ -1,22 +1,26 @@
-"""What every Funnel service shares: common config fields and the process lifecycle around a ReleaseManager."""
+"""What every Funnel service shares: common settings, and a Service that owns its server, releases and workers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
 from funnel.release.store import ArtifactStore, Manifest
 from funnel.serving.config import setting
+from funnel.serving.interceptors import ErrorInterceptor, RequestLog, ServerInterceptor
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.server import REQUESTS, Health, build_server, serve_until_signalled
+from funnel.serving.server import Health, build_server
+from funnel.serving.workers import Worker
 
 log = logging.getLogger(__name__)
-REQUEST_LOG_INTERVAL = 30.0  # seconds between "served ..." summary lines
 
 
 class Warmable(Protocol):
@@ -24,6 +28,7 @@ class Warmable(Protocol):
 
 
 R = TypeVar("R", bound=Warmable)
+C = TypeVar("C", bound="ServiceConfig")
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,14 @@ class ServiceConfig:
     artifact_root: str = setting("FUNNEL_ARTIFACT_ROOT", help="artifact root holding releases/ and channels/")
     address: str = setting("FUNNEL_ADDRESS", "127.0.0.1:0", "host:port to listen on")
     poll_interval: float = setting("FUNNEL_POLL_INTERVAL", 0.5, "seconds between reads of channels/")
+    lame_duck: float = setting(
+        "FUNNEL_LAME_DUCK", 1.0, "seconds between reporting NOT_SERVING on SIGTERM and refusing new calls"
+    )
     shutdown_grace: float = setting("FUNNEL_SHUTDOWN_GRACE", 5.0, "seconds to drain in-flight requests on SIGTERM")
     max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
+    request_log_interval: float = setting(
+        "FUNNEL_REQUEST_LOG_INTERVAL", 30.0, "seconds between the 'served ...' request tally lines in the log"
+    )
 
 
 @dataclass(frozen=True)
@@ -48,51 +59,96 @@ class ModelServiceConfig(ServiceConfig):
 
 def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R]) -> ReleaseManager[R]:
     """A manager that loads releases from the configured artifact root with ``load`` and warms them."""
-    return ReleaseManager(ArtifactStore(config.artifact_root), load, lambda release: release.warmup(), name=name)
+    return ReleaseManager(
+        ArtifactStore(config.artifact_root),
+        load,
+        lambda release: release.warmup(),
+        name=name,
+        poll_interval=config.poll_interval,
+    )
 
 
-def create_service_server(
+class Service(Generic[R]):
+    """One service process's parts, built and not started: the gRPC server, the release manager and the
+    background workers. ``start()`` starts them; ``stop()`` reports NOT_SERVING, waits out the lame-duck pause,
+    stops the workers, and drains the server."""
+
+    def __init__(
+        self,
+        name: str,
+        server: grpc.Server,
+        port: int,
+        health: Health,
+        releases: ReleaseManager[R],
+        workers: Sequence[Worker] = (),
+    ) -> None:
+        self.name, self.server, self.port, self.health, self.releases = name, server, port, health, releases
+        self.workers = list(workers)
+
+    def start(self) -> None:
+        self.server.start()
+        self.releases.start()
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self, grace: float | None = 0.0, lame_duck: float = 0.0) -> None:
+        self.health.shutdown()  # NOT_SERVING from now on: balancers and probes take this replica out
+        if lame_duck > 0:
+            time.sleep(lame_duck)  # calls still arriving (clients not yet told) are served meanwhile
+        for worker in reversed(self.workers):
+            worker.stop()
+        self.releases.stop()
+        self.server.stop(grace).wait()
+
+    def serve_until_signalled(self, config: ServiceConfig) -> None:
+        """Start, run until SIGTERM/SIGINT, then stop with the configured lame-duck pause and drain grace."""
+        stopping = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopping.set())
+        self.start()
+        log.info("%s listening on port %d; artifact root %s", self.name, self.port, config.artifact_root)
+        stopping.wait()
+        log.info(
+            "shutting down: NOT_SERVING for %.1fs, then draining in-flight requests for up to %.1fs",
+            config.lame_duck,
+            config.shutdown_grace,
+        )
+        self.stop(config.shutdown_grace, config.lame_duck)
+        log.info("stopped")
+
+
+def create_service(
     config: ServiceConfig,
     name: str,
     load: Callable[[Path, Manifest], R],
     register: Callable[[grpc.Server, ReleaseManager[R]], None],
-    service_names: list[str],
+    service_names: Sequence[str],
+    *,
     releases: ReleaseManager[R] | None = None,
-    health: Health | None = None,
+    interceptors: Sequence[ServerInterceptor] = (),
+    workers: Sequence[Worker] = (),
     warm: Callable[[], bool] = lambda: True,
-) -> tuple[grpc.Server, int]:
-    """Build (not start) a service's server; health reports SERVING once ``releases`` has a stable release
-    (and ``warm()`` says the rest of the service is ready too).
-
-    Without ``releases`` a manager is created and starts polling the artifact root.
-    """
-    if releases is None:
-        releases = release_manager(config, name, load)
-        releases.start(config.poll_interval)
+) -> Service[R]:
+    """Build (not start) a service: health reports SERVING once ``releases`` serves a stable release and
+    ``warm()`` says the rest of the service is ready too. Every call passes the error mapping, the request tally,
+    then ``interceptors``."""
+    releases = releases or release_manager(config, name, load)
+    request_log = RequestLog(config.request_log_interval)
     server, port, health = build_server(
-        config.address, lambda s: register(s, releases), service_names, max_workers=config.max_workers, health=health
+        config.address,
+        lambda server: register(server, releases),
+        service_names,
+        max_workers=config.max_workers,
+        interceptors=[ErrorInterceptor(), request_log, *interceptors],
     )
     releases.subscribe(lambda ready: health.set_serving(ready and warm()))
-    return server, port
+    return Service(name, server, port, health, releases, [request_log, *workers])
 
 
-def serve_service(
-    config: ServiceConfig,
-    name: str,
-    service_names: list[str],
-    load: Callable[[Path, Manifest], R],
-    create_server: Callable[[ServiceConfig, ReleaseManager[R], Health], tuple[grpc.Server, int]],
-) -> None:
-    """Run one stage process: load releases in the background, serve, drain on SIGTERM."""
+def run_service(config: C, create: Callable[[C], Service[Any]]) -> None:
+    """Run one service process: set TensorFlow's threads (model services), build, serve, drain on SIGTERM."""
     if isinstance(config, ModelServiceConfig):
         from funnel.tf import set_threads  # only model services load TensorFlow
 
-        set_threads(config.tf_threads)  # before the first op: releases load below
-    health = Health(service_names)
-    releases = release_manager(config, name, load)
-    server, port = create_server(config, releases, health)
-    server.start()
-    log.info("%s listening on port %d; artifact root %s", name, port, config.artifact_root)
-    releases.start(config.poll_interval)
-    REQUESTS.start(REQUEST_LOG_INTERVAL)
-    serve_until_signalled(server, health, config.shutdown_grace, on_stop=releases.stop)
+        set_threads(config.tf_threads)  # before the first op: releases load once the service starts
+    create(config).serve_until_signalled(config)

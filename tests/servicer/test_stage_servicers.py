@@ -21,9 +21,9 @@ from funnel.release.retrieval import RetrievalRelease
 from funnel.release.store import INDEX_DIR, ArtifactStore
 from funnel.serving.service import release_manager
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from ranking_service.server import RankingConfig
+from ranking_service.server import RankingServiceConfig
 from ranking_service.server import create_server as create_ranking_server
-from retrieval_service.server import RetrievalConfig
+from retrieval_service.server import RetrievalServiceConfig
 from retrieval_service.server import create_server as create_retrieval_server
 from tests.conftest import RELEASE, clone_release
 from trainer.export import save_module
@@ -33,23 +33,23 @@ def start(create, config_class, load, root: Path):
     config = config_class(artifact_root=str(root), address="127.0.0.1:0")
     releases = release_manager(config, "test", load)
     releases.sync()
-    server, port = create(config, releases)
-    server.start()
-    return server, grpc.insecure_channel(f"127.0.0.1:{port}"), releases
+    service = create(config, releases)
+    service.start()
+    return service, grpc.insecure_channel(f"127.0.0.1:{service.port}"), releases
 
 
 @pytest.fixture(scope="module")
 def retrieval(artifact_root):
-    server, channel, releases = start(create_retrieval_server, RetrievalConfig, RetrievalRelease, artifact_root)
+    service, channel, releases = start(create_retrieval_server, RetrievalServiceConfig, RetrievalRelease, artifact_root)
     yield retrieval_pb2_grpc.RetrievalServiceStub(channel), channel, releases
-    server.stop(0)
+    service.stop()
 
 
 @pytest.fixture(scope="module")
 def ranking(artifact_root):
-    server, channel, releases = start(create_ranking_server, RankingConfig, RankingRelease, artifact_root)
+    service, channel, releases = start(create_ranking_server, RankingServiceConfig, RankingRelease, artifact_root)
     yield ranking_pb2_grpc.RankingServiceStub(channel), channel, releases
-    server.stop(0)
+    service.stop()
 
 
 def retrieve(stub, user_id="1", n=50, exclude_seen=True, release_id=RELEASE):
@@ -201,7 +201,9 @@ def test_health_reflection_and_status(retrieval) -> None:
     names = {s.name for s in answer.list_services_response.service}
     assert {"funnel.v1.RetrievalService", "grpc.health.v1.Health"} <= names
     status = retrieval_pb2_grpc.RetrievalServiceStub(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
-    assert [(r.release_id, r.state, list(r.channels)) for r in status.releases] == [(RELEASE, "ready", ["stable"])]
+    assert [(r.release_id, r.state, r.state_name, list(r.channels)) for r in status.releases] == [
+        (RELEASE, common_pb2.RELEASE_STATE_READY, "ready", ["stable"])
+    ]
 
 
 def test_batches_answer_like_single_calls(retrieval, ranking) -> None:

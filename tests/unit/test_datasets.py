@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from funnel import paths
 from funnel.data import loaders as data
 from funnel.data import movielens as datasets
 from funnel.errors import DataError
@@ -131,4 +132,5 @@ def test_default_cache_dir_honours_the_environment(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("FUNNEL_CACHE_DIR", str(tmp_path))
     assert datasets.default_cache_dir() == tmp_path
     monkeypatch.delenv("FUNNEL_CACHE_DIR")
-    assert datasets.default_cache_dir() == datasets.PROJECT_ROOT / "var" / "cache"
+    assert datasets.default_cache_dir() == paths.PROJECT_ROOT / "var" / "cache"
+    assert (paths.PROJECT_ROOT / "Makefile").is_file()  # the checkout, wherever the module sits in it

@@ -10,7 +10,7 @@ import pytest
 
 from funnel.errors import FailedPrecondition, NotFound, ReleaseError, Unavailable
 from funnel.release.store import ArtifactStore, Manifest
-from funnel.serving.manager import FAILED, READY, ReleaseManager
+from funnel.serving.manager import LoadState, ReleaseManager
 from tests.unit.test_release import publish
 
 
@@ -57,8 +57,8 @@ def test_bad_release_is_refused_and_last_good_keeps_serving(tmp_path: Path) -> N
     with pytest.raises(FailedPrecondition, match="checksum mismatch"):
         manager.get("r2")
     states = {s.release_id: s for s in manager.status()}
-    assert states["r1"].state == READY and states["r1"].channels == ("stable",)
-    assert states["r2"].state == FAILED and "checksum mismatch" in states["r2"].error
+    assert states["r1"].state == LoadState.READY and states["r1"].channels == ("stable",)
+    assert states["r2"].state == LoadState.FAILED and "checksum mismatch" in states["r2"].error
     publish(store, "r3")
     store.set_stable("r3")
     manager.sync()
@@ -125,7 +125,7 @@ def test_channel_changes_apply_while_a_slow_load_runs(tmp_path: Path) -> None:
     loader.start()
     try:
         time.sleep(0.2)
-        assert any(s.release_id == "r3" and s.state == "loading" for s in manager.status())
+        assert any(s.release_id == "r3" and s.state == LoadState.LOADING for s in manager.status())
         store.clear_candidate()  # the operator rolls back meanwhile
         started = time.monotonic()
         assert manager.refresh() == []
