@@ -34,33 +34,51 @@ def distinct_in_order(items: np.ndarray) -> np.ndarray:
 
 
 class IdIndex:
-    """Row of each id in an array of distinct int64 ids. Ids that are small non-negative integers (at most four
-    times as many slots as ids) get a dense table: one memory read per id, where a binary search over a
-    million-item catalog costs twenty scattered reads. Other ids fall back to binary search."""
+    """Row of each id in an array of distinct ids: int64 item ids or str user ids; every id→row lookup in Funnel
+    goes through it, with -1 for an id that is not in the array.
+
+    Integer ids that are small and non-negative (at most four times as many slots as ids) get a dense table: one
+    memory read per id, where a binary search over a million-item catalog costs twenty scattered reads. Other ids
+    use a binary search over a sorted copy.
+    """
 
     DENSE_SLOTS_PER_ID = 4
 
-    def __init__(self, ids: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
+    def __init__(self, ids: np.ndarray | Sequence[int] | Sequence[str]) -> None:
+        ids = np.asarray(ids)
+        self._strings = ids.dtype.kind in "USO"
+        ids = ids.astype(str) if self._strings else ids.astype(np.int64)
+        if ids.ndim != 1:
+            raise ValueError(f"expected a 1-d array of ids, got shape {ids.shape}")
         self.size = len(ids)
         self._dense: np.ndarray | None = None
-        if self.size and ids.min() >= 0 and ids.max() < self.DENSE_SLOTS_PER_ID * self.size:
+        if not self._strings and self.size and ids.min() >= 0 and ids.max() < self.DENSE_SLOTS_PER_ID * self.size:
             self._dense = np.full(int(ids.max()) + 1, -1, dtype=np.int32)
             self._dense[ids] = np.arange(self.size, dtype=np.int32)
         else:
             self._order = np.argsort(ids, kind="stable")
             self._sorted = ids[self._order]
 
-    def rows(self, ids: np.ndarray) -> np.ndarray:
+    def __len__(self) -> int:
+        return self.size
+
+    def rows(self, ids: np.ndarray | Sequence[int] | Sequence[str]) -> np.ndarray:
         """int64 row of each id, -1 for ids not in the array."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids)
+        ids = ids.astype(str) if self._strings else ids.astype(np.int64)
         if self._dense is not None:
             inside = (ids >= 0) & (ids < len(self._dense))
-            return np.where(inside, self._dense[np.where(inside, ids, 0)], np.int64(-1))
+            found: np.ndarray = np.where(inside, self._dense[np.where(inside, ids, 0)], np.int64(-1))
+            return found
         if not self.size:
             return np.full(len(ids), -1, dtype=np.int64)
         pos = np.minimum(np.searchsorted(self._sorted, ids), self.size - 1)
-        return np.where(self._sorted[pos] == ids, self._order[pos], np.int64(-1))
+        found = np.where(self._sorted[pos] == ids, self._order[pos], np.int64(-1))
+        return found
+
+    def row(self, id_: int | str) -> int:
+        """The row of one id, -1 when it is not in the array."""
+        return int(self.rows(np.array([id_]))[0])
 
 
 @dataclass(frozen=True)
