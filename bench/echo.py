@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from bench.loadgen import ECHO_METHOD
-from funnel.cli.stack import free_port, pin_to, stop_process
+from funnel.cli.stack import free_port, python_module, stop_process
 from funnel.serving.server import build_server
 
 SERVICE, METHOD = ECHO_METHOD.strip("/").split("/")
@@ -61,13 +61,14 @@ class EchoProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.echo", "--address", self.address, "--max-workers", str(self.max_workers)],
+                python_module(
+                    "bench.echo", ["--address", self.address, "--max-workers", str(self.max_workers)], self.cpus
+                ),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=pin_to(self.cpus),
             )
         deadline = time.monotonic() + self.timeout
         while True:

@@ -68,7 +68,7 @@ def sample_users(release_dir: Path, n: int, seed: int) -> list[str]:
     """``n`` users the release knows (they have stored histories), drawn without replacement, deterministic."""
     from funnel.release.files import read_seen
 
-    known = read_seen(release_dir).users()
+    known = read_seen(release_dir).users.tolist()
     pick = np.random.default_rng(seed).choice(len(known), min(n, len(known)), replace=False)
     return [known[i] for i in sorted(pick)]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, Unavailable
 from funnel.limits import DEFAULT_CANDIDATES, MAX_CANDIDATES, MAX_K
-from funnel.release.files import CatalogItem, Popularity, SeenItems, read_catalog, read_popularity, read_seen
+from funnel.release.files import CatalogItem, Histories, Popularity, read_catalog, read_popularity, read_seen
 from funnel.release.scoring import blend, retrieval_weight
 from funnel.release.store import Manifest
 from funnel.serving import validate
@@ -72,7 +72,7 @@ class GatewayRelease:
         self.release_id = manifest.release_id
         self.catalog: dict[int, CatalogItem] = read_catalog(path)
         self.popularity: Popularity = read_popularity(path)
-        self.seen: SeenItems = read_seen(path)
+        self.seen: Histories = read_seen(path)
         self.retrieval_weight = retrieval_weight(manifest.config)  # the served order's blend (funnel.release.scoring)
 
     def warmup(self) -> None:

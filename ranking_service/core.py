@@ -23,15 +23,8 @@ class Ranker:
     def rank_batch(self, release_id: str, queries: Sequence[tuple[str, Sequence[int], Sequence[int]]]) -> list[Scores]:
         """Validate every query (user id, item ids, history), then score them all in one call."""
         validate.count("queries length", len(queries), MAX_BATCH)
-        for user_id, _, history in queries:
-            validate.user_id(user_id)
-            validate.history(history)
-        release = self.releases.get(validate.stage_release_id(release_id))
-        return release.score_batch(
-            [
-                RankQuery(
-                    user_id, validate.item_ids(items, self.max_items, release.known_items), validate.history(history)
-                )
-                for user_id, items, history in queries
-            ]
-        )
+        users = [validate.user_id(user_id) for user_id, _, _ in queries]
+        histories = [validate.history(history) for _, _, history in queries]
+        release = self.releases.get(validate.stage_release_id(release_id))  # item ids are checked against it
+        items = [validate.item_ids(item_ids, self.max_items, release.known_items) for _, item_ids, _ in queries]
+        return release.score_batch([RankQuery(*query) for query in zip(users, items, histories, strict=True)])

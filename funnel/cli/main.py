@@ -180,22 +180,39 @@ def _pid_file(name: str) -> Path:
     return VAR / "run" / f"{name}.pid"
 
 
+def _running_pid(name: str) -> int | None:
+    """The pid in ``name``'s pid file when that process is alive and runs that service; a stale file (the process
+    is gone, or its pid now belongs to another program) is removed."""
+    path = _pid_file(name)
+    try:
+        pid = int(path.read_text().split()[0])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        pid = -1
+    if pid > 0 and stack.runs_module(pid, stack.MODULES[name]):
+        return pid
+    path.unlink(missing_ok=True)
+    print(f"removed stale pid file {path} ({name} is not running)")
+    return None
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     try:
         layout = stack.CpuLayout.of(args.layout, os.sched_getaffinity(0))
     except ValueError as exc:
         print(f"error: --layout {args.layout}: {exc}", file=sys.stderr)
         return 2
+    running = [name for name in stack.SERVICES if _running_pid(name) is not None]
+    if running:
+        print(f"error: already running ({', '.join(running)}); run `make down` first", file=sys.stderr)
+        return 1
     artifact_root = _artifact_root(args.artifact_root)
     store = ArtifactStore(artifact_root)
     if store.get_channel("stable") is None:
         release_id = new_release_id()
         print(f"== no stable release in {artifact_root}: training one on {args.data}", flush=True)
         _train_stable(artifact_root, args.data, release_id)
-    running = [n for n in stack.SERVICES if _pid_file(n).exists()]
-    if running:
-        print(f"error: already running ({', '.join(running)}); run `make down` first", file=sys.stderr)
-        return 1
     services = stack.start_stack(artifact_root, VAR / "log", ports=stack.DEFAULT_PORTS, cpus=layout.services)
     for name, service in services.items():
         _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
@@ -207,19 +224,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_down(args: argparse.Namespace) -> int:
     for name in reversed(stack.SERVICES):
-        path = _pid_file(name)
-        if not path.exists():
+        pid = _running_pid(name)
+        if pid is None:
             continue
-        pid = int(path.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(150):
-                os.kill(pid, 0)
-                time.sleep(0.1)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while stack.runs_module(pid, stack.MODULES[name]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stack.runs_module(pid, stack.MODULES[name]):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        path.unlink()
+        _pid_file(name).unlink(missing_ok=True)
         print(f"stopped {name} (pid {pid})")
     return 0
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,19 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def runs_module(pid: int, module: str) -> bool:
+    """True when process ``pid`` is alive (not a zombie) and is ``python -m module`` (possibly via funnel.cli.pinned):
+    a pid file's process, not whatever program reused its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return False
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a == b"-m" and b == module.encode() for a, b in zip(argv, argv[1:]))
 
 
 def health_status(address: str, timeout: float = 1.0) -> str:
@@ -101,12 +114,11 @@ class CpuLayout:
         return {"gateway": self.front, "retrieval": self.rest, "ranking": self.rest}
 
 
-def pin_to(cpus: Collection[int] | None) -> Callable[[], None] | None:
-    """A subprocess ``preexec_fn`` confining the child, and every thread it starts, to ``cpus`` (None: no pin)."""
+def python_module(module: str, args: Sequence[str] = (), cpus: Collection[int] | None = None) -> list[str]:
+    """The command that runs ``python -m module args``, confined to ``cpus`` when given (funnel.cli.pinned)."""
     if not cpus:
-        return None
-    allowed = frozenset(cpus)
-    return lambda: os.sched_setaffinity(0, allowed)
+        return [sys.executable, "-m", module, *args]
+    return [sys.executable, "-m", "funnel.cli.pinned", ",".join(map(str, sorted(cpus))), "-m", module, *args]
 
 
 def start_service(
@@ -123,14 +135,13 @@ def start_service(
     env = {**os.environ, "FUNNEL_ARTIFACT_ROOT": str(artifact_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name], "--address", address, *(args or [])],
+            python_module(MODULES[name], ["--address", address, *(args or [])], cpus),
             cwd=PROJECT_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=pin_to(cpus),
         )
     return ServiceProcess(name, address, process, log_path)
 

@@ -52,6 +52,7 @@ class IdIndex:
             raise ValueError(f"expected a 1-d array of ids, got shape {ids.shape}")
         self.size = len(ids)
         self._dense: np.ndarray | None = None
+        self._by_string: dict[str, int] | None = None
         if not self._strings and self.size and ids.min() >= 0 and ids.max() < self.DENSE_SLOTS_PER_ID * self.size:
             self._dense = np.full(int(ids.max()) + 1, -1, dtype=np.int32)
             self._dense[ids] = np.arange(self.size, dtype=np.int32)
@@ -77,8 +78,12 @@ class IdIndex:
         return found
 
     def row(self, id_: int | str) -> int:
-        """The row of one id, -1 when it is not in the array."""
-        return int(self.rows(np.array([id_]))[0])
+        """The row of one id, -1 when it is not in the array (str ids: a dict lookup, built on first use)."""
+        if not self._strings:
+            return int(self.rows(np.array([id_]))[0])
+        if self._by_string is None:
+            self._by_string = {str(u): int(r) for u, r in zip(self._sorted.tolist(), self._order.tolist())}
+        return self._by_string.get(str(id_), -1)
 
 
 @dataclass(frozen=True)
@@ -118,52 +123,11 @@ def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         return {k: data[k] for k in keys}
 
 
-class SeenItems:
-    """The items each known user interacted with, oldest first (CSR layout; releases before time order hold them
-    sorted by id); also the set of known users."""
-
-    def __init__(self, users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> None:
-        if len(indptr) != len(users) + 1 or indptr[-1] != len(items):
-            raise ReleaseError(
-                f"seen items: expected indptr of length {len(users) + 1} ending at {len(items)}, "
-                f"got length {len(indptr)} ending at {indptr[-1] if len(indptr) else None}"
-            )
-        self._index = {str(u): i for i, u in enumerate(users)}
-        self._indptr = indptr
-        self._items = items
-        self._sets: dict[str, set[int]] = {}  # contains()'s per-user sets, built on first use
-
-    def __contains__(self, user_id: str) -> bool:
-        return user_id in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def users(self) -> list[str]:
-        return list(self._index)
-
-    def get(self, user_id: str) -> np.ndarray:
-        """The user's seen item ids (int64), oldest first, empty for an unknown user."""
-        i = self._index.get(user_id)
-        if i is None:
-            return self._items[:0]
-        return self._items[self._indptr[i] : self._indptr[i + 1]]
-
-    def contains(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-        """bool per (user_ids[i], item_ids[i]) pair: the user interacted with the item."""
-        items = np.asarray(item_ids, dtype=np.int64)
-        out = np.zeros(len(items), dtype=bool)
-        for i, (user, item) in enumerate(zip(np.asarray(user_ids).astype(str).tolist(), items.tolist())):
-            if user not in self._sets:
-                self._sets[user] = set(self.get(user).tolist())
-            out[i] = item in self._sets[user]
-        return out
-
-
 class Histories:
     """Each user's distinct items in the order they were interacted with (oldest first; a repeated item counts at
-    its latest time), users sorted: the release's stored histories, the history input of the query tower and the
-    ranker, and the seen items excluded from recommendations. Without timestamps, file order is time order."""
+    its latest time), users sorted, in CSR layout (``users``, ``indptr``, ``items``). It is the release's
+    ``seen.npz``, the history input of the query tower and the ranker, and the seen items excluded from
+    recommendations. Without timestamps, file order is time order."""
 
     def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray | None = None) -> None:
         users, items = np.asarray(user_ids).astype(str), np.asarray(item_ids, dtype=np.int64)
@@ -180,26 +144,54 @@ class Histories:
         keep = np.sort(len(items) - 1 - last)  # each (user, item) at its latest interaction, in time order
         self.items = items[keep]
         self.indptr = np.searchsorted(codes[keep], np.arange(len(self.users) + 1)).astype(np.int64)
+        self._index = IdIndex(self.users)
+        self._sets: dict[str, set[int]] = {}  # contains()'s per-user sets, built on first use
+
+    @classmethod
+    def from_csr(cls, users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> Histories:
+        """Histories already in CSR layout (as ``seen.npz`` stores them), checked for consistency."""
+        if len(indptr) != len(users) + 1 or (len(indptr) and indptr[-1] != len(items)):
+            raise ReleaseError(
+                f"seen items: expected indptr of length {len(users) + 1} ending at {len(items)}, "
+                f"got length {len(indptr)} ending at {indptr[-1] if len(indptr) else None}"
+            )
+        histories = cls.__new__(cls)
+        histories.users = np.asarray(users).astype(str)
+        histories.indptr = np.asarray(indptr, dtype=np.int64)
+        histories.items = np.asarray(items, dtype=np.int64)
+        histories._index = IdIndex(histories.users)
+        histories._sets = {}
+        return histories
+
+    def __contains__(self, user_id: str) -> bool:
+        return self._index.row(user_id) >= 0
+
+    def __len__(self) -> int:
+        return len(self.users)
 
     def rows(self, user_ids: np.ndarray) -> np.ndarray:
         """Each user's row number, -1 for users without items."""
-        user_ids = np.asarray(user_ids).astype(str)
-        pos = np.searchsorted(self.users, user_ids).clip(max=max(len(self.users) - 1, 0))
-        known = (self.users[pos] == user_ids) if len(self.users) else np.zeros(len(user_ids), dtype=bool)
-        return np.where(known, pos, -1)
+        return self._index.rows(user_ids)
 
     def get(self, user_id: str) -> np.ndarray:
         """The user's items, oldest first (empty for an unknown user)."""
-        row = int(self.rows(np.array([user_id]))[0])
-        return self.items[:0] if row < 0 else self.items[self.indptr[row] : self.indptr[row + 1]]
+        return self._items_at(self._index.row(user_id))
 
     def padded(self, user_ids: np.ndarray) -> np.ndarray:
         """int64 [len(user_ids), max(1, longest history)]: each user's items, right-padded with HISTORY_PADDING."""
-        rows = self.rows(user_ids)
-        lengths = np.where(rows >= 0, self.indptr[rows + 1] - self.indptr[rows], 0)
-        out = np.full((len(rows), max(1, int(lengths.max(initial=0)))), HISTORY_PADDING, dtype=np.int64)
-        for i in np.flatnonzero(lengths):
-            out[i, : lengths[i]] = self.items[self.indptr[rows[i]] : self.indptr[rows[i] + 1]]
+        return pad_histories([self._items_at(row) for row in self.rows(user_ids).tolist()])
+
+    def _items_at(self, row: int) -> np.ndarray:
+        return self.items[:0] if row < 0 else self.items[self.indptr[row] : self.indptr[row + 1]]
+
+    def contains(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """bool per (user_ids[i], item_ids[i]) pair: the user interacted with the item."""
+        items = np.asarray(item_ids, dtype=np.int64)
+        out = np.zeros(len(items), dtype=bool)
+        for i, (user, item) in enumerate(zip(np.asarray(user_ids).astype(str).tolist(), items.tolist())):
+            if user not in self._sets:
+                self._sets[user] = set(self.get(user).tolist())
+            out[i] = item in self._sets[user]
         return out
 
 
@@ -208,9 +200,9 @@ def write_seen(release_dir: Path, histories: Histories) -> None:
     np.savez(Path(release_dir) / SEEN, users=histories.users, indptr=histories.indptr, items=histories.items)
 
 
-def read_seen(release_dir: Path) -> SeenItems:
+def read_seen(release_dir: Path) -> Histories:
     data = _load_npz(Path(release_dir) / SEEN, ("users", "indptr", "items"))
-    return SeenItems(data["users"], data["indptr"], data["items"])
+    return Histories.from_csr(data["users"], data["indptr"], data["items"])
 
 
 @dataclass(frozen=True)

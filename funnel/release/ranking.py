@@ -12,9 +12,8 @@ import numpy as np
 
 from funnel.limits import MAX_CANDIDATES
 from funnel.release.files import (
+    Histories,
     IdIndex,
-    SeenItems,
-    distinct_in_order,
     pad_histories,
     read_popularity,
     read_seen,
@@ -54,8 +53,8 @@ class RankingRelease:
         # (user_id, item_id) pairs and hold the training history in their per-user tables.
         self.reads_history = "history" in self.scorer.structured_input_signature[1]
         self.known_items = IdIndex(np.load(path / INDEX_DIR / "item_ids.npy", allow_pickle=False))
-        self.seen: SeenItems = read_seen(path)
-        self._warmup_users = self.seen.users()[:WARMUP_USERS]
+        self.seen: Histories = read_seen(path)
+        self._warmup_users = self.seen.users[:WARMUP_USERS].tolist()
         self._warmup_items = read_popularity(path).item_ids[:MAX_CANDIDATES]
 
     def score(self, user_id: str, item_ids: np.ndarray, history: np.ndarray | None = None) -> Scores:
@@ -66,7 +65,7 @@ class RankingRelease:
         """Scores for many users' candidates with one call of the scorer."""
         counts = [len(q.item_ids) for q in queries]
         if self.reads_history:
-            histories = [distinct_in_order(q.history) if len(q.history) else self.seen.get(q.user_id) for q in queries]
+            histories = [q.history if len(q.history) else self.seen.get(q.user_id) for q in queries]
             out = self.scorer(
                 user_id=string_tensor([q.user_id for q in queries]),
                 history=tf.constant(pad_histories(histories)),

@@ -15,9 +15,9 @@ import numpy as np
 from funnel.errors import ReleaseError
 from funnel.release.ann import SearchParams, search
 from funnel.release.files import (
+    Histories,
     IdIndex,
     Popularity,
-    SeenItems,
     pad_histories,
     read_popularity,
     read_seen,
@@ -104,7 +104,7 @@ class RetrievalRelease:
         self.query_tower = tf.saved_model.load(str(path / QUERY_TOWER_DIR)).signatures["serving_default"]
         # v2 towers read the user's history (user_id, history); v1 towers read only the user id.
         self.reads_history = "history" in self.query_tower.structured_input_signature[1]
-        self.seen: SeenItems = read_seen(path)
+        self.seen: Histories = read_seen(path)
         self.popularity: Popularity = read_popularity(path)
 
     def embed(self, user_ids: list[str], histories: list[np.ndarray]) -> np.ndarray:
@@ -170,7 +170,7 @@ class RetrievalRelease:
 
     def warmup(self) -> None:
         """Run real queries (known users, an unknown user) so the first request pays no tracing cost."""
-        users = self.seen.users()[:WARMUP_USERS]
+        users = self.seen.users[:WARMUP_USERS].tolist()
         for user_id in users:
             self.retrieve(user_id, 10, exclude_seen=True)
         self.retrieve("__funnel_warmup_unknown_user__", 10, exclude_seen=True)

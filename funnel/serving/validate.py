@@ -8,7 +8,7 @@ import numpy as np
 
 from funnel.errors import InvalidArgument
 from funnel.limits import MAX_HISTORY, MAX_USER_ID_CHARS
-from funnel.release.files import IdIndex
+from funnel.release.files import IdIndex, distinct_in_order
 from funnel.release.store import validate_release_id
 
 
@@ -44,7 +44,8 @@ def stage_release_id(value: str) -> str:
 
 
 def history(values: Sequence[int]) -> np.ndarray:
-    """Request-supplied history: at most MAX_HISTORY item ids (unknown ids are ignored by the model)."""
+    """Request-supplied history: at most MAX_HISTORY item ids, returned as its distinct items in time order (a
+    repeat counts at its latest place, as stored histories keep them); unknown ids are ignored by the models."""
     if len(values) > MAX_HISTORY:
         raise InvalidArgument(f"user.history_item_ids holds at most {MAX_HISTORY} items, got {len(values)}")
-    return np.asarray(values, dtype=np.int64)
+    return distinct_in_order(np.asarray(values, dtype=np.int64))

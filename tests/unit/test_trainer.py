@@ -527,7 +527,7 @@ def test_pipeline_publishes_a_verified_release_and_sets_stable_once(tmp_path, ca
     data = synthetic_dataset()
     seen = read_seen(path)
     assert seen.contains(data.interactions.user_ids, data.interactions.item_ids).all()
-    assert sum(len(seen.get(u)) for u in seen.users()) == len(
+    assert sum(len(seen.get(u)) for u in seen.users) == len(
         set(zip(data.interactions.user_ids, data.interactions.item_ids))
     )
     assert manifest.config["split"] == "recent" and manifest.config["refit"]
