@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from funnel.errors import DataError
+from funnel.fsutil import atomic_write_bytes, sha256_file
 from funnel.paths import default_cache_dir
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
@@ -23,17 +22,9 @@ EXPECTED_SHA256: dict[str, str] = {
 }
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_complete(directory: Path) -> bool:
     return all(
-        (directory / name).is_file() and _sha256_file(directory / name) == expected
+        (directory / name).is_file() and sha256_file(directory / name) == expected
         for name, expected in EXPECTED_SHA256.items()
     )
 
@@ -71,21 +62,7 @@ def _install(wheel: Path, target: Path) -> None:
             if received != expected:
                 problem = f"sha256 mismatch for {name} from {wheel}: expected {expected}, received {received}"
                 raise DataError(str(target / name), None, problem)
-            with tempfile.NamedTemporaryFile(dir=target, prefix=f".{name}.", suffix=".tmp", delete=False) as stream:
-                try:
-                    stream.write(data)
-                    stream.flush()
-                    os.fchmod(stream.fileno(), 0o644)  # NamedTemporaryFile creates 0600
-                    os.fsync(stream.fileno())
-                except BaseException:
-                    os.unlink(stream.name)
-                    raise
-            os.replace(stream.name, target / name)
-    directory = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+            atomic_write_bytes(target / name, data)
 
 
 def fetch_movielens_100k(cache_dir: str | Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from funnel.errors import InvalidArgument, NotFound, ReleaseError
+from funnel.fsutil import atomic_write_text, fsync_path, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,30 +56,6 @@ class RolloutState:
     stable: str | None = None
     candidate: str | None = None
     fraction: float = 0.0
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see either the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 def _walk_files(root: Path) -> dict[str, Path]:
@@ -179,9 +155,9 @@ class ReleaseWriter:
         if not files:
             raise ReleaseError(f"release {self.release_id}: nothing to publish in {self.dir}")
         for path in files.values():
-            _fsync_path(path)
+            fsync_path(path)
         for dirpath, _, _ in os.walk(self.dir):
-            _fsync_path(Path(dirpath))
+            fsync_path(Path(dirpath))
         manifest = Manifest(
             release_id=self.release_id,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -197,7 +173,7 @@ class ReleaseWriter:
         if target.exists():
             raise InvalidArgument(f"release {self.release_id!r} already exists in {self.store.releases_dir}")
         os.rename(self.dir, target)
-        _fsync_path(self.store.releases_dir)
+        fsync_path(self.store.releases_dir)
         self._published = True
         return self.release_id
 
@@ -311,7 +287,7 @@ class ArtifactStore:
     def clear_candidate(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.channels_dir / "candidate").unlink()
-            _fsync_path(self.channels_dir)
+            fsync_path(self.channels_dir)
 
     def _read_pointer(self, name: str) -> str | None:
         with contextlib.suppress(FileNotFoundError):
