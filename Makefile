@@ -5,14 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test eval bench profile layouts up down status stubs data clean
+.PHONY: demo test lint eval bench profile layouts up down status stubs data clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e ".[test,lint]"
 	touch $(STAMP)
 
 data: $(STAMP)  ## fetch MovieLens 100K into the cache (from the recbole wheel on PyPI)
@@ -24,22 +23,27 @@ stubs: $(STAMP)  ## regenerate the committed gRPC stubs from protos/
 demo: data  ## train on MovieLens 100K, publish, serve, recommend for user 42, stop
 	$(PY) -m funnel.cli demo
 
-test: data  ## unit, servicer and end-to-end tests
+test: data  ## unit, servicer, model and end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
-EVAL_STAMP := $(VENV)/.installed-eval
-$(EVAL_STAMP): $(STAMP) requirements-eval.txt
-	$(PY) -m pip install --quiet -r requirements-eval.txt
-	touch $(EVAL_STAMP)
+lint: $(STAMP)  ## ruff (lint and format check) and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
-eval: data $(EVAL_STAMP)  ## recent and seeds splits: the trainer job as served vs tuned baselines (var/eval/)
+EXTRAS_STAMP := $(VENV)/.installed-extras
+$(EXTRAS_STAMP): $(STAMP) constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e ".[test,lint,eval,bench]"
+	touch $(EXTRAS_STAMP)
+
+eval: data $(EXTRAS_STAMP)  ## recent and seeds splits: the trainer job as served vs tuned baselines (var/eval/)
 	$(PY) -m trainer.eval --out var/eval
 
-bench: data  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall
+bench: data $(EXTRAS_STAMP)  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall
 	$(PY) -m bench.run --items 1000000 --users 100000 --duration 20 --also movielens-100k --layout pinned --rounds 4 --out var/bench
 
 PROFILE_ROOT ?= var/artifacts
-profile: data  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)
+profile: data $(EXTRAS_STAMP)  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)
 	$(PY) -m bench.profile --artifact-root $(PROFILE_ROOT) --out var/profile
 
 layouts: data  ## the shared and pinned CPU layouts side by side, loads alternating (serves PROFILE_ROOT's stable release)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     executable = py_spy()
     if executable is None:
-        parser.error("py-spy not found: it is pinned in requirements.txt, which `make profile` installs")
+        parser.error("py-spy not found: it is in the bench extra (pip install -c constraints.txt -e .[bench])")
 
     stable, users = stable_users(parser, args.artifact_root)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
 
 import tensorflow as tf
 
-__all__ = ["tf", "string_tensor"]
+__all__ = ["set_threads", "string_tensor", "tf"]
 
 
 def string_tensor(values: Sequence[str] | np.ndarray) -> tf.Tensor:
