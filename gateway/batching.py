@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class Coalescer(Generic[Q, R]):
             self._hand_off(key)
         if slot.error is not None:
             raise slot.error
-        return slot.result  # type: ignore[return-value]
+        return cast(R, slot.result)  # finished without an error: the batch set its result
 
     def _gather(self, slot: _Slot[Q, R], pending: list[_Slot[Q, R]], aim: int, window: float) -> None:
         """Wait (holding the lock between checks) until ``pending`` holds ``aim`` requests, another leader's batch

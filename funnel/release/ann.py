@@ -52,7 +52,8 @@ def search(
     extra: dict[str, int] = {}
     if params.leaves_to_search is not None:
         extra["leaves_to_search"] = params.leaves_to_search
-    if params.reorder_factor is not None:
-        extra["pre_reorder_num_neighbors"] = params.pre_reorder(k)  # type: ignore[assignment]
+    reorder = params.pre_reorder(k)
+    if reorder is not None:
+        extra["pre_reorder_num_neighbors"] = reorder
     rows, scores = searcher.search_batched(queries, final_num_neighbors=k, **extra)
     return np.asarray(rows), np.asarray(scores)

@@ -119,7 +119,7 @@ class RetrievalRelease:
 
     def retrieve_batch(self, queries: Sequence[Query]) -> list[Candidates]:
         """Candidates for many users with one query-tower call and one ScaNN ``search_batched``."""
-        results: list[Candidates | None] = [None] * len(queries)
+        results: dict[int, Candidates] = {}
         warm: list[int] = []
         histories: list[np.ndarray] = []
         seen: list[np.ndarray] = []
@@ -143,7 +143,7 @@ class RetrievalRelease:
             for row, i in enumerate(warm):
                 n, mask = queries[i].num_candidates, keep[row]
                 results[i] = Candidates(self.release_id, ids[row][mask][:n], scores[row][mask][:n], False)
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(queries))]
 
     def _cold(self, user_id: str, history: np.ndarray) -> bool:
         """A history-reading tower needs at least one history item in the index (the user id alone says nothing);
