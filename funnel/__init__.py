@@ -1,3 +1,4 @@
-"""Funnel's shared package: config, artifact store, release format, server bootstrap and gRPC stubs."""
+"""Funnel's shared layers: release format and store (funnel.release), serving runtime (funnel.serving), data
+(funnel.data), tools (funnel.cli), the gateway client (funnel.client) and the gRPC stubs (funnel.v1)."""
 
 __version__ = "0.1.0"
