@@ -2,53 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
-from funnel.serving.config import parse_config, setting
+from funnel.serving.config import parse_config
 from funnel.serving.interceptors import TokenAuth
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
-from funnel.serving.service import Service, ServiceConfig, create_service, release_manager, run_service
+from funnel.serving.service import Service, create_service, release_manager, run_service
 from funnel.serving.workers import Periodic
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.admin import Admin, AdminServicer
 from gateway.batching import BatchedRanking, BatchedRetrieval
 from gateway.clients import GrpcRanking, GrpcRetrieval, StageClient, probe_readiness, stage_channel
+from gateway.config import GatewayServiceConfig
 from gateway.core import Deadlines, Gateway, GatewayRelease, Router, StageReadiness
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
-
-
-@dataclass(frozen=True)
-class GatewayServiceConfig(ServiceConfig):
-    """Gateway settings."""
-
-    address: str = setting("FUNNEL_GATEWAY_ADDRESS", "127.0.0.1:50051", "host:port to listen on")
-    retrieval_target: str = setting(
-        "FUNNEL_RETRIEVAL_TARGET",
-        "127.0.0.1:50052",
-        "retrieval service target (host:port or dns:///name:port for replicas)",
-    )
-    ranking_target: str = setting(
-        "FUNNEL_RANKING_TARGET",
-        "127.0.0.1:50053",
-        "ranking service target (host:port or dns:///name:port for replicas)",
-    )
-    retrieval_timeout: float = setting("FUNNEL_RETRIEVAL_TIMEOUT", 1.0, "seconds allowed for retrieval per request")
-    ranking_timeout: float = setting("FUNNEL_RANKING_TIMEOUT", 1.0, "seconds allowed for ranking per request")
-    max_batch: int = setting("FUNNEL_MAX_BATCH", 32, "requests coalesced into one stage call at most (1: no batching)")
-    max_in_flight: int = setting("FUNNEL_MAX_IN_FLIGHT", 1, "stage batches running at once per release")
-    batch_window_ms: float = setting(
-        "FUNNEL_BATCH_WINDOW_MS",
-        3.0,
-        "ms at most a new stage batch waits to gather as many requests as the previous one held (0: never)",
-    )
-    admin_token: str = setting(
-        "FUNNEL_ADMIN_TOKEN", "", "when set, AdminService calls need 'authorization: Bearer <token>'"
-    )
 
 
 class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer):

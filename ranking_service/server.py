@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
 from funnel.release.ranking import RankingRelease
-from funnel.serving.config import parse_config, setting
+from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
-from funnel.serving.service import ModelServiceConfig, Service, create_service, run_service
+from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
+from ranking_service.config import RankingServiceConfig
 from ranking_service.core import Ranker
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-
-
-@dataclass(frozen=True)
-class RankingServiceConfig(ModelServiceConfig):
-    """Ranking service settings."""
-
-    address: str = setting("FUNNEL_RANKING_ADDRESS", "127.0.0.1:50053", "host:port to listen on")
 
 
 class RankingServicer(ReleaseStatusRPCs, ranking_pb2_grpc.RankingServiceServicer):

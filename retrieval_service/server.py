@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
 from funnel.release.retrieval import RetrievalRelease
-from funnel.serving.config import parse_config, setting
+from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
-from funnel.serving.service import ModelServiceConfig, Service, create_service, run_service
+from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
+from retrieval_service.config import RetrievalServiceConfig
 from retrieval_service.core import Retriever
 
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
-
-
-@dataclass(frozen=True)
-class RetrievalServiceConfig(ModelServiceConfig):
-    """Retrieval service settings."""
-
-    address: str = setting("FUNNEL_RETRIEVAL_ADDRESS", "127.0.0.1:50052", "host:port to listen on")
 
 
 class RetrievalServicer(ReleaseStatusRPCs, retrieval_pb2_grpc.RetrievalServiceServicer):

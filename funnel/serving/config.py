@@ -64,3 +64,37 @@ def parse_config(
         elif f.default is dataclasses.MISSING:
             raise ConfigError(f"missing required setting: set {env} or pass {flag} ({f.metadata['help']})")
     return cls(**values)
+
+
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell: one line, no column breaks, no HTML tags or emphasis."""
+    for char in ("\\", "|", "<", "*"):
+        text = text.replace(char, "\\" + char)
+    return " ".join(text.split())
+
+
+def _default_cell(field: dataclasses.Field[Any]) -> str:
+    if field.default is dataclasses.MISSING:
+        return "required"
+    return f"`{field.default}`" if field.default != "" else '`""` (empty)'
+
+
+def reference_markdown(classes: Sequence[type]) -> str:
+    """A Markdown reference of config dataclasses: per class a heading, its docstring, and one table row per field
+    (flag, environment variable, type, default or "required", help), in the order ``parse_config`` declares them."""
+    sections = []
+    for cls in classes:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"expected a config dataclass, got {cls!r}")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        lines = [f"## `{cls.__name__}` (`{cls.__module__}`)", ""]
+        if doc:
+            lines += [doc[0], ""]
+        lines += ["| flag | environment variable | type | default | help |", "|---|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            row = (f"`{flag}`", f"`{f.metadata['env']}`", f"`{type_name}`", _default_cell(f), _cell(f.metadata["help"]))
+            lines.append("| " + " | ".join(row) + " |")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
