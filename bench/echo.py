@@ -42,7 +42,8 @@ def create_server(address: str, max_workers: int = 16) -> tuple[grpc.Server, int
 
 def echo_once(address: str, payload: bytes, timeout: float = 5.0) -> bytes:
     with grpc.insecure_channel(address) as channel:
-        return channel.unary_unary(ECHO_METHOD)(payload, timeout=timeout)
+        echo = channel.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)  # raw bytes
+        return echo(payload, timeout=timeout)
 
 
 class EchoProcess:

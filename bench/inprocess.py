@@ -17,9 +17,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 from funnel.tf import tf
 
@@ -30,23 +31,29 @@ import tensorflow_recommenders as tfrs
 from bench.loadgen import LoadResult, closed_loop, merge
 from bench.run import sample_users
 from funnel.release.ann import SearchParams, search
-from funnel.release.files import SeenItems, pad_histories, read_seen
+from funnel.release.files import Histories, pad_histories, read_seen
 from funnel.release.retrieval import embed_queries
 from funnel.release.store import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
-from trainer.evaluate import load_signature, run_batched
+from trainer.evaluate import Signature, load_signature, run_batched
 from trainer.index import INDEX_JSON, SCANN_DIR, exact_top_k, recall_at_k, tree_params
 
 RECALL_K = 100
 EMBED_BATCH = 8192
 
 
+class TopKLayer(Protocol):
+    """A TFRS top-k layer with its candidates indexed (BruteForce, ScaNN): (scores, item ids) [queries, k]."""
+
+    def __call__(self, queries: Any, k: int | None = None) -> tuple[Any, Any]: ...
+
+
 @dataclass
 class Models:
-    query_tower: object
-    candidate_tower: object
-    ranker: object
+    query_tower: Signature
+    candidate_tower: Signature
+    ranker: Signature
     item_ids: np.ndarray  # the index's items, in index row order
-    seen: SeenItems
+    seen: Histories
     reads_history: bool
     ranker_inputs: tuple[str, ...]
 
@@ -94,10 +101,11 @@ def scann_params(n: int, served: SearchParams, k: int = RECALL_K) -> dict:
 
 def build_layers(
     embeddings: np.ndarray, item_ids: np.ndarray, served: SearchParams, k: int = RECALL_K
-) -> tuple[dict, dict]:
+) -> tuple[dict[str, TopKLayer], dict[str, float]]:
     """{"bruteforce": BruteForce, "scann": ScaNN} over the catalog, and each one's index-build seconds."""
     candidates, identifiers = tf.constant(embeddings), tf.constant(item_ids)
-    layers, seconds = {}, {}
+    layers: dict[str, TopKLayer] = {}
+    seconds: dict[str, float] = {}
     started = time.monotonic()
     layers["bruteforce"] = tfrs.layers.factorized_top_k.BruteForce(k=k).index(candidates, identifiers)
     seconds["bruteforce"] = time.monotonic() - started
@@ -112,7 +120,7 @@ def build_layers(
 class InProcessServer:
     """One request = query tower → top-k layer → drop seen → ranker on the first ``num_candidates`` → best ``k``."""
 
-    def __init__(self, models: Models, layer: object, k: int = 10, num_candidates: int = 100) -> None:
+    def __init__(self, models: Models, layer: TopKLayer, k: int = 10, num_candidates: int = 100) -> None:
         self.models, self.layer, self.k, self.num_candidates = models, layer, k, num_candidates
         self.catalog_size = len(models.item_ids)
 
@@ -145,7 +153,7 @@ def measure(server: InProcessServer, user_ids: list[str], concurrency: int, dura
     for user in user_ids[:8]:
         server.recommend(user)
 
-    def make_call(thread: int):  # noqa: ANN202
+    def make_call(thread: int) -> Callable[[int], None]:
         def call(n: int) -> None:
             server.recommend(user_ids[n % len(user_ids)])
 
@@ -165,7 +173,7 @@ def served_index_recall(
     return recall_at_k(search(searcher, queries, k, served)[0], exact, k)
 
 
-def layer_recall(layer: object, item_ids: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
+def layer_recall(layer: TopKLayer, item_ids: np.ndarray, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Recall@k of a TFRS top-k layer (returns item ids) against ``exact`` (row numbers of the exact top k)."""
     _, ids = layer(tf.constant(queries), k=k)
     return recall_at_k(ids.numpy(), item_ids[exact], k)

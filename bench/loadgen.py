@@ -18,8 +18,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: what a spawn context's Queue(), Event() and Value() return
+    from multiprocessing.queues import Queue
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Event
 
 ECHO_METHOD = "/funnel.bench.Echo/Echo"
 
@@ -245,7 +251,7 @@ def _grpc_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], Non
 
     channel = grpc.insecure_channel(target.address)
     if target.kind == "echo":
-        echo = channel.unary_unary(ECHO_METHOD)  # no serializers: raw bytes both ways
+        echo = channel.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)  # raw bytes
         payload = target.payload
 
         def make_echo(thread: int) -> Call:
@@ -286,10 +292,10 @@ def _worker(
     duration: float,
     index: int,
     warmup: int,
-    ready: mp.Queue,
-    go: mp.Event,
-    start_at: mp.Value,
-    results: mp.Queue,
+    ready: Queue[int],
+    go: Event,
+    start_at: Synchronized[float],
+    results: Queue[tuple[int, Part | None, str | None]],
     cpus: frozenset[int] | None = None,
 ) -> None:
     try:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TypedDict
 
 from bench.loadgen import Target, run_load
 from bench.run import ROOT, stable_users, stack_parser
@@ -28,7 +29,15 @@ from funnel.cli.stack import ServiceProcess, start_stack, stop_stack
 SERVICES = ("gateway", "retrieval", "ranking")
 
 
-def summarize(collapsed: str, top: int) -> dict[str, list[tuple[str, float]]]:
+class Summary(TypedDict):
+    """Samples, and the ``top`` frames by their share of them: in the frame itself and anywhere below it."""
+
+    samples: int
+    self: list[tuple[str, float]]
+    inclusive: list[tuple[str, float]]
+
+
+def summarize(collapsed: str, top: int) -> Summary:
     """{"self": [(frame, share of samples)], "inclusive": [...]} from py-spy's collapsed stacks ("a;b;c N")."""
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
@@ -153,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         report["services"][name] = summary
         held = "the thread holding the GIL" if args.gil else "threads not idle"
         print(f"\n== {name}: {summary['samples']} samples of {held} at {args.rate}/s over {args.duration:g} s ({path})")
-        for kind in ("self", "inclusive"):
+        for kind, frames in (("self", summary["self"]), ("inclusive", summary["inclusive"])):
             print(f"  by {kind} time:")
-            for frame, share in summary[kind]:
+            for frame, share in frames:
                 print(f"    {share:6.1%}  {frame}")
     (args.out / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"release_id": stable, "rps": round(load.rps, 1), "p99_ms": round(load.p99, 2)}))

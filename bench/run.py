@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):  # noqa: ANN204
+    def __call__(self, name: str) -> AbstractContextManager[None]:
         phases = self
 
         class _Phase:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from funnel.data.loaders import Interactions
+from funnel.release.files import IdIndex
 
 MAX_K = 200  # the longest list ranked; recall@K is defined for K <= MAX_K
 EASE_LAMBDA = 500.0
@@ -23,9 +24,8 @@ def item_columns(catalog: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     catalog, item_ids = np.asarray(catalog, dtype=np.int64), np.asarray(item_ids, dtype=np.int64)
     if not len(catalog):
         raise ValueError("expected a non-empty catalog")
-    order = np.argsort(catalog, kind="stable")
-    cols = order[np.minimum(np.searchsorted(catalog, item_ids, sorter=order), len(catalog) - 1)]
-    unknown = catalog[cols] != item_ids
+    cols = IdIndex(catalog).rows(item_ids)
+    unknown = cols < 0
     if unknown.any():
         raise ValueError(f"expected catalog item ids, got item id {int(item_ids[unknown][0])}")
     return cols
@@ -45,15 +45,16 @@ class EvalSet:
     def build(cls, train: Interactions, test: Interactions, catalog: np.ndarray) -> EvalSet:
         items = np.asarray(catalog, dtype=np.int64)
         users, pair_rows = np.unique(test.user_ids, return_inverse=True)
-        known = np.isin(train.user_ids, users)
+        train_rows = IdIndex(users).rows(train.user_ids)  # -1: a training user without test pairs
+        known = train_rows >= 0
         seen = np.zeros((len(users), len(items)), dtype=bool)
-        seen[np.searchsorted(users, train.user_ids[known]), item_columns(items, train.item_ids[known])] = True
+        seen[train_rows[known], item_columns(items, train.item_ids[known])] = True
         return cls(users, items, seen, pair_rows.astype(np.int64), item_columns(items, test.item_ids))
 
     @property
     def cold(self) -> np.ndarray:
         """bool per row: the user rated nothing in training."""
-        return ~self.seen.any(axis=1)
+        return np.logical_not(self.seen.any(axis=1))
 
 
 @dataclass(frozen=True)
@@ -269,8 +270,7 @@ def user_rows(train: Interactions, data: EvalSet) -> np.ndarray:
     users = np.unique(train.user_ids)
     if not len(users):
         return np.full(len(data.users), -1, dtype=np.int64)
-    rows = np.minimum(np.searchsorted(users, data.users), len(users) - 1)
-    return np.where(users[rows] == data.users, rows, -1).astype(np.int64)
+    return IdIndex(users).rows(data.users)
 
 
 def rank_baselines(train: Interactions, data: EvalSet, lam: float = EASE_LAMBDA) -> dict[str, Positions]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from funnel.tf import tf
 
@@ -12,15 +12,29 @@ import numpy as np
 
 from funnel.data.loaders import Interactions
 from funnel.errors import ReleaseError
-from funnel.release.files import pad_histories
+from funnel.release.files import Histories, IdIndex, pad_histories
 from funnel.release.store import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR
 from trainer.baselines import rmse
 from trainer.index import ITEM_IDS_FILE
-from trainer.models import TOP_KS, Histories
+from trainer.models import TOP_KS
 
 SCORE_BLOCK = 1 << 24  # query × catalog scores held at once (64 MiB of float32)
 MISS = np.iinfo(np.int64).max  # the rank of a positive that cannot be retrieved
-Signature = Callable[..., dict[str, tf.Tensor]]
+
+
+class Signature(Protocol):
+    """A SavedModel signature (a TensorFlow concrete function; TensorFlow is untyped): called with tensors by input
+    name, it returns tensors by output name."""
+
+    @property
+    def structured_input_signature(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """((), {input name: tf.TensorSpec}): a signature takes keyword inputs only."""
+
+    @property
+    def structured_outputs(self) -> dict[str, Any]:
+        """{output name: tf.TensorSpec}."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, tf.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -108,13 +122,6 @@ def factorized_top_k(queries: np.ndarray, positives: np.ndarray, catalog: np.nda
     return _shares(better)
 
 
-def _catalog_rows(catalog_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """The row of each id in ``catalog_ids``, -1 for ids outside the catalog."""
-    order = np.argsort(catalog_ids, kind="stable")
-    pos = np.searchsorted(catalog_ids, ids, sorter=order).clip(max=len(catalog_ids) - 1)
-    return np.where(catalog_ids[order[pos]] == ids, order[pos], -1)
-
-
 def recall_unseen(
     queries: np.ndarray,
     catalog: np.ndarray,
@@ -128,8 +135,9 @@ def recall_unseen(
 
     A pair whose item is outside the catalog or among the user's training items counts as a miss.
     """
-    seen_rows, user_rows = _catalog_rows(catalog_ids, histories.items), histories.rows(user_ids)
-    targets = _catalog_rows(catalog_ids, np.asarray(item_ids, dtype=np.int64))
+    catalog_rows = IdIndex(catalog_ids)  # -1 for ids outside the catalog
+    seen_rows, user_rows = catalog_rows.rows(histories.items), histories.rows(user_ids)
+    targets = catalog_rows.rows(item_ids)
     better = np.empty(len(queries), dtype=np.int64)  # unseen catalog items scoring strictly above the positive
     chunk = max(1, SCORE_BLOCK // max(len(catalog), 1))
     for s in range(0, len(queries), chunk):

@@ -10,7 +10,7 @@ from funnel.tf import tf
 import numpy as np
 import tensorflow_recommenders as tfrs
 
-from funnel.release.files import HISTORY_PADDING, Histories
+from funnel.release.files import HISTORY_PADDING, Histories, IdIndex
 
 TOP_KS = (1, 5, 10, 50, 100)
 
@@ -237,21 +237,18 @@ def history_positions(histories: Histories, rows: np.ndarray, item_ids: np.ndarr
     if not len(histories.items):
         return np.zeros(len(rows), dtype=np.int64)
     codes, item_codes = np.unique(histories.items, return_inverse=True)
+    # One key per history entry, distinct as a history holds each of its user's items once
     keys = np.repeat(np.arange(len(histories.users)), np.diff(histories.indptr)) * len(codes) + item_codes
-    order = np.argsort(keys, kind="stable")
-    found = np.searchsorted(codes, item_ids).clip(max=len(codes) - 1)
-    wanted = rows * len(codes) + found
-    at = order[np.searchsorted(keys[order], wanted).clip(max=len(keys) - 1)]
-    hit = (rows >= 0) & (keys[at] == wanted) & (codes[found] == item_ids)
+    found = IdIndex(codes).rows(item_ids)  # -1: the item is in no history
+    known = (rows >= 0) & (found >= 0)
+    at = IdIndex(keys).rows(np.where(known, rows * len(codes) + found, -1))  # entry of each known pair, else -1
+    hit = at >= 0
     return np.where(hit, at - histories.indptr[np.maximum(rows, 0)], 0).astype(np.int64)
 
 
 def _item_counts(item_ids: np.ndarray, item_vocab: np.ndarray) -> np.ndarray:
     """Training examples per item-lookup row (row 0: out of vocabulary), each at least 1."""
-    order = np.argsort(item_vocab, kind="stable")
-    pos = np.searchsorted(item_vocab, item_ids, sorter=order).clip(max=len(item_vocab) - 1)
-    known = item_vocab[order[pos]] == item_ids
-    rows = np.where(known, order[pos] + 1, 0)
+    rows = IdIndex(item_vocab).rows(item_ids) + 1  # IntegerLookup's rows: vocabulary entry k is row k + 1, OOV 0
     return np.maximum(np.bincount(rows, minlength=len(item_vocab) + 1), 1)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from funnel.client import AdminClient
 from funnel.data.loaders import Dataset, Interactions, load_dataset
 from funnel.errors import ReleaseError
-from funnel.release.files import read_seen, write_catalog, write_popularity, write_seen
+from funnel.release.files import Histories, read_seen, write_catalog, write_popularity, write_seen
 from funnel.release.scoring import RETRIEVAL_WEIGHT_KEY
 from funnel.release.store import (
     CANDIDATE_TOWER_DIR,
@@ -34,7 +34,7 @@ from trainer.evaluate import Evaluation, embed_users, evaluate_release, load_sig
 from trainer.export import export_candidate_tower, export_query_tower
 from trainer.gate import GateConfig, check_gate
 from trainer.index import INDEX_JSON, IndexConfig, build_index
-from trainer.models import Features, Histories, RetrievalConfig, train_retrieval
+from trainer.models import Features, RetrievalConfig, train_retrieval
 from trainer.ranking import RankingConfig, export_ranker, train_ranker
 from trainer.split import make_split
 
@@ -209,10 +209,12 @@ class _Job:
         item_vocab = self.dataset.items.item_ids  # the whole catalog is retrievable
         if config.only == "ranker":
             print(f"[trainer] copying {', '.join(RETRIEVAL_PARTS)} from stable release {self.stable_id}", flush=True)
+            assert self.base_dir is not None  # run() resolves the stable release whenever --only is given
             _copy_parts(self.base_dir, target, RETRIEVAL_PARTS)
         else:
             if config.only == "index":
                 print(f"[trainer] copying the towers and ranker from stable release {self.stable_id}", flush=True)
+                assert self.base_dir is not None  # as above
                 _copy_parts(self.base_dir, target, (QUERY_TOWER_DIR, CANDIDATE_TOWER_DIR, RANKER_DIR))
             else:
                 runs["retrieval"] = f"retrieval-{new_release_id()}"
@@ -245,9 +247,19 @@ class _Job:
         GateRefused. The gate compares both releases on the held-out interactions the stable release was not given
         (a stable release refitted on all its data has seen the rest)."""
         config, histories = self.config, Histories(train.user_ids, train.item_ids, train.timestamps)
-        options = {"batch_size": config.eval_batch_size, "max_pairs": config.eval_max_pairs, "seed": config.seed}
+
+        def evaluate(release_dir: Path, pairs: Interactions) -> Evaluation:
+            return evaluate_release(
+                release_dir,
+                pairs,
+                histories,
+                batch_size=config.eval_batch_size,
+                max_pairs=config.eval_max_pairs,
+                seed=config.seed,
+            )
+
         with self.phase("evaluate held-out models"):
-            evaluation = evaluate_release(models, test, histories, **options)
+            evaluation = evaluate(models, test)
         if config.gate is None or self.stable_id is None:
             print(f"[trainer] gate skipped: {'--no-gate' if self.stable_id else 'no stable release yet'}", flush=True)
             return evaluation, None
@@ -261,8 +273,8 @@ class _Job:
             )
             return evaluation, {"stable_release_id": self.stable_id, "passed": True, "compared_pairs": 0}
         with self.phase(f"gate against stable release {self.stable_id} on {len(unseen)} held-out interactions"):
-            new = evaluation if len(unseen) == len(test) else evaluate_release(models, unseen, histories, **options)
-            stable = evaluate_release(self.base_dir, unseen, histories, **options)
+            new = evaluation if len(unseen) == len(test) else evaluate(models, unseen)
+            stable = evaluate(self.base_dir, unseen)
         record = check_gate(new, stable, self.stable_id, config.gate)  # raises GateRefused
         return evaluation, {**record, "compared_pairs": len(unseen)}
 

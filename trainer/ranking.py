@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from funnel.tf import tf
@@ -11,7 +12,7 @@ import numpy as np
 import tensorflow_recommenders as tfrs
 
 from funnel.data.loaders import Dataset, Interactions
-from funnel.release.files import HISTORY_PADDING, Histories
+from funnel.release.files import HISTORY_PADDING, Histories, IdIndex
 from trainer.baselines import rmse
 from trainer.export import save_module
 from trainer.ials import fit_ials, fold_in, gram, unseen_spread
@@ -107,26 +108,26 @@ class Tables:
     def num_items(self) -> int:
         return len(self.item_ids) + 1
 
+    @cached_property
+    def _user_index(self) -> IdIndex:
+        return IdIndex(self.user_ids)
+
+    @cached_property
+    def _item_index(self) -> IdIndex:
+        return IdIndex(self.item_ids)
+
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
-        return _rows(self.user_ids, np.asarray(user_ids).astype(np.str_))
+        """Row of each user id, 0 (the unknown row) for ids not in ``user_ids``."""
+        return self._user_index.rows(user_ids) + 1
 
     def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
-        return _rows(self.item_ids, np.asarray(item_ids, dtype=np.int64))
+        """Row of each item id, 0 (the unknown row) for ids not in ``item_ids``."""
+        return self._item_index.rows(item_ids) + 1
 
     def entries(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Position of each (user row, item row) pair in ``history``, -1 where absent."""
-        keys = self.history[:, 0] * self.num_items + self.history[:, 1]
-        wanted = users * self.num_items + items
-        pos = np.searchsorted(keys, wanted).clip(0, max(len(keys) - 1, 0))
-        return np.where(keys[pos] == wanted, pos, -1).astype(np.int64)
-
-
-def _rows(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Row of each id in a sorted vocabulary (position + 1), 0 for ids not in it."""
-    if not len(vocab):
-        return np.zeros(len(ids), np.int64)
-    pos = np.searchsorted(vocab, ids).clip(0, len(vocab) - 1)
-    return np.where(vocab[pos] == ids, pos + 1, 0).astype(np.int64)
+        keys = self.history[:, 0] * self.num_items + self.history[:, 1]  # distinct: ``history`` is unique
+        return IdIndex(keys).rows(users * self.num_items + items)
 
 
 def _vocab(values: list[str]) -> dict[str, int]:
@@ -141,7 +142,9 @@ def build_tables(train: Interactions, dataset: Dataset) -> Tables:
     feature_users = dataset.users.user_ids.astype(np.str_) if dataset.users is not None else np.array([], np.str_)
     user_ids = np.unique(np.concatenate([train.user_ids.astype(np.str_), feature_users]))
     item_ids = np.unique(np.concatenate([dataset.items.item_ids, train.item_ids]).astype(np.int64))
-    users, items = _rows(user_ids, train.user_ids.astype(np.str_)), _rows(item_ids, train.item_ids.astype(np.int64))
+    user_index, item_index = IdIndex(user_ids), IdIndex(item_ids)
+    # Row k + 1 is user_ids[k] (item_ids[k]), row 0 the unknown id; every training user and item has a row
+    users, items = user_index.rows(train.user_ids) + 1, item_index.rows(train.item_ids) + 1
     user_trained = np.zeros(len(user_ids) + 1, np.float32)
     user_trained[users] = 1.0
     item_trained = np.zeros(len(item_ids) + 1, np.float32)
@@ -151,7 +154,7 @@ def build_tables(train: Interactions, dataset: Dataset) -> Tables:
     sizes = (len(AGE_BOUNDARIES) + 2, 1, 1)
     if dataset.users is not None:
         people = dataset.users
-        rows = _rows(user_ids, feature_users)
+        rows = user_index.rows(feature_users) + 1  # every user with features is in user_ids
         genders, occupations = _vocab(list(people.genders)), _vocab(list(people.occupations))
         ages = np.asarray(people.ages)
         categories[rows, 0] = np.where(ages > 0, np.digitize(ages, AGE_BOUNDARIES) + 1, 0)
@@ -160,7 +163,7 @@ def build_tables(train: Interactions, dataset: Dataset) -> Tables:
         sizes = (len(AGE_BOUNDARIES) + 2, len(genders) + 1, len(occupations) + 1)
 
     catalog = dataset.items
-    rows = _rows(item_ids, catalog.item_ids.astype(np.int64))
+    rows = item_index.rows(catalog.item_ids) + 1  # every catalog item is in item_ids
     genre_index = _vocab([g for genres in catalog.genres for g in genres])
     genres = np.zeros((len(item_ids) + 1, max(len(genre_index), 1)), np.float32)
     for row, names in zip(rows, catalog.genres, strict=True):
@@ -168,7 +171,8 @@ def build_tables(train: Interactions, dataset: Dataset) -> Tables:
     genres /= np.maximum(np.linalg.norm(genres, axis=1, keepdims=True), 1.0)
     years = np.asarray(catalog.years)
     known = years > 0
-    edges = np.unique(np.quantile(years[known], np.linspace(0, 1, YEAR_BUCKETS + 1)[1:-1])) if known.any() else []
+    inner = np.linspace(0, 1, YEAR_BUCKETS + 1)[1:-1]  # the quantiles between buckets
+    edges = np.unique(np.quantile(years[known], inner)) if known.any() else np.zeros(0)
     year = np.zeros(len(item_ids) + 1, np.int32)
     year[rows] = np.where(known, np.digitize(years, edges) + 1, 0)
 

@@ -177,10 +177,12 @@ def tune_baselines(
                 "regularization": grids.ials_regularizations,
                 "alpha": grids.ials_alphas,
             }
-            fixed = {"iterations": grids.ials_iterations}
-            best, best_recall, tried = coordinate_search(
-                axes, lambda p, fixed=fixed: recall("ials", {**p, **fixed}), grids.ials_passes
-            )
+            fixed: Params = {"iterations": grids.ials_iterations}
+
+            def ials_recall(params: Params, fixed: Params = fixed) -> float:
+                return recall("ials", {**params, **fixed})
+
+            best, best_recall, tried = coordinate_search(axes, ials_recall, grids.ials_passes)
             best = {**best, **fixed}
         else:
             settings = _settings(name, grids)
