@@ -143,7 +143,7 @@ def _failed_everywhere(services, release_id: str) -> bool:
     for name, stub_class in stubs.items():
         with grpc.insecure_channel(services[name].address) as channel:
             status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
-        if not any(r.release_id == release_id and r.state == "failed" for r in status.releases):
+        if not any(r.release_id == release_id and r.state == common_pb2.RELEASE_STATE_FAILED for r in status.releases):
             return False
     return True
 

@@ -168,7 +168,9 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
             admin.start_rollout(r3, 0.5)
             wait_until(
                 lambda: any(
-                    r.release_id == r3 and r.state == "failed" for svc in admin.status().services for r in svc.releases
+                    r.release_id == r3 and r.state == common_pb2.RELEASE_STATE_FAILED
+                    for svc in admin.status().services
+                    for r in svc.releases
                 ),
                 60,
                 "retrieval to refuse the bad release",
