@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from funnel.serving.interceptors import ServerInterceptor
 from funnel.serving.manager import LoadState, ReleaseManager, ReleaseStatus
@@ -41,6 +41,25 @@ class Health:
         self.servicer.enter_graceful_shutdown()
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(service_names: list[str], server: grpc.Server) -> None:
+    """Server reflection as grpc.reflection.v1 (what current tools ask for) and v1alpha (older ones). grpcio-reflection
+    ships only v1alpha; v1 is the same protocol under another package name, so the one servicer answers both."""
+    names = [*service_names, reflection.SERVICE_NAME, REFLECTION_V1]
+    servicer = reflection.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
 def build_server(
     address: str,
     register: Callable[[grpc.Server], None],
@@ -48,26 +67,35 @@ def build_server(
     *,
     max_workers: int = 16,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_connection_age: float = 0.0,
+    connection_age_grace: float = 5.0,
     interceptors: Sequence[ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int, Health]:
     """Create (not start) a server with the given servicers, health and reflection; returns the bound port.
 
-    ``interceptors`` wrap every call, the first outermost.
+    ``interceptors`` wrap every call, the first outermost. A ``max_connection_age`` (seconds, 0: none) makes
+    clients reconnect that often, letting calls in flight finish within ``connection_age_grace``.
     """
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    if max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(connection_age_grace * 1000)),
+        ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         interceptors=list(interceptors),
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=options,
     )
     register(server)
     names = list(service_names)
     health = Health(names)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflection.enable_server_reflection([*names, grpc_health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    _enable_reflection([*names, grpc_health.SERVICE_NAME], server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise SystemExit(f"could not bind {address!r}: expected host:port that is free")
