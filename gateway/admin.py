@@ -82,17 +82,17 @@ class Admin:
         return candidate
 
     def _propagate(self) -> RolloutState:
-        """Apply the change here at once and ask each stage to re-read channels now (they also poll)."""
+        """Apply the change here at once and ask every stage replica to re-read channels now (they also poll)."""
         self.releases.reload()
         for stage in self.stages:
-            try:
-                stage.reload()
-            except grpc.RpcError as exc:
-                log.warning(
-                    "%s did not take the reload (%s); it will see the change when it polls",
-                    stage.stage,
-                    exc.code().name,
-                )
+            for address, answer in stage.replicas.reload().items():
+                if isinstance(answer, grpc.RpcError):
+                    log.warning(
+                        "%s replica %s did not take the reload (%s); it will see the change when it polls",
+                        stage.stage,
+                        address,
+                        answer.code().name,
+                    )
         return self.store.rollout()
 
 
@@ -117,13 +117,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             admin_pb2.ServiceReleases(service="gateway", releases=release_statuses(self.admin.releases.status()))
         ]
         for stage in self.admin.stages:
-            try:
-                releases = stage.status().releases
-            except grpc.RpcError as exc:
-                error = f"{exc.code().name}: {exc.details()}"
+            answers = stage.replicas.statuses()
+            if not answers:
+                error = f"{stage.target} resolves to no address"
                 services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target, error=error))
-            else:
-                services.append(admin_pb2.ServiceReleases(service=stage.stage, target=stage.target, releases=releases))
+            for address, answer in sorted(answers.items()):
+                if isinstance(answer, grpc.RpcError):
+                    error = f"{answer.code().name}: {answer.details()}"
+                    services.append(admin_pb2.ServiceReleases(service=stage.stage, target=address, error=error))
+                else:
+                    replica = admin_pb2.ServiceReleases(service=stage.stage, target=address, releases=answer.releases)
+                    services.append(replica)
         return admin_pb2.GetRolloutStatusResponse(
             rollout=_state(self.admin.store.rollout()),
             services=services,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,7 @@ def stage_channel(target: str) -> grpc.Channel:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.dns_min_time_between_resolutions_ms", 1000),
         ],
     )
 
@@ -53,22 +56,92 @@ def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) 
         raise StageUnavailable(stage, f"{code.name}: {details}") from None
 
 
+def resolve_target(target: str) -> list[str]:
+    """The addresses a gRPC target names now, one per replica: ``dns:///host:port`` (or a plain ``host:port``)
+    through the resolver, ``ipv4:a:p,b:p`` and ``ipv6:[a]:p,...`` as listed; others (``unix:``) as given."""
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            return [address for address in target[len(scheme) :].split(",") if address]
+    if target.startswith("unix:"):
+        return [target]
+    name = target
+    if name.startswith("dns:"):
+        name = name[len("dns:") :]
+        if name.startswith("//"):
+            name = name[2:].split("/", 1)[1]  # dns://authority/host:port: the authority is the DNS server
+    host, _, port = name.rpartition(":")
+    if not host or not port.isdigit():
+        return [target]
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    found = []
+    for family, _, _, _, sockaddr in infos:
+        ip = str(sockaddr[0])
+        found.append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+    return sorted(set(found))
+
+
+class StageReplicas:
+    """A channel to each replica a stage's target resolves to, for what must reach every replica rather than any
+    one: status (rollout readiness) and reload. Requests use the stage's balanced channel instead."""
+
+    def __init__(
+        self,
+        target: str,
+        stub_class: Callable[[grpc.Channel], Any],
+        resolve: Callable[[str], list[str]] = resolve_target,
+    ) -> None:
+        self.target, self._stub_class, self._resolve = target, stub_class, resolve
+        self._lock = threading.Lock()
+        self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
+
+    def _stubs(self) -> dict[str, Any]:
+        """Stubs for the addresses the target resolves to now; channels to addresses gone are closed."""
+        addresses = self._resolve(self.target)
+        with self._lock:
+            for address in set(self._channels) - set(addresses):
+                self._channels.pop(address)[0].close()
+            for address in addresses:
+                if address not in self._channels:
+                    channel = grpc.insecure_channel(address)
+                    self._channels[address] = (channel, self._stub_class(channel))
+            return {address: self._channels[address][1] for address in addresses}
+
+    def statuses(self, timeout: float = 1.0) -> dict[str, common_pb2.GetStatusResponse | grpc.RpcError]:
+        """Each replica's GetStatus answer, or the error it gave (one call per replica)."""
+        return self._each("GetStatus", common_pb2.GetStatusRequest(), timeout)
+
+    def reload(self, timeout: float = 2.0) -> dict[str, common_pb2.ReloadResponse | grpc.RpcError]:
+        """Ask every replica to re-read channels/ now."""
+        return self._each("Reload", common_pb2.ReloadRequest(), timeout)
+
+    def _each(self, method: str, request: Any, timeout: float) -> dict[str, Any]:
+        answers: dict[str, Any] = {}
+        for address, stub in self._stubs().items():
+            try:
+                answers[address] = getattr(stub, method)(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                answers[address] = exc
+        return answers
+
+    def close(self) -> None:
+        with self._lock:
+            for channel, _ in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+
 class StageClient:
-    """What the gateway asks of any stage besides its main RPC: status (for readiness) and reload."""
+    """A stage as the gateway sees it: the balanced channel its requests use, and each of its replicas."""
 
     stage = ""
 
     def __init__(self, channel: grpc.Channel, stub_class: Callable[[grpc.Channel], Any], target: str = "") -> None:
         self.target = target
         self._stub = stub_class(channel)
-
-    def status(self, timeout: float = 2.0) -> common_pb2.GetStatusResponse:
-        response: common_pb2.GetStatusResponse = self._stub.GetStatus(common_pb2.GetStatusRequest(), timeout=timeout)
-        return response
-
-    def reload(self, timeout: float = 2.0) -> common_pb2.ReloadResponse:
-        response: common_pb2.ReloadResponse = self._stub.Reload(common_pb2.ReloadRequest(), timeout=timeout)
-        return response
+        self.replicas = StageReplicas(target, stub_class)
 
 
 class GrpcRetrieval(StageClient):
@@ -138,11 +211,12 @@ class GrpcRanking(StageClient):
 
 
 def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> None:
-    """Record which releases each stage reports ready; a stage that does not answer has none."""
+    """Record which releases every replica of every stage reports ready; a replica that does not answer is not live."""
     for client in stages:
-        try:
-            ready = ready_release_ids(client.status())
-        except grpc.RpcError:
-            readiness.update(client.stage, [], answered=False)
-        else:
-            readiness.update(client.stage, ready)
+        readiness.update(
+            client.stage,
+            {
+                address: None if isinstance(answer, grpc.RpcError) else ready_release_ids(answer)
+                for address, answer in client.replicas.statuses().items()
+            },
+        )

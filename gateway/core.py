@@ -6,7 +6,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -110,28 +110,45 @@ def traffic_bucket(user_id: str, salt: str) -> float:
 
 
 class StageReadiness:
-    """Which releases each stage reports ready (from its GetStatus); a candidate gets traffic only when all do."""
+    """Which releases each replica of each stage reports ready (from its GetStatus). A candidate gets traffic, and
+    may be promoted, only when every live replica of every stage holds it ready; a replica that does not answer
+    is not live (the balanced channel sends it nothing either)."""
 
     def __init__(self, stages: Iterable[str]) -> None:
         self._lock = threading.Lock()
-        self._ready: dict[str, frozenset[str]] = {stage: frozenset() for stage in stages}
+        self._replicas: dict[str, dict[str, frozenset[str] | None]] = {stage: {} for stage in stages}
         self._answered: set[str] = set()
 
-    def update(self, stage: str, ready_release_ids: Iterable[str], answered: bool = True) -> None:
+    def update(self, stage: str, replicas: Mapping[str, Iterable[str] | None]) -> None:
+        """A stage's latest probe: each replica's address → the release ids it holds ready, None if it did not
+        answer."""
+        view = {address: None if ready is None else frozenset(ready) for address, ready in replicas.items()}
         with self._lock:
-            self._ready[stage] = frozenset(ready_release_ids)
-            if answered:
+            self._replicas[stage] = view
+            if any(ready is not None for ready in view.values()):
                 self._answered.add(stage)
 
     def all_answered_once(self) -> bool:
-        """True once every stage has answered a probe: the gateway's connections are up (part of its warm-up)."""
+        """True once a replica of every stage has answered a probe: the gateway's connections are up (part of its
+        warm-up)."""
         with self._lock:
-            return self._answered >= set(self._ready)
+            return self._answered >= set(self._replicas)
 
     def missing(self, release_id: str) -> list[str]:
-        """The stages that do not (yet) report ``release_id`` ready."""
+        """Where ``release_id`` is not (yet) ready: each live replica without it, or a stage with no live replica."""
         with self._lock:
-            return [stage for stage, ready in self._ready.items() if release_id not in ready]
+            missing = []
+            for stage, replicas in self._replicas.items():
+                live = {address: ready for address, ready in replicas.items() if ready is not None}
+                if not live:
+                    missing.append(f"{stage} (no replica answers)")
+                missing += [f"{stage} replica {a}" for a, ready in sorted(live.items()) if release_id not in ready]
+            return missing
+
+    def replicas(self, stage: str) -> dict[str, frozenset[str] | None]:
+        """The last probe of ``stage``: each replica's address → its ready releases (None: did not answer)."""
+        with self._lock:
+            return dict(self._replicas.get(stage, {}))
 
 
 class Router:

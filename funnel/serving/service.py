@@ -43,6 +43,12 @@ class ServiceConfig:
     )
     shutdown_grace: float = setting("FUNNEL_SHUTDOWN_GRACE", 5.0, "seconds to drain in-flight requests on SIGTERM")
     max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
+    max_connection_age: float = setting(
+        "FUNNEL_MAX_CONNECTION_AGE",
+        10.0,
+        "seconds a client connection lives before the server asks the client to reconnect, which re-resolves its "
+        "target and so finds replicas added since (0: forever)",
+    )
     request_log_interval: float = setting(
         "FUNNEL_REQUEST_LOG_INTERVAL", 30.0, "seconds between the 'served ...' request tally lines in the log"
     )
@@ -139,6 +145,8 @@ def create_service(
         lambda server: register(server, releases),
         service_names,
         max_workers=config.max_workers,
+        max_connection_age=config.max_connection_age,
+        connection_age_grace=config.shutdown_grace,
         interceptors=[ErrorInterceptor(), request_log, *interceptors],
     )
     releases.subscribe(lambda ready: health.set_serving(ready and warm()))

@@ -14,6 +14,7 @@ from funnel.release.scoring import blend, retrieval_weight
 from funnel.release.store import ArtifactStore, RolloutState
 from funnel.serving.manager import ReleaseManager
 from gateway.admin import Admin
+from gateway.clients import resolve_target
 from gateway.core import (
     Gateway,
     GatewayRelease,
@@ -219,12 +220,12 @@ def test_no_stable_release_is_unavailable(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def rollout(releases):
-    """Stable r1 and candidate r2 loaded; both stages report both ready."""
+    """Stable r1 and candidate r2 loaded; both replicas of both stages report both ready."""
     releases.store.set_candidate("r2", 0.3)
     releases.sync()
     readiness = StageReadiness(["retrieval", "ranking"])
     for stage in ("retrieval", "ranking"):
-        readiness.update(stage, ["r1", "r2"])
+        readiness.update(stage, {f"{stage}-a:1": ["r1", "r2"], f"{stage}-b:1": ["r1", "r2"]})
     return releases, readiness
 
 
@@ -248,11 +249,16 @@ def test_candidate_gets_a_sticky_fraction_of_users(rollout) -> None:
     assert all(len(router.choose("", u)) == 2 for u in users[:50])  # the other release follows as fallback
 
 
-def test_candidate_gets_no_traffic_until_every_stage_has_it(rollout) -> None:
+def test_candidate_gets_no_traffic_until_every_live_replica_of_every_stage_has_it(rollout) -> None:
     releases, readiness = rollout
-    readiness.update("ranking", ["r1"])
-    assert set(served_by(Router(releases, readiness), [f"u{i}" for i in range(500)]).values()) == {"r1"}
-    assert readiness.missing("r2") == ["ranking"]
+    users = [f"u{i}" for i in range(500)]
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": ["r1"]})  # one replica still loading
+    assert set(served_by(Router(releases, readiness), users).values()) == {"r1"}
+    assert readiness.missing("r2") == ["ranking replica ranking-b:1"]
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": None})  # gone: the balancer skips it
+    assert readiness.missing("r2") == [] and "r2" in served_by(Router(releases, readiness), users).values()
+    readiness.update("ranking", {"ranking-a:1": None})
+    assert readiness.missing("r2") == ["ranking (no replica answers)"]
 
 
 def test_a_stage_missing_the_chosen_release_reruns_the_whole_request_on_the_other(rollout) -> None:
@@ -267,12 +273,18 @@ def test_a_stage_missing_the_chosen_release_reruns_the_whole_request_on_the_othe
         Gateway(Router(releases, readiness), retrieval, ranking).recommend("u1", 2, release_id="r2")
 
 
+class FakeReplicas:
+    def __init__(self) -> None:
+        self.reloads = 0
+
+    def reload(self) -> dict:
+        self.reloads += 1
+        return {}
+
+
 class FakeStage:
     def __init__(self, stage: str) -> None:
-        self.stage, self.target, self.reloads = stage, "", 0
-
-    def reload(self) -> None:
-        self.reloads += 1
+        self.stage, self.target, self.replicas = stage, "", FakeReplicas()
 
 
 def test_admin_rollout_lifecycle(rollout) -> None:
@@ -290,12 +302,12 @@ def test_admin_rollout_lifecycle(rollout) -> None:
     with pytest.raises(FailedPrecondition, match="no rollout"):
         admin.promote()
     assert admin.start_rollout("r2", 0.5) == RolloutState("r1", "r2", 0.5)
-    assert [s.reloads for s in stages] == [1, 1] and releases.channel("candidate") == "r2"
+    assert [s.replicas.reloads for s in stages] == [1, 1] and releases.channel("candidate") == "r2"
     assert admin.set_fraction(0.25) == RolloutState("r1", "r2", 0.25)
-    readiness.update("ranking", ["r1"])
-    with pytest.raises(FailedPrecondition, match="not ready on ranking"):
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": ["r1"]})
+    with pytest.raises(FailedPrecondition, match="not ready on ranking replica ranking-b:1"):
         admin.promote()
-    readiness.update("ranking", ["r1", "r2"])
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": ["r1", "r2"]})
     with pytest.raises(FailedPrecondition, match="the candidate is r2, not r1"):
         admin.promote("r1")
     assert admin.promote("r2") == RolloutState("r2", None, 0.0)
@@ -318,9 +330,17 @@ def test_admin_refuses_a_corrupt_release(rollout) -> None:
 
 def test_gateway_is_warm_once_every_stage_answered() -> None:
     readiness = StageReadiness(["retrieval", "ranking"])
-    readiness.update("retrieval", [])
-    readiness.update("ranking", [], answered=False)
+    readiness.update("retrieval", {"a:1": []})
+    readiness.update("ranking", {"b:1": None})
     assert not readiness.all_answered_once()
-    readiness.update("ranking", ["r1"])
-    readiness.update("ranking", [], answered=False)  # a later outage does not undo the start-up gate
-    assert readiness.all_answered_once() and readiness.missing("r1") == ["retrieval", "ranking"]
+    readiness.update("ranking", {"b:1": ["r1"]})
+    readiness.update("ranking", {"b:1": None})  # a later outage does not undo the start-up gate
+    assert readiness.all_answered_once()
+    assert readiness.missing("r1") == ["retrieval replica a:1", "ranking (no replica answers)"]
+
+
+def test_a_target_resolves_to_one_address_per_replica() -> None:
+    assert resolve_target("ipv4:127.0.0.1:5001,127.0.0.1:5002") == ["127.0.0.1:5001", "127.0.0.1:5002"]
+    assert resolve_target("127.0.0.1:5001") == ["127.0.0.1:5001"]
+    assert resolve_target("dns:///127.0.0.1:5001") == ["127.0.0.1:5001"]
+    assert "127.0.0.1:5001" in resolve_target("dns:///localhost:5001")
