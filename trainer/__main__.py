@@ -16,7 +16,7 @@ from funnel.tf import tf
 from funnel.data.loaders import DATASET_SPECS
 from funnel.errors import DataError, FunnelError
 from funnel.paths import ARTIFACT_ROOT_ENV, CACHE_ENV, default_cache_dir
-from funnel.release.store import validate_fraction
+from funnel.release.store import ArtifactStore, validate_fraction
 from trainer.gate import GateConfig, GateRefused
 from trainer.index import RecallTooLow
 from trainer.models import RetrievalConfig
@@ -139,6 +139,12 @@ def parse_args(
         default=environ.get(ADMIN_TARGET_ENV),
         help=f"gateway AdminService host:port that starts the rollout [env {ADMIN_TARGET_ENV}]",
     )
+    parser.add_argument(
+        "--unless-stable",
+        action="store_true",
+        help="exit at once, successfully, when the store already has a stable release: a first-boot job that never "
+        "retrains by accident",
+    )
     parser.add_argument("--admin-token", default=environ.get(ADMIN_TOKEN_ENV), help=f"[env {ADMIN_TOKEN_ENV}]")
     parser.add_argument(
         "--rollout-fraction", type=_fraction, default=0.1, help="candidate traffic share to start at (default 0.1)"
@@ -166,6 +172,7 @@ def parse_args(
         refit=args.refit,
         release_id=args.release_id,
         set_stable=args.set_stable,
+        unless_stable=args.unless_stable,
         only=args.only,
         gate=gate,
         admin_target=args.admin_target,
@@ -179,6 +186,11 @@ def parse_args(
 
 def run_once(config: PipelineConfig) -> int:
     """One job run; the exit status, with the reason on stderr when it is not EXIT_OK."""
+    if config.unless_stable:
+        stable = ArtifactStore(config.artifact_root).get_channel("stable")
+        if stable is not None:
+            print(f"trainer: {config.artifact_root} has stable release {stable}; nothing to do", flush=True)
+            return EXIT_OK
     try:
         run(config)
     except GateRefused as exc:

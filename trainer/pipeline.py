@@ -18,6 +18,7 @@ import numpy as np
 from funnel.client import AdminClient
 from funnel.data.loaders import Dataset, Interactions, load_dataset
 from funnel.errors import ReleaseError
+from funnel.paths import default_cache_dir
 from funnel.release.files import Histories, read_seen, write_catalog, write_popularity, write_seen
 from funnel.release.scoring import RETRIEVAL_WEIGHT_KEY
 from funnel.release.store import (
@@ -48,13 +49,14 @@ class PipelineConfig:
 
     artifact_root: Path
     data: str = "movielens-100k"
-    cache_dir: Path = Path("var/cache")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     max_users: int | None = None  # None: every user
     split: str = "recent"  # held out to evaluate and gate: "recent" (each user's latest 20%), "seeds", "temporal"
     refit: bool = True  # after the gate, train again on every interaction and publish that
     retrieval_weight: float = 1.0  # the served order: standardized ranker score + this x standardized retrieval score
     release_id: str | None = None  # None: generated
     set_stable: bool | None = None  # None: only when the store has no stable release yet
+    unless_stable: bool = False  # do nothing when the store has a stable release (a first-boot job)
     only: str | None = None  # "index" or "ranker": rebuild that part of the stable release; None: train both models
     gate: GateConfig | None = field(default_factory=GateConfig)  # None: publish without comparing to stable
     admin_target: str | None = None  # gateway AdminService; None: publish only and print the rollout command

@@ -75,6 +75,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    status = stack.health_status(args.target, args.timeout)
+    print(f"{args.target} {status}")
+    return 0 if status == "SERVING" else 1
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     for name, stub_class in STATUS_STUBS.items():
         address = getattr(args, name)
@@ -255,6 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, address in DEFAULT_ADDRESSES.items():
         p.add_argument(f"--{name}", default=address)
     p.set_defaults(run=_cmd_status)
+
+    p = sub.add_parser("health", help="exit 0 when a server reports SERVING on grpc.health.v1 (container healthchecks)")
+    p.add_argument(
+        "target",
+        nargs="?",
+        default=os.environ.get("FUNNEL_HEALTH_TARGET", DEFAULT_ADDRESSES["gateway"]),
+        help="host:port [env FUNNEL_HEALTH_TARGET]",
+    )
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    p.set_defaults(run=_cmd_health)
 
     for name, run, text in (
         ("demo", _cmd_demo, "train, serve, recommend for one user, stop"),
