@@ -24,12 +24,18 @@ WIRE_STATES = {
 }
 
 
+LIVENESS = "liveness"  # the health service name that answers SERVING while the process runs (liveness probes)
+
+
 class Health:
-    """The standard grpc.health.v1 servicer, with the overall and per-service status set together."""
+    """The standard grpc.health.v1 servicer. The overall status ("") and each API service's follow readiness
+    together; ``liveness`` stays SERVING until shutdown, for probes that must not restart a replica that is
+    still loading its first release."""
 
     def __init__(self, service_names: Iterable[str]) -> None:
         self.servicer = grpc_health.HealthServicer(experimental_non_blocking=True)
         self._names = ["", *service_names]
+        self.servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self.set_serving(False)
 
     def set_serving(self, serving: bool) -> None:
@@ -38,6 +44,7 @@ class Health:
             self.servicer.set(name, status)
 
     def shutdown(self) -> None:
+        """NOT_SERVING for every name, liveness included, from now on."""
         self.servicer.enter_graceful_shutdown()
 
 

@@ -13,7 +13,7 @@ from funnel.cli.stack import free_port
 from funnel.release.store import ArtifactStore
 from funnel.v1 import common_pb2
 from gateway.server import GatewayServiceConfig, create_server
-from tests.unit.test_gateway_core import publish_release
+from tests.helpers import publish_release
 
 WORKER_THREADS = {"gateway-poll", "gateway-load", "stage-readiness", "request-log"}
 
@@ -22,9 +22,9 @@ def running_workers() -> set[str]:
     return {t.name for t in threading.enumerate() if t.is_alive()} & WORKER_THREADS
 
 
-def health(port: int) -> str:
+def health(port: int, service: str = "") -> str:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
@@ -43,6 +43,7 @@ def test_create_builds_start_starts_and_stop_stops_every_thread(tmp_path: Path) 
     try:
         assert running_workers() == WORKER_THREADS
         assert health(service.port) == "NOT_SERVING"  # the stages have never answered
+        assert health(service.port, "liveness") == "SERVING"  # but the process is alive: no restart
     finally:
         service.stop(grace=1.0, lame_duck=0.2)
     assert running_workers() == set()
@@ -75,7 +76,7 @@ def test_stop_keeps_answering_through_the_lame_duck_pause_then_refuses(tmp_path:
             response_deserializer=common_pb2.GetStatusResponse.FromString,
         )(common_pb2.GetStatusRequest(), timeout=2)
     assert status.service == "gateway" and stopper.is_alive()  # answered during the pause
-    assert health(service.port) == "NOT_SERVING"
+    assert health(service.port) == health(service.port, "liveness") == "NOT_SERVING"
     stopper.join(10)
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel, pytest.raises(grpc.RpcError):
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
