@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -28,8 +28,11 @@ class Admin:
         releases: ReleaseManager[GatewayRelease],
         readiness: StageReadiness,
         stages: Sequence[StageClient],
+        probe: Callable[[], None] = lambda: None,
     ) -> None:
+        """``probe`` refreshes ``readiness`` from every replica now: promotion never trusts a stale view."""
         self.store, self.releases, self.readiness, self.stages = store, releases, readiness, stages
+        self._probe = probe
         self._lock = threading.Lock()  # one change at a time from this process
 
     def start_rollout(self, release_id: str, fraction: float) -> RolloutState:
@@ -56,6 +59,7 @@ class Admin:
             candidate = self._candidate()
             if expected and expected != candidate:
                 raise FailedPrecondition(f"the candidate is {candidate}, not {expected}")
+            self._probe()
             missing = self.readiness.missing(candidate)
             if self.releases.channel("candidate") != candidate:
                 missing.insert(0, "gateway")

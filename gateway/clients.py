@@ -24,24 +24,46 @@ _PASS_THROUGH: dict[grpc.StatusCode, type[FunnelError]] = {
 }
 
 
+STAGE_SERVICES = ("funnel.v1.RetrievalService", "funnel.v1.RankingService")
+STAGE_CHANNEL_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    # Only replicas whose grpc.health.v1 status is SERVING get calls: one still loading its first release, or
+    # draining after SIGTERM, gets none.
+    "healthCheckConfig": {"serviceName": ""},
+    # A call a replica refuses as UNAVAILABLE (gone, or not loaded yet) is tried again, on the next replica.
+    "methodConfig": [
+        {
+            "name": [{"service": service} for service in STAGE_SERVICES],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.01s",
+                "maxBackoff": "0.05s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+
+
+FAST_RECONNECT = [  # a replica that (re)starts is reached again within about a second, not gRPC's minutes
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.dns_min_time_between_resolutions_ms", 1000),
+]
+
+
 def stage_channel(target: str) -> grpc.Channel:
-    """A channel that balances round-robin over every address the target resolves to (one per replica).
+    """A channel that balances round-robin over every serving address the target resolves to (one per replica).
 
     Reconnect backoff is capped at one second, so a stage that (re)starts is used again within about a second;
-    gRPC's default grows to minutes, and calls fail fast (degrading the answer) for all of that time.
+    gRPC's default grows to minutes, and calls fail fast (degrading the answer) for all of that time. DNS is
+    re-resolved at most every second when a connection drops (servers cap connection age), so new replicas are
+    found within seconds.
     """
-    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.service_config", config),
-            ("grpc.enable_retries", 1),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.dns_min_time_between_resolutions_ms", 1000),
-        ],
-    )
+    options = [("grpc.service_config", json.dumps(STAGE_CHANNEL_CONFIG)), ("grpc.enable_retries", 1), *FAST_RECONNECT]
+    return grpc.insecure_channel(target, options=options)
 
 
 def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
@@ -105,7 +127,7 @@ class StageReplicas:
                 self._channels.pop(address)[0].close()
             for address in addresses:
                 if address not in self._channels:
-                    channel = grpc.insecure_channel(address)
+                    channel = grpc.insecure_channel(address, options=FAST_RECONNECT)
                     self._channels[address] = (channel, self._stub_class(channel))
             return {address: self._channels[address][1] for address in addresses}
 

@@ -109,7 +109,7 @@ def create_server(
             Deadlines(config.retrieval_timeout, config.ranking_timeout),
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
-        admin = Admin(releases.store, releases, readiness, [retrieval, ranking])
+        admin = Admin(releases.store, releases, readiness, [retrieval, ranking], probe.probe)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin), server)
 
     return create_service(
