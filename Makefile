@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test lint eval bench profile layouts up down status stubs data clean
+.PHONY: demo test test-fast lint images compose-test bench-compose eval bench profile layouts up down status stubs data clean
 
 $(STAMP): constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -26,10 +26,24 @@ demo: data  ## train on MovieLens 100K, publish, serve, recommend for user 42, s
 test: data  ## unit, servicer, model and end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
+test-fast: data  ## unit and servicer tests without TensorFlow: seconds
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not integration"
+
 lint: $(STAMP)  ## ruff (lint and format check) and mypy
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+IMAGE ?= funnel:latest
+images:  ## the one Funnel image (docker/Dockerfile), on a local debootstrap base when no registry answers
+	docker/ensure-docker.sh
+	docker/build-image.sh $(IMAGE)
+
+compose-test: data  ## Docker set up, the image built, the compose stack scaled (retrieval=3, ranking=2) and rolled out
+	FUNNEL_IMAGE=$(IMAGE) docker/compose-test.sh
+
+bench-compose: images  ## the compose stack: up time, and Recommend req/s with 1 and 3 retrieval replicas
+	FUNNEL_IMAGE=$(IMAGE) $(PY) -m bench.compose
 
 EXTRAS_STAMP := $(VENV)/.installed-extras
 $(EXTRAS_STAMP): $(STAMP) constraints.txt

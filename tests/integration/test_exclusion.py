@@ -12,9 +12,9 @@ import pytest
 from funnel.data.loaders import load_dataset
 from funnel.release.retrieval import Query, RetrievalRelease
 from funnel.release.store import ArtifactStore
-from tests.conftest import CACHE_DIR, ROOT
+from tests.helpers import CACHE_DIR, ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow  # trains a release of all of MovieLens 100K (the trainer CLI, TensorFlow)
 
 
 def test_no_movielens_user_is_offered_a_film_they_rated(tmp_path: Path) -> None:

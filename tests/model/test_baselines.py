@@ -1,4 +1,6 @@
-"""Item-kNN, iALS plumbing and baseline tuning on a validation carve; numpy only (no `implicit`, no TF models)."""
+"""Item-kNN, iALS plumbing and baseline tuning on a validation carve; numpy only (no `implicit`, no TF models).
+
+In the model tier all the same: importing any `trainer` module imports TensorFlow (trainer/__init__.py)."""
 
 from __future__ import annotations
 

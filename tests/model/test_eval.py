@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from funnel.data.loaders import Interactions
-from tests.unit.test_trainer import synthetic_dataset
+from tests.helpers import synthetic_dataset
 from trainer import baselines
 from trainer import eval as evaluation
 from trainer.baselines import (
@@ -19,6 +19,7 @@ from trainer.baselines import (
     global_mean_rmse,
     hit_rates,
     list_positions,
+    ndcg_at_k,
     popularity_counts,
     rank_baselines,
     rank_by_scores,
@@ -81,6 +82,17 @@ def test_rank_by_scores_yields_both_positions_independent_of_the_score_block(mon
         assert positions.incl_seen.tolist() == expected_catalog
         assert rank_by_scores(scorer, data, k=4).unseen.tolist() == expected_unseen
     assert hit_rates(rank_by_scores(scorer, data, k=3).unseen, [1, 3]) == {1: 0.5, 3: 0.75}
+
+
+def test_ndcg_at_k_by_hand():
+    # User 0 has test pairs at positions 0 and 2: DCG 1 + 1/log2(4) = 1.5 of an ideal 1 + 1/log2(3); user 1's one
+    # pair is missing (ABSENT), user 2's sits at position 10, outside the top 10: both 0. The mean is over users.
+    positions, rows = np.array([0, 2, ABSENT, 10]), np.array([0, 0, 1, 2])
+    assert ndcg_at_k(positions, rows, 10) == pytest.approx((1.5 / (1 + 1 / np.log2(3))) / 3)
+    assert ndcg_at_k(positions, rows, 11) == pytest.approx((1.5 / (1 + 1 / np.log2(3)) + 1 / np.log2(12)) / 3)
+    assert ndcg_at_k(np.array([1]), np.array([5]), 10) == pytest.approx(1 / np.log2(3))  # one pair, second place
+    with pytest.raises(ValueError):
+        ndcg_at_k(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 10)
 
 
 def test_eval_set_holds_the_training_items_of_the_test_users():
@@ -177,6 +189,42 @@ def _svd_factors(history, *, factors, regularization, alpha, iterations, seed):
     return u[:, :factors] * s[:factors], vt[:factors].T
 
 
+def _by_hand(split: str) -> dict[str, float]:
+    """What `trainer.eval` must report on `synthetic_dataset` for the metrics that follow from counting alone.
+
+    The catalog holds 80 items, so every model places every test item the user has not rated in training within
+    its top 100 (recall@100 is the share of such pairs; 1.0 counting seen items too), and popularity's order is
+    the training counts (ties in catalog order), computed here pair by pair.
+    """
+    data = synthetic_dataset()
+    train_idx, test_idx = make_split(split, data.interactions, seed=42)
+    train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
+    catalog = data.items.item_ids.tolist()
+    counts = {item: int(np.sum(train.item_ids == item)) for item in catalog}
+    seen: dict[str, set[int]] = {}
+    for user, item in zip(train.user_ids.tolist(), train.item_ids.tolist()):
+        seen.setdefault(user, set()).add(item)
+    positions: dict[str, list[int | None]] = {}
+    for user, item in zip(test.user_ids.tolist(), test.item_ids.tolist()):
+        order = sorted((i for i in catalog if i not in seen[user]), key=lambda i: (-counts[i], catalog.index(i)))
+        positions.setdefault(user, []).append(order.index(item) if item in order else None)
+    pairs = [p for user_positions in positions.values() for p in user_positions]
+    ndcg = [
+        sum(1 / np.log2(p + 2) for p in found if p is not None and p < 10)
+        / sum(1 / np.log2(k + 2) for k in range(min(len(found), 10)))
+        for found in positions.values()
+    ]
+    per_user = np.bincount(np.unique(train.user_ids, return_inverse=True)[1])
+    return {
+        "unseen_share": np.mean([p is not None for p in pairs]),
+        "popularity_recall_at_10": np.mean([p is not None and p < 10 for p in pairs]),
+        "popularity_ndcg_at_10": float(np.mean(ndcg)),
+        "global_mean_rmse": float(np.sqrt(np.mean((test.ratings - np.mean(train.ratings, dtype=np.float64)) ** 2))),
+        "trainer_held_out": int(np.sum(per_user // 5)),  # the trainer holds out each user's latest fifth (rounded down)
+        "num_train": len(train),
+    }
+
+
 def test_eval_prints_the_recent_metrics_with_seeds_nested_and_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "load_dataset", lambda spec, cache_dir: synthetic_dataset())
     monkeypatch.setattr(evaluation, "BASELINE_FACTORIZER", _svd_factors)
@@ -195,29 +243,35 @@ def test_eval_prints_the_recent_metrics_with_seeds_nested_and_writes_the_report(
     out = tmp_path / "report"
     assert evaluation.main(["--out", str(out), "--cache-dir", str(tmp_path), "--epochs", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    keys = {
-        "ranking_rmse",
-        "retrieval_top100_incl_seen",
-        "recall_at_100",
-        "recall_at_10",
-        "pipeline_recall_at_10",
-        "pipeline_ndcg_at_10",
-        "pipeline_by_history_recall_at_10",
-    }
     baselines = ("popularity", "item_knn", "ease", "ials")
-    baseline_keys = {f"{b}_{m}" for b in baselines for m in ("recall_at_10", "recall_at_100", "ndcg_at_10")}
     for metrics, split in ((result, "recent"), (result["seeds"], "seeds")):
-        assert metrics["split"] == split and keys <= set(metrics) and baseline_keys <= set(metrics["baselines"])
-        assert (metrics["num_train"], metrics["num_test"]) == (1440, 360)
-        # The trainer job was given the training part alone, and held out its own latest 20% of it.
+        expected = _by_hand(split)
+        assert metrics["split"] == split and (metrics["num_train"], metrics["num_test"]) == (1440, 360)
+        assert expected["num_train"] == 1440
+        # The trainer job was given the training part alone, and held out its own latest fifth of it.
         held_out = metrics["trainer_held_out"]
-        assert held_out["split"] == "recent" and held_out["num_train"] + held_out["num_test"] == 1440
-        assert held_out["num_test"] == (240 if split == "recent" else held_out["num_test"]) > 200  # 4 of 24 each
-        for key in keys - {"ranking_rmse"}:
-            assert 0.0 <= metrics[key] <= 1.0, key
-        for key in baseline_keys:
-            assert 0.0 <= metrics["baselines"][key] <= 1.0, key
-        assert metrics["ranking_rmse"] > 0 and metrics["baselines"]["global_mean_rmse"] > 0
+        assert held_out == {
+            "split": "recent",
+            "num_train": 1440 - expected["trainer_held_out"],
+            "num_test": expected["trainer_held_out"],
+        }
+        share = pytest.approx(expected["unseen_share"], abs=1e-4)  # the metrics are rounded to 4 places
+        assert 0 < expected["unseen_share"] < 1  # some test items were rated in training too: those never count
+        assert metrics["recall_at_100"] == share and metrics["retrieval_top100_incl_seen"] == 1.0
+        for name in baselines:
+            assert metrics["baselines"][f"{name}_recall_at_100"] == share, name
+            assert metrics["baselines"][f"{name}_top100_incl_seen"] == 1.0, name
+        assert metrics["baselines"]["popularity_recall_at_10"] == pytest.approx(
+            expected["popularity_recall_at_10"], abs=1e-4
+        )
+        assert metrics["baselines"]["popularity_ndcg_at_10"] == pytest.approx(
+            expected["popularity_ndcg_at_10"], abs=1e-4
+        )
+        assert metrics["baselines"]["global_mean_rmse"] == pytest.approx(expected["global_mean_rmse"], abs=1e-4)
+        # The trained models' figures are the models' own; they are shares, and ranking them is consistent.
+        for key in ("recall_at_10", "pipeline_recall_at_10", "pipeline_ndcg_at_10", "pipeline_by_history_recall_at_10"):
+            assert 0.0 <= metrics[key] <= metrics["recall_at_100"], key
+        assert metrics["ranking_rmse"] > 0
         assert set(metrics["baseline_tuning"]) == set(baselines)
         best = metrics["best_baseline"]
         assert metrics["baselines"][f"{best}_recall_at_10"] == max(

@@ -1,4 +1,4 @@
-"""Trainer unit tests: reference split, retrieval model, SavedModel export, ScaNN index, evaluation, a pipeline run."""
+"""Trainer tests: reference split, retrieval model, SavedModel export, ScaNN index, evaluation, a pipeline run."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import scann
 
-from funnel.data.loaders import Dataset, Interactions, Items
 from funnel.release.ann import SearchParams
 from funnel.release.files import read_seen
 from funnel.release.store import CANDIDATE_TOWER_DIR, INDEX_DIR, QUERY_TOWER_DIR, RANKER_DIR, SIDECAR, ArtifactStore
+from tests.helpers import GROUPS, NUM_ITEMS, NUM_USERS, small_ranking_config, small_retrieval_config, synthetic_dataset
 from trainer import evaluate, export
 from trainer.__main__ import parse_args
 from trainer.evaluate import embed_users, evaluate_release, factorized_top_k, recall_unseen
@@ -47,45 +47,9 @@ from trainer.pipeline import PipelineConfig, run
 from trainer.ranking import RankingConfig, evaluate_rmse, export_ranker, train_ranker
 from trainer.split import seeds_split
 
-NUM_USERS, NUM_ITEMS, GROUPS = 60, 80, 4
-RANKING_CONFIG = RankingConfig(embedding_dim=8, batch_size=64, epochs=30, learning_rate=0.01)
-RETRIEVAL_CONFIG = RetrievalConfig(embedding_dim=16, batch_size=128, epochs=8, learning_rate=0.01)
+RANKING_CONFIG = small_ranking_config()
+RETRIEVAL_CONFIG = small_retrieval_config()
 DIM = RETRIEVAL_CONFIG.embedding_dim
-
-
-def synthetic_dataset(later: int = 0) -> Dataset:
-    """60 users in 4 taste groups; each rates 24 items of its group's 20 highly and 6 other items low. ``later``: as
-    many more ratings per user, drawn the same way, come after all of those (the data a retrained release adds)."""
-    rng = np.random.default_rng(7)
-    item_ids = 1000 + 3 * np.arange(NUM_ITEMS, dtype=np.int64)  # not contiguous, so the lookup must map them
-    per_group = NUM_ITEMS // GROUPS
-    users, items, ratings = [], [], []
-    for u in range(NUM_USERS):
-        group = u % GROUPS
-        liked = group * per_group + rng.integers(0, per_group, 24)
-        other = rng.integers(0, NUM_ITEMS, 6)
-        users += [f"user{u}"] * 30
-        items += [*item_ids[liked], *item_ids[other]]
-        ratings += [*rng.choice([4.0, 5.0], 24), *np.where(other // per_group == group, 4.0, 1.0)]
-    for u in range(NUM_USERS if later else 0):
-        liked = (u % GROUPS) * per_group + rng.integers(0, per_group, later)
-        users += [f"user{u}"] * later
-        items += [*item_ids[liked]]
-        ratings += [*rng.choice([4.0, 5.0], later)]
-    n = len(users)
-    interactions = Interactions(
-        np.array(users, dtype=np.str_),
-        np.array(items, dtype=np.int64),
-        np.array(ratings, dtype=np.float32),
-        np.arange(n, dtype=np.int64),
-    )
-    catalog = Items(
-        item_ids,
-        tuple(f"Item {i}" for i in item_ids),
-        np.full(NUM_ITEMS, 1999, dtype=np.int32),
-        tuple(("Drama",) for _ in item_ids),
-    )
-    return Dataset("synthetic", interactions, catalog, None)
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +80,19 @@ def trained():
 # ---------------------------------------------------------------------------------------------------- split
 
 
-def test_seeds_split_is_a_deterministic_disjoint_80_20_partition():
+def test_seeds_split_is_the_seeded_shuffle_cut_80_20():
+    # The permutations tf.data's seeded shuffle gives 10 records (tf.random.set_seed(s); .shuffle(10, seed=s,
+    # reshuffle_each_iteration=False)) for seeds 42 and 7: the first 8 train, the last 2 test.
+    for seed, train, test in ((42, [3, 2, 4, 9, 6, 1, 7, 0], [8, 5]), (7, [2, 6, 5, 0, 7, 4, 8, 9], [1, 3])):
+        got = seeds_split(10, seed=seed)
+        assert [a.tolist() for a in got] == [train, test] and got[0].dtype == got[1].dtype == np.int64
+    assert [a.tolist() for a in seeds_split(10, train_fraction=0.5)] == [[3, 2, 4, 9, 6], [1, 7, 0, 8, 5]]
     train, test = seeds_split(1000)
-    assert (len(train), len(test)) == (800, 200)
-    assert train.dtype == test.dtype == np.int64
-    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(1000))
-    again = seeds_split(1000)
-    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
-    assert not np.array_equal(train, seeds_split(1000, seed=7)[0])
-    assert not np.array_equal(train, np.arange(800))  # actually shuffled
+    assert (train[:8].tolist(), test[:8].tolist()) == (
+        [633, 353, 226, 578, 24, 306, 487, 444],
+        [39, 247, 351, 96, 565, 758, 742, 254],
+    )
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(1000))  # a partition of every index
 
 
 def test_seeds_split_of_movielens_size_matches_the_tutorial_shuffle():

@@ -1,19 +1,14 @@
-"""Trainer job tests: the publish gate, --only rebuilds, bootstrap, rollout via a real AdminService, the scheduler."""
+"""Trainer job tests: the publish gate, --only rebuilds, bootstrap, the scheduler, what a release saw (the rollout
+through an admin service is in tests/servicer/test_trainer_rollout.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import replace
-from pathlib import Path
 
-import grpc
 import pytest
 
 from funnel.errors import ReleaseError
@@ -25,35 +20,32 @@ from funnel.release.store import (
     QUERY_TOWER_DIR,
     RANKER_DIR,
     ArtifactStore,
-    RolloutState,
 )
-from funnel.v1 import admin_pb2, admin_pb2_grpc
-from tests.conftest import clone_release
-from tests.unit.test_trainer import RANKING_CONFIG, RETRIEVAL_CONFIG, synthetic_dataset
+from tests.helpers import (
+    JOB_STABLE,
+    clone_release,
+    csv_spec,
+    small_ranking_config,
+    small_retrieval_config,
+    synthetic_dataset,
+)
 from trainer import __main__ as cli
 from trainer.evaluate import Evaluation
 from trainer.gate import GateConfig, GateRefused, check_gate
 from trainer.pipeline import PipelineConfig, run
 from trainer.split import make_split
 
-STABLE = "stable-1"
-
-
-@pytest.fixture(scope="module")
-def stable_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store bootstrapped by one job run: release stable-1, trained well enough to gate against, is stable."""
-    root = tmp_path_factory.mktemp("job") / "store"
-    config = PipelineConfig(root, release_id=STABLE, retrieval=RETRIEVAL_CONFIG, ranking=RANKING_CONFIG)
-    result = run(config, dataset=synthetic_dataset())
-    assert result.stable and result.rollout is None and result.metrics["gate"] is None
-    assert ArtifactStore(root).rollout() == RolloutState(STABLE)
-    return root
+STABLE = JOB_STABLE
+RANKING_CONFIG, RETRIEVAL_CONFIG = small_ranking_config(), small_retrieval_config()
 
 
 @pytest.fixture
-def store(stable_store: Path, tmp_path: Path) -> ArtifactStore:
-    """A private copy of the bootstrapped store."""
-    return ArtifactStore(shutil.copytree(stable_store, tmp_path / "store"))
+def store(job_store: ArtifactStore) -> ArtifactStore:
+    """A private copy of the store one trainer job run bootstrapped (tests/conftest.py: job_root)."""
+    return job_store
+
+
+NEW_DATA = synthetic_dataset(later=8)  # the stable release's data and 8 newer ratings per user
 
 
 def _channels(store: ArtifactStore) -> dict[str, tuple[bytes, int]]:
@@ -66,21 +58,6 @@ def _same_files(store: ArtifactStore, release_id: str, parts: tuple[str, ...]) -
     for part in parts:
         expected = {rel: sha for rel, sha in stable.items() if rel.startswith(part + "/")}
         assert expected and {rel: sha for rel, sha in new.items() if rel.startswith(part + "/")} == expected, part
-
-
-NEW_DATA = synthetic_dataset(later=8)  # the stable release's data and 8 newer ratings per user
-
-
-def _csv_spec(directory: Path) -> str:
-    """NEW_DATA as a csv: data spec (file order is time order), so the CLI can load it."""
-    data = NEW_DATA
-    interactions, items = directory / "interactions.csv", directory / "items.csv"
-    with open(interactions, "w", newline="") as f:
-        rows = zip(data.interactions.user_ids, data.interactions.item_ids, data.interactions.ratings)
-        csv.writer(f).writerows([("user_id", "item_id", "rating"), *rows])
-    with open(items, "w", newline="") as f:
-        csv.writer(f).writerows([("item_id", "title"), *zip(data.items.item_ids, data.items.titles)])
-    return f"csv:{interactions},{items}"
 
 
 # ---------------------------------------------------------------------------------------------------- gate
@@ -118,7 +95,16 @@ def test_gate_refuses_naming_each_metric_its_values_difference_and_tolerance():
 
 def test_cli_gate_refusal_exits_3_and_publishes_nothing(store, tmp_path, capsys):
     before = store.list_releases()
-    argv = ["--artifact-root", str(store.root), "--data", _csv_spec(tmp_path), "--only", "ranker", "--epochs", "1"]
+    argv = [
+        "--artifact-root",
+        str(store.root),
+        "--data",
+        csv_spec(NEW_DATA, tmp_path),
+        "--only",
+        "ranker",
+        "--epochs",
+        "1",
+    ]
     assert cli.main(argv) == cli.EXIT_GATE_REFUSED  # two steps of the default ranker are far worse than stable
     err = capsys.readouterr().err
     assert err.startswith("trainer: refused: ranking RMSE ") and "worse than stable" in err
@@ -176,79 +162,6 @@ def test_only_and_the_gate_need_a_stable_release_with_a_candidate_tower(store, t
     assert not list(store.staging_dir.iterdir())
 
 
-# ---------------------------------------------------------------------------------------------------- rollout
-
-
-class RecordingAdmin(admin_pb2_grpc.AdminServiceServicer):
-    """Records StartRollout calls; answers like the gateway would, or refuses with ``refusal``."""
-
-    def __init__(self, refusal: str = "") -> None:
-        self.calls: list[tuple[admin_pb2.StartRolloutRequest, dict[str, str]]] = []
-        self.refusal = refusal
-
-    def StartRollout(self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext):
-        self.calls.append((request, dict(context.invocation_metadata())))
-        if self.refusal:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.refusal)
-        state = admin_pb2.RolloutState(
-            stable_release_id=STABLE, candidate_release_id=request.release_id, candidate_fraction=request.fraction
-        )
-        return admin_pb2.StartRolloutResponse(rollout=state)
-
-
-@contextlib.contextmanager
-def admin_server(servicer: RecordingAdmin) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
-
-
-def test_rollout_is_started_through_the_admin_service(store):
-    admin, channels = RecordingAdmin(), _channels(store)
-    with admin_server(admin) as target:
-        config = PipelineConfig(
-            store.root,
-            only="index",
-            release_id="r-new",
-            admin_target=target,
-            admin_token="s3cret",
-            rollout_fraction=0.25,
-        )
-        result = run(config, dataset=synthetic_dataset())
-    assert result.rollout == RolloutState(STABLE, "r-new", 0.25) and not result.stable
-    [(request, metadata)] = admin.calls
-    assert (request.release_id, request.fraction, metadata["authorization"]) == ("r-new", 0.25, "Bearer s3cret")
-    assert _channels(store) == channels  # the admin service, not the trainer, writes channels/
-
-
-def test_cli_rollout_refusal_exits_4_and_names_the_published_release(store, tmp_path, capsys):
-    admin = RecordingAdmin(refusal="release r-new is not ready on ranking")
-    with admin_server(admin) as target:
-        argv = [
-            "--artifact-root",
-            str(store.root),
-            "--data",
-            _csv_spec(tmp_path),
-            "--only",
-            "index",
-            "--release-id",
-            "r-new",
-            "--admin-target",
-            target,
-        ]
-        assert cli.main(argv) == cli.EXIT_ROLLOUT_REFUSED
-    assert capsys.readouterr().err == (
-        f"trainer: error: release r-new is published, but the admin service at {target} refused to start its rollout: "
-        "FAILED_PRECONDITION: release r-new is not ready on ranking\n"
-    )
-    assert "r-new" in store.list_releases() and store.get_channel("stable") == STABLE
-
-
 # ---------------------------------------------------------------------------------------------------- schedule
 
 
@@ -301,7 +214,16 @@ def _rated(data) -> dict[str, set[int]]:
 def test_a_csv_release_never_recommends_an_item_its_user_rated(tmp_path):
     """Every interaction the trainer was given, held-out part included, is excluded for every user."""
     root = tmp_path / "store"
-    argv = ["--artifact-root", str(root), "--data", _csv_spec(tmp_path), "--epochs", "1", "--release-id", "csv"]
+    argv = [
+        "--artifact-root",
+        str(root),
+        "--data",
+        csv_spec(NEW_DATA, tmp_path),
+        "--epochs",
+        "1",
+        "--release-id",
+        "csv",
+    ]
     assert cli.main(argv) == cli.EXIT_OK
     release = RetrievalRelease(*ArtifactStore(root).verify("csv"))
     rated = _rated(NEW_DATA)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from funnel.cli.stack import free_port
 from funnel.release.store import ArtifactStore
+from funnel.serving import service as service_module
 from funnel.v1 import common_pb2
 from gateway.server import GatewayServiceConfig, create_server
 from tests.helpers import publish_release
@@ -49,7 +50,9 @@ def test_create_builds_start_starts_and_stop_stops_every_thread(tmp_path: Path) 
     assert running_workers() == set()
 
 
-def test_stop_keeps_answering_through_the_lame_duck_pause_then_refuses(tmp_path: Path) -> None:
+def test_stop_keeps_answering_through_the_lame_duck_pause_then_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = ArtifactStore(tmp_path)
     publish_release(store, "r1")
     store.set_stable("r1")
@@ -58,25 +61,34 @@ def test_stop_keeps_answering_through_the_lame_duck_pause_then_refuses(tmp_path:
     service = create_server(config)
     service.start()
     service.releases.sync()
-    entered = threading.Event()
-    original_shutdown = service.health.shutdown
+    pausing, resume, paused_for = threading.Event(), threading.Event(), []
 
-    def shutdown() -> None:
-        original_shutdown()
-        entered.set()
+    class Pause:
+        """funnel.serving.service's ``time``: the lame-duck pause lasts until the test ends it, however slow the
+        machine (no call has to fit in a real pause)."""
 
-    service.health.shutdown = shutdown  # type: ignore[method-assign]
-    stopper = threading.Thread(target=service.stop, kwargs={"grace": 1.0, "lame_duck": 6.0})
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            paused_for.append(seconds)
+            pausing.set()
+            assert resume.wait(30), "the test never ended the pause"
+
+    monkeypatch.setattr(service_module, "time", Pause)
+    stopper = threading.Thread(target=service.stop, kwargs={"grace": 1.0, "lame_duck": 6.0}, daemon=True)
     stopper.start()
-    assert entered.wait(5)
-    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        status = channel.unary_unary(
-            "/funnel.v1.GatewayService/GetStatus",
-            request_serializer=common_pb2.GetStatusRequest.SerializeToString,
-            response_deserializer=common_pb2.GetStatusResponse.FromString,
-        )(common_pb2.GetStatusRequest(), timeout=2)
-    assert status.service == "gateway" and stopper.is_alive()  # answered during the pause
-    assert health(service.port) == health(service.port, "liveness") == "NOT_SERVING"
-    stopper.join(10)
+    try:
+        assert pausing.wait(30) and paused_for == [6.0]
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            status = channel.unary_unary(
+                "/funnel.v1.GatewayService/GetStatus",
+                request_serializer=common_pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=common_pb2.GetStatusResponse.FromString,
+            )(common_pb2.GetStatusRequest(), timeout=10)
+        assert status.service == "gateway" and stopper.is_alive()  # answered during the pause
+        assert health(service.port) == health(service.port, "liveness") == "NOT_SERVING"
+    finally:
+        resume.set()
+        stopper.join(30)
+    assert not stopper.is_alive()
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel, pytest.raises(grpc.RpcError):
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)

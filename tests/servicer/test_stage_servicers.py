@@ -1,4 +1,7 @@
-"""Retrieval and ranking servicers in-process on port 0, over a real trained release."""
+"""Retrieval and ranking servicers in-process on port 0, over a real trained release.
+
+The module's servers share one artifact root, prepared before they start and never changed after; the tests that
+publish releases of their own take an artifact root of their own."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from ranking_service.server import RankingServiceConfig
 from ranking_service.server import create_server as create_ranking_server
 from retrieval_service.server import RetrievalServiceConfig
 from retrieval_service.server import create_server as create_retrieval_server
-from tests.conftest import RELEASE, clone_release
+from tests.helpers import RELEASE, clone_release
 from trainer.export import save_module
 
 
@@ -38,16 +41,27 @@ def start(create, config_class, load, root: Path):
     return service, grpc.insecure_channel(f"127.0.0.1:{service.port}"), releases
 
 
+pytestmark = pytest.mark.slow  # TensorFlow models, loaded here
+UNLOADED = "test-unloaded"  # published in the servers' root, on no channel
+
+
 @pytest.fixture(scope="module")
-def retrieval(artifact_root):
-    service, channel, releases = start(create_retrieval_server, RetrievalServiceConfig, RetrievalRelease, artifact_root)
+def served_root(module_artifact_root: Path) -> Path:
+    """The servers' root: test-r1 stable, and a copy of it that no channel names."""
+    clone_release(ArtifactStore(module_artifact_root), RELEASE, UNLOADED)
+    return module_artifact_root
+
+
+@pytest.fixture(scope="module")
+def retrieval(served_root):
+    service, channel, releases = start(create_retrieval_server, RetrievalServiceConfig, RetrievalRelease, served_root)
     yield retrieval_pb2_grpc.RetrievalServiceStub(channel), channel, releases
     service.stop()
 
 
 @pytest.fixture(scope="module")
-def ranking(artifact_root):
-    service, channel, releases = start(create_ranking_server, RankingServiceConfig, RankingRelease, artifact_root)
+def ranking(served_root):
+    service, channel, releases = start(create_ranking_server, RankingServiceConfig, RankingRelease, served_root)
     yield ranking_pb2_grpc.RankingServiceStub(channel), channel, releases
     service.stop()
 
@@ -64,9 +78,9 @@ def retrieve(stub, user_id="1", n=50, exclude_seen=True, release_id=RELEASE):
     )
 
 
-def test_retrieve_excludes_seen_items(retrieval, artifact_root) -> None:
+def test_retrieve_excludes_seen_items(retrieval, served_root) -> None:
     stub = retrieval[0]
-    seen = set(read_seen(ArtifactStore(artifact_root).release_dir(RELEASE)).get("1").tolist())
+    seen = set(read_seen(ArtifactStore(served_root).release_dir(RELEASE)).get("1").tolist())
     assert seen, "user 1 should have training ratings"
     with_seen = retrieve(stub, exclude_seen=False, n=200)
     without = retrieve(stub, n=50)
@@ -108,10 +122,10 @@ def rank(stub, user_id: str, items: list[int], history: list[int] = ()) -> ranki
     )
 
 
-def test_rank_scores_match_the_saved_model_with_the_stored_history(ranking, artifact_root) -> None:
+def test_rank_scores_match_the_saved_model_with_the_stored_history(ranking, served_root) -> None:
     items = [50, 181, 1, 100]
     response = rank(ranking[0], "1", items)
-    path = ArtifactStore(artifact_root).release_dir(RELEASE)
+    path = ArtifactStore(served_root).release_dir(RELEASE)
     scorer = tf.saved_model.load(str(path / "ranker")).signatures["serving_default"]
     history = read_seen(path).get("1")
     expected = scorer(
@@ -121,8 +135,8 @@ def test_rank_scores_match_the_saved_model_with_the_stored_history(ranking, arti
     np.testing.assert_allclose(response.scores, expected.reshape(-1), rtol=1e-5)
 
 
-def test_a_history_personalises_ranking_for_a_user_the_release_does_not_know(ranking, artifact_root) -> None:
-    seen = read_seen(ArtifactStore(artifact_root).release_dir(RELEASE))
+def test_a_history_personalises_ranking_for_a_user_the_release_does_not_know(ranking, served_root) -> None:
+    seen = read_seen(ArtifactStore(served_root).release_dir(RELEASE))
     items = list(range(1, 201))
     known = np.array(rank(ranking[0], "1", items).scores)
     stranger = np.array(rank(ranking[0], "no-such-user", items, seen.get("1").tolist()).scores)
@@ -165,13 +179,10 @@ def test_rank_bad_items(ranking, items, message) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
 
 
-def test_release_not_held_is_failed_precondition(ranking, artifact_root) -> None:
-    store = ArtifactStore(artifact_root)
-    if not store.exists("test-unloaded"):
-        clone_release(store, RELEASE, "test-unloaded", lambda d: None)
+def test_release_not_held_is_failed_precondition(ranking) -> None:
     with pytest.raises(grpc.RpcError) as info:
         ranking[0].Rank(
-            ranking_pb2.RankRequest(release_id="test-unloaded", user=common_pb2.UserContext(user_id="1"), item_ids=[1]),
+            ranking_pb2.RankRequest(release_id=UNLOADED, user=common_pb2.UserContext(user_id="1"), item_ids=[1]),
             timeout=10,
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not loaded" in info.value.details()
@@ -279,8 +290,7 @@ def test_releases_with_the_old_pairwise_ranker_still_serve(artifact_root) -> Non
         shutil.rmtree(path / "ranker")
         save_module(_V1Ranker(), path / "ranker", {"training_run": "v1"})
 
-    if not store.exists("test-v1-ranker"):
-        clone_release(store, RELEASE, "test-v1-ranker", old_ranker)
+    clone_release(store, RELEASE, "test-v1-ranker", old_ranker)
     release = RankingRelease(*store.verify("test-v1-ranker"))
     assert not release.reads_history
     release.warmup()

@@ -1,27 +1,24 @@
-"""The benchmark harness's own behaviour: the synthetic generator, latency merging and percentiles, the closed
-loop, an echo round trip (in-process and through a spawned load-generator process), and the pinned layout."""
+"""The benchmark harness's own behaviour: the synthetic generator, latency merging and percentiles, the closed loop
+(on a clock of its own), goals, the pinned layout and the compared variants. The echo server is exercised in
+tests/servicer/test_bench_echo.py, the spawned processes in tests/integration/test_bench_processes.py."""
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
-import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench import loadgen
 from bench.build import BuildSpec
 from bench.compare import DEFAULT_VARIANTS, Variant, parse_variants
-from bench.echo import EchoProcess, create_server, echo_once
-from bench.loadgen import Part, Target, closed_loop, merge, percentile, run_load, split_threads
+from bench.loadgen import Part, closed_loop, merge, percentile, split_threads
 from bench.profile import summarize
 from bench.run import alternating, goals
 from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
 from funnel.cli.stack import pinned_layout
+from tests.helpers import ThreadClock
 
 SMALL = SyntheticConfig(items=2_000, users=300, interactions_per_user=15, clusters=10, seed=7)
 
@@ -130,30 +127,50 @@ def test_split_threads_spreads_concurrency_evenly() -> None:
         split_threads(0, 2)
 
 
-def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window() -> None:
-    class Refused(Exception):
-        def code(self):  # noqa: ANN202  (looks like grpc.RpcError.code())
-            class Code:
-                name = "UNAVAILABLE"
+class Refused(Exception):
+    def code(self):  # noqa: ANN201  (looks like grpc.RpcError.code())
+        class Code:
+            name = "UNAVAILABLE"
 
-            return Code()
+        return Code()
+
+
+def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window(monkeypatch) -> None:
+    clock = ThreadClock()  # each call takes exactly 1/64 s of its thread's clock: the counts below are exact
+    monkeypatch.setattr(loadgen, "time", clock)
 
     def make_call(thread: int):  # noqa: ANN202
         def call(n: int) -> dict:
-            time.sleep(0.01)
+            clock.advance(1 / 64)
             if n % 4 == 3:
                 raise Refused()
             return {"retrieval_ms": 1.5, "degraded": n % 2 == 1}
 
         return call
 
-    part = closed_loop(make_call, threads=3, duration=0.3)
-    done, failed = len(part.latencies_ms), part.errors["UNAVAILABLE"]
-    assert 3 * 10 <= done + failed <= 3 * 30  # ~10 ms per request per thread for 0.3 s, none after the window
-    assert failed >= 3 and set(part.errors) == {"UNAVAILABLE"}
-    assert all(latency >= 10 for latency in part.latencies_ms)
-    assert part.stages["retrieval_ms"] == [1.5] * done
-    assert 0 < part.flags["degraded"] < done
+    part = closed_loop(make_call, threads=3, duration=0.5)
+    # Each thread makes the 32 calls that start and end within the 0.5 s window, on requests n, n + 1, ... from
+    # its own place (7919 apart): a quarter fail (n % 4 == 3); of the rest a third are odd, so flagged degraded.
+    assert len(part.latencies_ms) == 3 * 24 and part.errors == {"UNAVAILABLE": 3 * 8}
+    assert part.latencies_ms == [1000 / 64] * (3 * 24)
+    assert part.stages == {"retrieval_ms": [1.5] * (3 * 24)} and part.flags == {"degraded": 3 * 8}
+
+
+def test_closed_loop_leaves_out_a_call_still_in_flight_when_the_window_closes(monkeypatch) -> None:
+    clock = ThreadClock()
+    monkeypatch.setattr(loadgen, "time", clock)
+    calls: list[int] = []
+
+    def make_call(thread: int):  # noqa: ANN202
+        def call(n: int) -> None:
+            calls.append(n)
+            clock.advance(3 / 64)  # the 11th call starts at 30/64 s, inside the 0.5 s window, and ends at 33/64 s
+
+        return call
+
+    part = closed_loop(make_call, threads=1, duration=0.5, start_at=2.0, first_request=100)
+    assert calls == list(range(100, 111))  # it waited for start_at, then made 11 calls
+    assert len(part.latencies_ms) == 10 and not part.errors  # the 11th ended after the window: not counted
 
 
 def test_goals_compare_the_headline_figures() -> None:
@@ -200,42 +217,7 @@ def test_goals_also_judge_the_side_by_side_means_when_measured() -> None:
     assert result["side by side: e2e_rps >= 5 x tfrs_bruteforce_rps"] == {"value": 4.5, "met": False}
 
 
-# ------------------------------------------------------------------------------------------------------ echo
-
-
-@pytest.fixture()
-def echo_address():  # noqa: ANN201
-    server, port = create_server("127.0.0.1:0", max_workers=4)
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
-
-
-def test_echo_returns_the_request_bytes(echo_address: str) -> None:
-    payload = bytes(range(256)) * 3
-    assert echo_once(echo_address, payload) == payload
-    assert echo_once(echo_address, b"") == b""
-
-
-def test_load_generator_drives_the_echo_from_a_spawned_process(echo_address: str) -> None:
-    result = run_load(Target("echo", echo_address, payload=b"x" * 40), concurrency=2, duration=0.5, processes=1)
-    assert result.processes == 1 and result.concurrency == 2
-    assert result.errors == 0 and result.requests > 10
-    assert 0 < result.p50 <= result.p99 and result.rps == result.requests / 0.5
-
-
-def test_load_generator_runs_on_the_cpus_it_is_given(echo_address: str) -> None:
-    last = max(os.sched_getaffinity(0))
-    target = Target("echo", echo_address, payload=b"x")
-    assert run_load(target, concurrency=1, duration=0.2, processes=1).cpus == tuple(sorted(os.sched_getaffinity(0)))
-    assert run_load(target, concurrency=1, duration=0.2, processes=1, cpus={last}).cpus == (last,)
-
-
-def test_a_pinned_echo_process_runs_every_thread_on_its_cpus(tmp_path: Path) -> None:
-    first = min(os.sched_getaffinity(0))
-    with EchoProcess(tmp_path / "echo.log", max_workers=2, cpus={first}) as echo:
-        assert echo_once(echo.address, b"ping") == b"ping"
-        threads = os.listdir(f"/proc/{echo.pid}/task")
-        assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {first} for t in threads)
+# ------------------------------------------------------------------------------------- layouts and reports
 
 
 def test_the_pinned_layout_gives_the_front_server_the_lowest_cpu_and_the_rest_the_others() -> None:
@@ -267,15 +249,6 @@ def test_compared_variants_default_to_the_two_layouts_and_parse_name_layout_and_
         parse_variants([["a"], ["b", "pinned"]])
 
 
-def test_load_generator_counts_failures_by_status() -> None:
-    result = run_load(
-        Target("echo", "127.0.0.1:1", payload=b"x", timeout=0.2), concurrency=1, duration=0.5, processes=1, warmup=0
-    )
-    assert (
-        result.requests == 0 and result.errors >= 1 and set(result.error_codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
-    )
-
-
 def test_profile_summary_counts_self_and_inclusive_samples_per_frame() -> None:
     collapsed = "\n".join(
         [
@@ -290,24 +263,3 @@ def test_profile_summary_counts_self_and_inclusive_samples_per_frame() -> None:
     assert summary["self"] == [("score (b.py:2)", 0.6), ("parse (c.py:3)", 0.3)]
     assert summary["inclusive"] == [("serve (a.py:1)", 1.0), ("score (b.py:2)", 0.6)]
     assert summarize("", top=3) == {"samples": 0, "self": [], "inclusive": []}
-
-
-def test_the_in_process_worker_measures_every_layer_again_for_each_line_until_its_input_ends() -> None:
-    from bench.inprocess import serve_rounds
-
-    class Sleeper:
-        def __init__(self) -> None:
-            self.users: list[str] = []
-
-        def recommend(self, user_id: str) -> None:
-            self.users.append(user_id)
-            time.sleep(0.002)
-
-    servers = {"bruteforce": Sleeper(), "scann": Sleeper()}
-    out = io.StringIO()
-    serve_rounds(servers, ["u1", "u2"], 2, io.StringIO("0.2\n0.1\n"), out)  # type: ignore[arg-type]
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [sorted(found) for found in lines] == [["bruteforce@2", "scann@2"]] * 2
-    assert all(found[key]["requests"] > 0 and found[key]["concurrency"] == 2 for found in lines for key in found)
-    assert lines[0]["scann@2"]["duration_s"] == 0.2 and lines[1]["scann@2"]["duration_s"] == 0.1
-    assert set(servers["scann"].users) == {"u1", "u2"}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,61 +38,8 @@ def test_up_starts_the_stack_in_the_chosen_layout(monkeypatch: pytest.MonkeyPatc
     assert started["cpus"] == {"gateway": {0}, "retrieval": {1}, "ranking": {1}}
 
 
-@pytest.fixture()
-def run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """The CLI's var/ in a temporary directory, with 'gateway' standing for a harmless python -m http.server."""
-    monkeypatch.setattr(cli, "VAR", tmp_path)
-    monkeypatch.setitem(stack.MODULES, "gateway", "http.server")
-    (tmp_path / "run").mkdir()
-    return tmp_path / "run"
-
-
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def test_down_leaves_alone_a_process_that_reused_a_stale_pid(run_dir: Path) -> None:
-    other = _spawn("-c", "import time; time.sleep(60)")  # some other program now holds the recorded pid
-    try:
-        (run_dir / "gateway.pid").write_text(f"{other.pid}\n")
-        assert cli.main(["down"]) == 0
-        assert other.poll() is None and not (run_dir / "gateway.pid").exists()
-    finally:
-        other.kill()
-        other.wait()
-
-
-def test_down_stops_the_service_its_pid_file_names(run_dir: Path) -> None:
-    service = _spawn("-m", "http.server", "0", "--bind", "127.0.0.1")
-    try:
-        (run_dir / "gateway.pid").write_text(f"{service.pid}\n")
-        deadline = time.monotonic() + 10
-        while not stack.runs_module(service.pid, "http.server") and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the interpreter has exec'd
-        assert cli.main(["down"]) == 0
-        assert service.wait(10) is not None and not (run_dir / "gateway.pid").exists()
-    finally:
-        service.kill()
-        service.wait()
-
-
-def test_up_refuses_a_running_stack_before_training(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_refuses_a_running_stack_before_training(cli_run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "_train_stable", lambda *a, **k: pytest.fail("trained a release"))
     monkeypatch.setattr(stack, "runs_module", lambda pid, module: True)
-    (run_dir / "gateway.pid").write_text("12345\n")
-    assert cli.main(["up", "--artifact-root", str(run_dir / "empty-root")]) == 1
-
-
-def test_pinned_confines_the_module_and_its_threads_to_the_cpus() -> None:
-    cpu = max(os.sched_getaffinity(0))
-    server = _spawn(*stack.python_module("http.server", ["0", "--bind", "127.0.0.1"], {cpu})[1:])
-    try:
-        deadline = time.monotonic() + 10
-        while not stack.runs_module(server.pid, "http.server") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # into the module's own code
-        threads = os.listdir(f"/proc/{server.pid}/task")
-        assert [os.sched_getaffinity(int(t)) for t in threads] == [{cpu}] * len(threads)
-    finally:
-        server.kill()
-        server.wait()
+    (cli_run_dir / "gateway.pid").write_text("12345\n")
+    assert cli.main(["up", "--artifact-root", str(cli_run_dir / "empty-root")]) == 1

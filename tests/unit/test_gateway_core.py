@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funnel.data.loaders import Items
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound, ReleaseError, Unavailable
-from funnel.release.files import Histories, write_catalog, write_popularity, write_seen
 from funnel.release.scoring import blend, retrieval_weight
 from funnel.release.store import ArtifactStore, RolloutState
 from funnel.serving.manager import ReleaseManager
@@ -24,22 +22,7 @@ from gateway.core import (
     StageScores,
     StageUnavailable,
 )
-
-ITEMS = Items(
-    item_ids=np.arange(1, 7, dtype=np.int64),
-    titles=tuple(f"Film {i}" for i in range(1, 7)),
-    years=np.full(6, 1999, dtype=np.int32),
-    genres=tuple(("Drama",) for _ in range(6)),
-)
-
-
-def publish_release(store: ArtifactStore, release_id: str, config: dict | None = None) -> None:
-    with store.new_release(release_id) as w:
-        write_catalog(w.dir, ITEMS)
-        # user "u1" has seen item 1; popularity order: 1 (3x), 2 (2x), then 3..6 once each
-        write_seen(w.dir, Histories(np.array(["u1"]), np.array([1])))
-        write_popularity(w.dir, np.array([1, 1, 1, 2, 2, 3, 4, 5, 6]))
-        w.publish(training_runs={}, data_fingerprint="fp", metrics={}, config=config)
+from tests.helpers import publish_release
 
 
 class FakeRetrieval:

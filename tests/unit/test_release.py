@@ -10,14 +10,7 @@ import pytest
 
 from funnel.errors import InvalidArgument, NotFound, ReleaseError
 from funnel.release.store import MANIFEST, ArtifactStore, RolloutState, validate_release_id
-
-
-def publish(store: ArtifactStore, release_id: str = "r1", files: dict[str, bytes] | None = None) -> str:
-    with store.new_release(release_id) as writer:
-        for rel, data in (files or {"a.bin": b"alpha", "model/weights": b"w" * 100}).items():
-            (writer.dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (writer.dir / rel).write_bytes(data)
-        return writer.publish(training_runs={"retrieval": "run-1"}, data_fingerprint="fp", metrics={"m": 1.0})
+from tests.helpers import publish
 
 
 def test_publish_writes_manifest_with_checksums_and_leaves_no_staging(tmp_path: Path) -> None:

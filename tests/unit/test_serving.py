@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from funnel.errors import FailedPrecondition, NotFound, ReleaseError, Unavailable
 from funnel.release.store import ArtifactStore, Manifest
 from funnel.serving.manager import LoadState, ReleaseManager
-from tests.unit.test_release import publish
+from tests.helpers import publish
 
 
 class FakeRelease:
@@ -106,11 +105,13 @@ def test_candidate_loads_beside_stable_and_is_dropped_when_cleared(tmp_path: Pat
 
 def test_channel_changes_apply_while_a_slow_load_runs(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
-    gate = threading.Event()
+    loading, gate, finished = threading.Event(), threading.Event(), threading.Event()
 
     def load(path: Path, manifest: Manifest) -> FakeRelease:
         if manifest.release_id == "r3":
-            assert gate.wait(10), "test did not release the slow load"
+            loading.set()
+            gate.wait(60)  # held until the test lets it go (60 s: only a hang guard)
+            finished.set()
         return FakeRelease(path, manifest)
 
     manager = ReleaseManager(store, load, name="test")
@@ -124,17 +125,16 @@ def test_channel_changes_apply_while_a_slow_load_runs(tmp_path: Path) -> None:
     loader = threading.Thread(target=manager.sync)
     loader.start()
     try:
-        time.sleep(0.2)
+        assert loading.wait(10), "the load of r3 did not start"
         assert any(s.release_id == "r3" and s.state == LoadState.LOADING for s in manager.status())
         store.clear_candidate()  # the operator rolls back meanwhile
-        started = time.monotonic()
         assert manager.refresh() == []
-        assert time.monotonic() - started < 1.0, "refresh waited for the load"
+        assert not finished.is_set(), "refresh waited for the load"  # the load is still held: refresh did not wait
         assert manager.channel("stable") == "r1" and manager.candidate_fraction() == 0.0
     finally:
         gate.set()
         loader.join(10)
-    assert manager.loaded_ids() == ["r1"]  # r3 finished loading but nothing needs it
+    assert finished.is_set() and manager.loaded_ids() == ["r1"]  # r3 finished loading but nothing needs it
 
 
 def test_never_more_than_two_releases_resident(tmp_path: Path) -> None:

@@ -1,0 +1,183 @@
+"""Helpers shared by the test tiers; the shared fixtures are in tests/conftest.py.
+
+Importing this module never imports TensorFlow (the unit tier must stay TF-free): the trainer's configs, which do,
+are built on request by `small_retrieval_config` and `small_ranking_config`.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from funnel.data.loaders import Dataset, Interactions, Items
+from funnel.paths import default_cache_dir
+from funnel.release.files import Histories, write_catalog, write_popularity, write_seen
+from funnel.release.store import MANIFEST, ArtifactStore
+
+if TYPE_CHECKING:
+    from trainer.models import RetrievalConfig
+    from trainer.ranking import RankingConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = default_cache_dir()
+RELEASE = "test-r1"  # the release the session trains on real data (tests/conftest.py: trained_root)
+TEST_USERS = 200  # the 200 lowest user ids of MovieLens 100K: ~20k ratings, trains in seconds
+JOB_STABLE = "stable-1"  # the release the session's trainer job bootstraps (tests/conftest.py: job_root)
+
+
+# ------------------------------------------------------------------------------------------------- artifact roots
+
+
+def copy_release_root(source: Path, root: Path, release_id: str = RELEASE) -> Path:
+    """A new artifact root at ``root`` holding a copy of ``source``'s release ``release_id``, with stable → it."""
+    store = ArtifactStore(root)
+    shutil.copytree(ArtifactStore(source).release_dir(release_id), store.releases_dir / release_id)
+    store.set_stable(release_id)
+    return root
+
+
+def clone_release(
+    store: ArtifactStore, source: str, target: str, mutate: Callable[[Path], None] = lambda directory: None
+) -> str:
+    """Publish a copy of ``source`` as ``target`` after ``mutate`` edits its files (checksums recomputed)."""
+    manifest = store.read_manifest(source)
+    with store.new_release(target) as writer:
+        shutil.copytree(
+            store.release_dir(source), writer.dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST)
+        )
+        mutate(writer.dir)
+        return writer.publish(
+            training_runs=manifest.training_runs,
+            data_fingerprint=manifest.data_fingerprint,
+            metrics=manifest.metrics,
+            config=manifest.config,
+        )
+
+
+def publish(store: ArtifactStore, release_id: str = "r1", files: dict[str, bytes] | None = None) -> str:
+    """Publish a release of arbitrary files (default: two small ones) for store and manager tests."""
+    with store.new_release(release_id) as writer:
+        for rel, data in (files or {"a.bin": b"alpha", "model/weights": b"w" * 100}).items():
+            (writer.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (writer.dir / rel).write_bytes(data)
+        return writer.publish(training_runs={"retrieval": "run-1"}, data_fingerprint="fp", metrics={"m": 1.0})
+
+
+FILMS = Items(
+    item_ids=np.arange(1, 7, dtype=np.int64),
+    titles=tuple(f"Film {i}" for i in range(1, 7)),
+    years=np.full(6, 1999, dtype=np.int32),
+    genres=tuple(("Drama",) for _ in range(6)),
+)
+
+
+def publish_release(store: ArtifactStore, release_id: str, config: dict | None = None) -> None:
+    """Publish what the gateway reads of a release (no models): six films, user "u1" has seen film 1, and
+    popularity order 1 (3x), 2 (2x), then 3..6 once each."""
+    with store.new_release(release_id) as writer:
+        write_catalog(writer.dir, FILMS)
+        write_seen(writer.dir, Histories(np.array(["u1"]), np.array([1])))
+        write_popularity(writer.dir, np.array([1, 1, 1, 2, 2, 3, 4, 5, 6]))
+        writer.publish(training_runs={}, data_fingerprint="fp", metrics={}, config=config)
+
+
+# ---------------------------------------------------------------------------------------------------- waiting
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds (a hang guard, not a speed bound)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class ThreadClock:
+    """Stands in for a module's ``time`` (monotonic and sleep) so that loops timed by it run the same however
+    fast the machine is: each thread's clock starts at 0 and moves only by its own ``sleep`` and ``advance``."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def monotonic(self) -> float:
+        return float(getattr(self._local, "now", 0.0))
+
+    def advance(self, seconds: float) -> None:
+        self._local.now = self.monotonic() + seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(max(seconds, 0.0))
+
+
+# -------------------------------------------------------------------------------------------- synthetic data
+
+
+NUM_USERS, NUM_ITEMS, GROUPS = 60, 80, 4
+
+
+def synthetic_dataset(later: int = 0) -> Dataset:
+    """60 users in 4 taste groups; each rates 24 items of its group's 20 highly and 6 other items low. ``later``: as
+    many more ratings per user, drawn the same way, come after all of those (the data a retrained release adds)."""
+    rng = np.random.default_rng(7)
+    item_ids = 1000 + 3 * np.arange(NUM_ITEMS, dtype=np.int64)  # not contiguous, so the lookup must map them
+    per_group = NUM_ITEMS // GROUPS
+    users, items, ratings = [], [], []
+    for u in range(NUM_USERS):
+        group = u % GROUPS
+        liked = group * per_group + rng.integers(0, per_group, 24)
+        other = rng.integers(0, NUM_ITEMS, 6)
+        users += [f"user{u}"] * 30
+        items += [*item_ids[liked], *item_ids[other]]
+        ratings += [*rng.choice([4.0, 5.0], 24), *np.where(other // per_group == group, 4.0, 1.0)]
+    for u in range(NUM_USERS if later else 0):
+        liked = (u % GROUPS) * per_group + rng.integers(0, per_group, later)
+        users += [f"user{u}"] * later
+        items += [*item_ids[liked]]
+        ratings += [*rng.choice([4.0, 5.0], later)]
+    n = len(users)
+    interactions = Interactions(
+        np.array(users, dtype=np.str_),
+        np.array(items, dtype=np.int64),
+        np.array(ratings, dtype=np.float32),
+        np.arange(n, dtype=np.int64),
+    )
+    catalog = Items(
+        item_ids,
+        tuple(f"Item {i}" for i in item_ids),
+        np.full(NUM_ITEMS, 1999, dtype=np.int32),
+        tuple(("Drama",) for _ in item_ids),
+    )
+    return Dataset("synthetic", interactions, catalog, None)
+
+
+def csv_spec(data: Dataset, directory: Path) -> str:
+    """``data`` written as a csv: data spec (file order is time order), so the trainer CLI can load it."""
+    interactions, items = directory / "interactions.csv", directory / "items.csv"
+    with open(interactions, "w", newline="") as f:
+        rows = zip(data.interactions.user_ids, data.interactions.item_ids, data.interactions.ratings)
+        csv.writer(f).writerows([("user_id", "item_id", "rating"), *rows])
+    with open(items, "w", newline="") as f:
+        csv.writer(f).writerows([("item_id", "title"), *zip(data.items.item_ids, data.items.titles)])
+    return f"csv:{interactions},{items}"
+
+
+def small_retrieval_config() -> RetrievalConfig:
+    """Retrieval settings that learn `synthetic_dataset`'s groups in seconds (imports the trainer, so TensorFlow)."""
+    from trainer.models import RetrievalConfig
+
+    return RetrievalConfig(embedding_dim=16, batch_size=128, epochs=8, learning_rate=0.01)
+
+
+def small_ranking_config() -> RankingConfig:
+    """Ranking settings that learn `synthetic_dataset`'s ratings in seconds (imports the trainer, so TensorFlow)."""
+    from trainer.ranking import RankingConfig
+
+    return RankingConfig(embedding_dim=8, batch_size=64, epochs=30, learning_rate=0.01)
