@@ -22,7 +22,6 @@ import ast
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -31,13 +30,13 @@ import pytest
 
 from funnel.release.store import ArtifactStore
 from tests.helpers import (
-    CACHE_DIR,
     JOB_STABLE,
     RELEASE,
     ROOT,
     TEST_USERS,
     copy_release_root,
     synthetic_dataset,
+    trainer_command,
 )
 
 TESTS = Path(__file__).resolve().parent
@@ -122,23 +121,7 @@ def trained_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         copy_release_root(Path(reuse), root)
     else:
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "trainer",
-                "--artifact-root",
-                str(root),
-                "--data",
-                "movielens-100k",
-                "--cache-dir",
-                str(CACHE_DIR),
-                "--max-users",
-                str(TEST_USERS),
-                "--epochs",
-                "2",
-                "--release-id",
-                RELEASE,
-            ],
+            trainer_command(root, "--max-users", str(TEST_USERS), "--epochs", "2", "--release-id", RELEASE),
             cwd=ROOT,
             check=True,
             stdin=subprocess.DEVNULL,

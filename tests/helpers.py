@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 
 from funnel.data.loaders import Dataset, Interactions, Items
 from funnel.paths import default_cache_dir
 from funnel.release.files import Histories, write_catalog, write_popularity, write_seen
 from funnel.release.store import MANIFEST, ArtifactStore
+from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
     from trainer.models import RetrievalConfig
@@ -32,7 +36,100 @@ TEST_USERS = 200  # the 200 lowest user ids of MovieLens 100K: ~20k ratings, tra
 JOB_STABLE = "stable-1"  # the release the session's trainer job bootstraps (tests/conftest.py: job_root)
 
 
+# ------------------------------------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float  # time.monotonic() when the request was sent
+    at: float  # and when its answer came
+    user: str
+    code: str
+    release: str
+    stages: tuple[str, str]
+    degraded: tuple[str, ...]
+    latency_ms: float
+
+
+class Load:
+    """Closed-loop clients calling a gateway's Recommend for random ``users`` until stopped; every answer and every
+    failure is kept as a Sample."""
+
+    def __init__(self, address: str, users: Sequence[str], clients: int = 4) -> None:
+        self.users = list(users)
+        self.channel = grpc.insecure_channel(address)
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(seed,)) for seed in range(clients)]
+
+    def _client(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not self._stop.is_set():
+            user = self.users[rng.integers(len(self.users))]
+            request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user), k=10)
+            sent, started = time.monotonic(), time.perf_counter()
+            try:
+                r = self.stub.Recommend(request, timeout=10)
+                sample = Sample(
+                    sent,
+                    time.monotonic(),
+                    user,
+                    "OK",
+                    r.release_id,
+                    (r.retrieval_release_id, r.ranking_release_id),
+                    tuple(r.degraded_reasons),
+                    (time.perf_counter() - started) * 1000,
+                )
+            except grpc.RpcError as exc:
+                latency_ms = (time.perf_counter() - started) * 1000
+                sample = Sample(sent, time.monotonic(), user, exc.code().name, "", ("", ""), (), latency_ms)
+            self.samples.append(sample)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        self.channel.close()
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        """The requests sent after ``start`` and answered before ``end``."""
+        return [s for s in self.samples if start <= s.started and s.at < end]
+
+    def wait_for_requests(self, count: int, since: float, what: str) -> None:
+        """Until ``count`` requests sent after ``since`` have been answered."""
+        wait_for(lambda: len(self.between(since, float("inf"))) >= count, 120, f"{count} requests {what}")
+
+    def failures(self) -> list[Sample]:
+        return [s for s in self.samples if s.code != "OK"]
+
+    def mixed(self) -> list[Sample]:
+        """Full answers whose stages were not all served by the answer's release."""
+        return [s for s in self.samples if s.code == "OK" and not s.degraded and s.stages != (s.release, s.release)]
+
+
 # ------------------------------------------------------------------------------------------------- artifact roots
+
+
+def trainer_command(root: Path, *args: str) -> list[str]:
+    """The trainer CLI on real MovieLens 100K, publishing into ``root``, with ``args`` after."""
+    return [
+        sys.executable,
+        "-m",
+        "trainer",
+        "--artifact-root",
+        str(root),
+        "--data",
+        "movielens-100k",
+        "--cache-dir",
+        str(CACHE_DIR),
+        *args,
+    ]
 
 
 def copy_release_root(source: Path, root: Path, release_id: str = RELEASE) -> Path:

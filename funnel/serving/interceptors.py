@@ -48,31 +48,36 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return exc.code if isinstance(exc, FunnelError) else grpc.StatusCode.INTERNAL
 
 
-class ErrorInterceptor(ServerInterceptor):
+class UnaryInterceptor(ServerInterceptor):
+    """An interceptor that wraps the behaviour of every unary-unary method (``wrap``); streams pass through."""
+
+    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+        raise NotImplementedError
+
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        return _wrap_unary(continuation, handler_call_details, self.wrap)
+
+
+class ErrorInterceptor(UnaryInterceptor):
     """Ends an RPC that raised with its status: a FunnelError's code and message, anything else INTERNAL with a
     generic message (the traceback goes to the log, never to the caller)."""
 
-    def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        def wrap(behavior: Behavior, method: str) -> Behavior:
-            def mapped(request: Any, context: grpc.ServicerContext) -> Any:
-                try:
-                    return behavior(request, context)
-                except FunnelError as exc:
-                    context.abort(exc.code, str(exc))
-                except Exception:
-                    log.exception("unhandled error in %s", method)
-                    context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+        def mapped(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(request, context)
+            except FunnelError as exc:
+                context.abort(exc.code, str(exc))
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
-            return mapped
-
-        return _wrap_unary(continuation, handler_call_details, wrap)
+        return mapped
 
 
-class RequestLog(ServerInterceptor):
+class RequestLog(UnaryInterceptor):
     """Counts requests by (method, release, status) and, from ``start()`` to ``stop()``, logs the tally every
     ``interval`` seconds: what this process served, and for batch calls how many queries they carried."""
 
@@ -105,28 +110,21 @@ class RequestLog(ServerInterceptor):
         self._flusher.stop()
         self.flush()
 
-    def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        def wrap(behavior: Behavior, method: str) -> Behavior:
-            name = method.rsplit("/", 1)[-1]
+    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+        name = method.rsplit("/", 1)[-1]
 
-            def counted(request: Any, context: grpc.ServicerContext) -> Any:
-                release_id = getattr(request, "release_id", "")
-                try:
-                    response = behavior(request, context)
-                except BaseException as exc:
-                    self.record(name, release_id, status_of(exc))
-                    raise
-                queries = len(getattr(request, "queries", ()))
-                self.record(name, getattr(response, "release_id", "") or release_id, grpc.StatusCode.OK, queries)
-                return response
+        def counted(request: Any, context: grpc.ServicerContext) -> Any:
+            release_id = getattr(request, "release_id", "")
+            try:
+                response = behavior(request, context)
+            except BaseException as exc:
+                self.record(name, release_id, status_of(exc))
+                raise
+            queries = len(getattr(request, "queries", ()))
+            self.record(name, getattr(response, "release_id", "") or release_id, grpc.StatusCode.OK, queries)
+            return response
 
-            return counted
-
-        return _wrap_unary(continuation, handler_call_details, wrap)
+        return counted
 
 
 class TokenAuth(ServerInterceptor):

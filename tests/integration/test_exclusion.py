@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from funnel.data.loaders import load_dataset
 from funnel.release.retrieval import Query, RetrievalRelease
 from funnel.release.store import ArtifactStore
-from tests.helpers import CACHE_DIR, ROOT
+from tests.helpers import CACHE_DIR, ROOT, trainer_command
 
 pytestmark = pytest.mark.slow  # trains a release of all of MovieLens 100K (the trainer CLI, TensorFlow)
 
@@ -21,22 +20,7 @@ def test_no_movielens_user_is_offered_a_film_they_rated(tmp_path: Path) -> None:
     """All 943 users and 100,000 ratings, the held-out fifth included (one epoch each: exclusion, not quality)."""
     root = tmp_path / "store"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer",
-            "--artifact-root",
-            str(root),
-            "--data",
-            "movielens-100k",
-            "--cache-dir",
-            str(CACHE_DIR),
-            "--epochs",
-            "1",
-            "--no-refit",
-            "--release-id",
-            "all",
-        ],
+        trainer_command(root, "--epochs", "1", "--no-refit", "--release-id", "all"),
         cwd=ROOT,
         check=True,
         stdin=subprocess.DEVNULL,

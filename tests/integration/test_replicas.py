@@ -5,8 +5,6 @@ and holds promotion back until it has the candidate."""
 from __future__ import annotations
 
 import signal
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +14,12 @@ import grpc
 from funnel.cli.stack import ServiceProcess, free_port, start_service, stop_process, wait_serving
 from funnel.client import AdminClient
 from funnel.release.store import ArtifactStore
-from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.helpers import RELEASE, clone_release, wait_for
+from funnel.v1 import common_pb2
+from tests.helpers import RELEASE, Load, clone_release, wait_for
 
 STAGES = {"retrieval": 2, "ranking": 2}
 READY = common_pb2.RELEASE_STATE_READY
+USERS = [str(u) for u in range(1, 201)]  # the users of the test release
 
 
 @contextmanager
@@ -47,60 +46,18 @@ def replicated_stack(
             stop_process(replica.process)
 
 
-class Load:
-    """Closed-loop Recommend calls from a few threads until stopped; every answer and every failure recorded."""
-
-    def __init__(self, gateway: str, threads: int = 4) -> None:
-        self.answers: list[gateway_pb2.RecommendResponse] = []
-        self.failures: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._channel = grpc.insecure_channel(gateway)
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, offset: int) -> None:
-        stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
-        user = offset
-        while not self._stop.is_set():
-            user = user % 200 + 1
-            request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=str(user)), k=10)
-            try:
-                self.answers.append(stub.Recommend(request, timeout=10))
-            except grpc.RpcError as exc:
-                self.failures[exc.code().name] += 1
-            user += 7
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-        self._channel.close()
-
-    def mixed(self) -> list[tuple[str, str, str]]:
-        """Answers whose stages were not all served by the answer's release."""
-        return [
-            (a.release_id, a.retrieval_release_id, a.ranking_release_id)
-            for a in self.answers
-            if not a.degraded and not a.retrieval_release_id == a.ranking_release_id == a.release_id
-        ]
-
-
 def test_killing_a_replica_of_each_stage_under_load_fails_no_request(artifact_root: Path, tmp_path: Path) -> None:
     with replicated_stack(artifact_root, tmp_path / "logs", STAGES) as (stack, _):
-        with Load(stack["gateway"][0].address) as load:
-            wait_for(lambda: len(load.answers) >= 50, 120, "answers before the kill")
+        with Load(stack["gateway"][0].address, USERS) as load:
+            wait_for(lambda: len(load.samples) >= 50, 120, "answers before the kill")
             for stage in STAGES:
                 stack[stage][0].process.send_signal(signal.SIGKILL)
-            before = len(load.answers)
-            wait_for(lambda: len(load.answers) >= before + 100, 120, "answers after the kill")
-    assert not load.failures, load.failures
+            before = len(load.samples)
+            wait_for(lambda: len(load.samples) >= before + 100, 120, "answers after the kill")
+    assert load.failures() == []
     assert load.mixed() == []
-    degraded = sum(a.degraded for a in load.answers)
-    print(f"{len(load.answers)} answers, {degraded} degraded, across the kill of one replica per stage")
+    degraded = sum(bool(a.degraded) for a in load.samples)
+    print(f"{len(load.samples)} answers, {degraded} degraded, across the kill of one replica per stage")
 
 
 def test_a_replica_joining_mid_rollout_gets_no_candidate_traffic_and_holds_promotion_back(
@@ -110,9 +67,9 @@ def test_a_replica_joining_mid_rollout_gets_no_candidate_traffic_and_holds_promo
     candidate = clone_release(store, RELEASE, "test-r2")
     with replicated_stack(artifact_root, tmp_path / "logs", {"retrieval": 2, "ranking": 1}) as (stack, late):
         gateway, joining = stack["gateway"][0].address, late["ranking"][0]
-        with Load(gateway) as load, AdminClient(gateway) as admin:
+        with Load(gateway, USERS) as load, AdminClient(gateway) as admin:
             admin.start_rollout(candidate, 0.5)
-            wait_for(lambda: any(a.release_id == candidate for a in load.answers), 120, "candidate traffic")
+            wait_for(lambda: any(a.release == candidate for a in load.samples), 120, "candidate traffic")
             stack["ranking"].append(start_service("ranking", joining, artifact_root, tmp_path / "logs" / "late"))
 
             def joined_without_candidate() -> bool:
@@ -136,9 +93,9 @@ def test_a_replica_joining_mid_rollout_gets_no_candidate_traffic_and_holds_promo
                 return True
 
             wait_for(promoted, 180, "promotion once the new replica holds the candidate")
-            served = len(load.answers)
-            wait_for(lambda: len(load.answers) >= served + 40, 120, "answers after promotion")
+            served = len(load.samples)
+            wait_for(lambda: len(load.samples) >= served + 40, 120, "answers after promotion")
     assert refusals and f"ranking replica {joining}" in refusals[0], refusals
-    assert not load.failures, load.failures
+    assert load.failures() == []
     assert load.mixed() == []
-    assert {a.release_id for a in load.answers[-20:]} == {candidate}
+    assert {a.release for a in load.samples[-20:]} == {candidate}

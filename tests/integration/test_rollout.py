@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,76 +18,11 @@ import pytest
 from funnel.cli import stack
 from funnel.client import AdminClient
 from funnel.release.store import INDEX_DIR, ArtifactStore
-from funnel.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.helpers import CACHE_DIR, RELEASE, ROOT, TEST_USERS, clone_release, wait_for
+from funnel.v1 import common_pb2
+from tests.helpers import RELEASE, ROOT, TEST_USERS, Load, Sample, clone_release, trainer_command, wait_for
 
 CLIENTS = 12
 USERS = [str(u) for u in range(1, 201)]  # the users of the test release
-
-
-@dataclass(frozen=True)
-class Sample:
-    started: float  # time.monotonic() when the request was sent
-    at: float  # and when its answer came
-    user: str
-    code: str
-    release: str
-    stages: tuple[str, str]
-    degraded: tuple[str, ...]
-    latency_ms: float
-
-
-class Load:
-    """Closed-loop clients calling Recommend for random known users until stopped; every answer is kept."""
-
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address)
-        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
-        self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(seed,)) for seed in range(CLIENTS)]
-
-    def _client(self, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        while not self._stop.is_set():
-            user = USERS[rng.integers(len(USERS))]
-            request = gateway_pb2.RecommendRequest(user=common_pb2.UserContext(user_id=user), k=10)
-            sent, started = time.monotonic(), time.perf_counter()
-            try:
-                r = self.stub.Recommend(request, timeout=10)
-                sample = Sample(
-                    sent,
-                    time.monotonic(),
-                    user,
-                    "OK",
-                    r.release_id,
-                    (r.retrieval_release_id, r.ranking_release_id),
-                    tuple(r.degraded_reasons),
-                    (time.perf_counter() - started) * 1000,
-                )
-            except grpc.RpcError as exc:
-                latency_ms = (time.perf_counter() - started) * 1000
-                sample = Sample(sent, time.monotonic(), user, exc.code().name, "", ("", ""), (), latency_ms)
-            self.samples.append(sample)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-        self.channel.close()
-
-    def between(self, start: float, end: float) -> list[Sample]:
-        """The requests sent after ``start`` and answered before ``end``."""
-        return [s for s in self.samples if start <= s.started and s.at < end]
-
-    def wait_for_requests(self, count: int, since: float, what: str) -> None:
-        """Until ``count`` requests sent after ``since`` have been answered."""
-        wait_for(lambda: len(self.between(since, float("inf"))) >= count, 120, f"{count} requests {what}")
 
 
 def peak_rss_mb(pid: int) -> tuple[float, float]:
@@ -111,21 +43,13 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
     try:
         rss_one_release = {name: peak_rss_mb(s.process.pid)[0] for name, s in services.items()}
         admin = AdminClient(services["gateway"].address)
-        with Load(services["gateway"].address) as load:
+        with Load(services["gateway"].address, USERS, CLIENTS) as load:
             load.wait_for_requests(100, 0.0, "in the steady state")
             marks["publish"] = time.monotonic()
             r2 = "test-r2"
             job = subprocess.run(  # the trainer job: retrain the ranker, evaluate, gate, publish, start the rollout
-                [
-                    sys.executable,
-                    "-m",
-                    "trainer",
-                    "--artifact-root",
-                    str(root),
-                    "--data",
-                    "movielens-100k",
-                    "--cache-dir",
-                    str(CACHE_DIR),
+                trainer_command(
+                    root,
                     "--max-users",
                     str(TEST_USERS),
                     "--epochs",
@@ -138,7 +62,7 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
                     services["gateway"].address,
                     "--rollout-fraction",
                     "0.5",
-                ],
+                ),
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
