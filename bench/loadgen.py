@@ -171,7 +171,7 @@ def _error_name(exc: BaseException) -> str:
     if callable(code):
         try:
             return code().name
-        except Exception:  # noqa: BLE001  (a code() that itself fails: name the type instead)
+        except Exception:  # a code() that itself fails: name the type instead
             pass
     return type(exc).__name__
 
@@ -211,7 +211,7 @@ def closed_loop(
             try:
                 extra = call(n)
                 failed = None
-            except Exception as exc:  # noqa: BLE001  (every failure is counted, by name)
+            except Exception as exc:  # every failure is counted, by name
                 extra, failed = None, _error_name(exc)
             t1 = time.monotonic()
             n += 1
@@ -306,7 +306,7 @@ def _worker(
         for n in range(warmup):  # connect and touch the code paths before the window opens
             try:
                 warm(index * 1_000_003 + n)
-            except Exception:  # noqa: BLE001  (errors are counted in the window, not here)
+            except Exception:  # errors are counted in the window, not here
                 pass
         ready.put(index)
         go.wait()
@@ -314,7 +314,7 @@ def _worker(
         part.cpus = tuple(sorted(os.sched_getaffinity(0)))
         close()
         results.put((index, part, None))
-    except BaseException as exc:  # noqa: BLE001  (reported to the parent, which raises)
+    except BaseException as exc:  # reported to the parent, which raises
         ready.put(index)
         results.put((index, None, f"{type(exc).__name__}: {exc}"))
 

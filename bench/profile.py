@@ -53,7 +53,10 @@ def summarize(collapsed: str, top: int) -> Summary:
             own[frames[-1]] += n
         for frame in set(frames):
             anywhere[frame] += n
-    share = lambda counter: [(frame, round(n / total, 4)) for frame, n in counter.most_common(top)]  # noqa: E731
+
+    def share(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(frame, round(n / total, 4)) for frame, n in counter.most_common(top)]
+
     return {"samples": total, "self": share(own) if total else [], "inclusive": share(anywhere) if total else []}
 
 

@@ -86,7 +86,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         from _pytest.mark.expression import Expression
 
         compiled = Expression.compile(expression)
-    except Exception:  # noqa: BLE001  (pytest reports a bad expression itself; collect as usual)
+    except Exception:  # pytest reports a bad expression itself; collect as usual
         return None
     static = {*_tier(collection_path), *_module_marks(collection_path)}
     selectable = any(compiled.evaluate(_has(marks)) for marks in (static, static | {"slow"}))

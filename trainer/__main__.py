@@ -216,7 +216,7 @@ def run_every(job: Callable[[], int], interval: float, stop: threading.Event) ->
         runs += 1
         try:
             status = job()
-        except Exception:  # noqa: BLE001  (a scheduled job outlives a bad run; the traceback is logged)
+        except Exception:  # a scheduled job outlives a bad run; the traceback is logged
             traceback.print_exc()
             status = EXIT_ERROR
         print(f"[trainer] run {runs} ended with status {status}; next in {interval:g} s unless stopped", flush=True)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import funnel.tf  # noqa: F401  (scann imports TensorFlow, so Keras 2 must be selected first)
+import funnel.tf  # noqa: F401  (selects Keras 2 before scann, TFRS or TensorFlow is imported)
 
 import numpy as np
 import scann

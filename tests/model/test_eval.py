@@ -73,7 +73,10 @@ def test_rank_by_scores_yields_both_positions_independent_of_the_score_block(mon
     train = _interactions(["a"], [10])
     test = _interactions(["a", "a", "b", "b"], [11, 13, 10, 13])
     data = EvalSet.build(train, test, np.array([10, 11, 12, 13]))
-    scorer = lambda rows: np.tile([4.0, 3.0, 2.0, 1.0], (len(rows), 1))  # noqa: E731
+
+    def scorer(rows):
+        return np.tile([4.0, 3.0, 2.0, 1.0], (len(rows), 1))
+
     expected_unseen, expected_catalog = [0, 2, 0, 3], [1, 3, 0, 3]
     for block in (1 << 22, 4):  # one row per block
         monkeypatch.setattr(baselines, "SCORE_BLOCK", block)

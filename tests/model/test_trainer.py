@@ -57,7 +57,10 @@ def trained():
     data = synthetic_dataset()
     train_idx, test_idx = seeds_split(len(data.interactions))
     train, test = data.interactions.take(train_idx), data.interactions.take(test_idx)
-    as_features = lambda x: {"user_id": x.user_ids, "item_id": x.item_ids}  # noqa: E731
+
+    def as_features(x):
+        return {"user_id": x.user_ids, "item_id": x.item_ids}
+
     user_vocab, item_vocab = np.unique(train.user_ids), data.items.item_ids
     histories = Histories(train.user_ids, train.item_ids, train.timestamps)
     retrieval = train_retrieval(as_features(train), item_vocab, RETRIEVAL_CONFIG, verbose=False, histories=histories)

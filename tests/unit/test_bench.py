@@ -128,7 +128,7 @@ def test_split_threads_spreads_concurrency_evenly() -> None:
 
 
 class Refused(Exception):
-    def code(self):  # noqa: ANN201  (looks like grpc.RpcError.code())
+    def code(self):  # looks like grpc.RpcError.code()
         class Code:
             name = "UNAVAILABLE"
 
@@ -139,7 +139,7 @@ def test_closed_loop_counts_completions_errors_and_stage_times_inside_the_window
     clock = ThreadClock()  # each call takes exactly 1/64 s of its thread's clock: the counts below are exact
     monkeypatch.setattr(loadgen, "time", clock)
 
-    def make_call(thread: int):  # noqa: ANN202
+    def make_call(thread: int):
         def call(n: int) -> dict:
             clock.advance(1 / 64)
             if n % 4 == 3:
@@ -161,7 +161,7 @@ def test_closed_loop_leaves_out_a_call_still_in_flight_when_the_window_closes(mo
     monkeypatch.setattr(loadgen, "time", clock)
     calls: list[int] = []
 
-    def make_call(thread: int):  # noqa: ANN202
+    def make_call(thread: int):
         def call(n: int) -> None:
             calls.append(n)
             clock.advance(3 / 64)  # the 11th call starts at 30/64 s, inside the 0.5 s window, and ends at 33/64 s
