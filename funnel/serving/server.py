@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
@@ -33,15 +34,26 @@ class Health:
     still loading its first release."""
 
     def __init__(self, service_names: Iterable[str]) -> None:
-        self.servicer = grpc_health.HealthServicer(experimental_non_blocking=True)
+        # Blocking Watch: each watch stream holds a worker thread, but set() never waits on the network. In the
+        # non-blocking mode set() sends to every watcher under the servicer's lock and waits for the send, while
+        # a watch that ends (a connection closed after FUNNEL_MAX_CONNECTION_AGE) needs that lock on the thread
+        # that completes sends: the server deadlocked.
+        self.servicer = grpc_health.HealthServicer(experimental_non_blocking=False)
         self._names = ["", *service_names]
+        self._lock = threading.Lock()
+        self._serving: bool | None = None
         self.servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self.set_serving(False)
 
     def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in self._names:
-            self.servicer.set(name, status)
+        """Report ``serving`` for the overall status and each API service; watchers hear only of changes."""
+        with self._lock:
+            if serving == self._serving:
+                return
+            self._serving = serving
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in self._names:
+                self.servicer.set(name, status)
 
     def shutdown(self) -> None:
         """NOT_SERVING for every name, liveness included, from now on."""
