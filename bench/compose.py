@@ -21,7 +21,8 @@ from funnel.cli.stack import free_port, health_status
 from funnel.paths import PROJECT_ROOT
 
 PROJECT = "funnel-bench"
-TRAIN = ["python", "-m", "trainer", "--unless-stable", "--set-stable", "--no-gate"]
+# A full-size release (every user and item, so serving costs what it would), trained briefly: speed, not quality.
+TRAIN = ["python", "-m", "trainer", "--unless-stable", "--set-stable", "--no-gate", "--no-refit", "--epochs", "3"]
 
 
 def compose(env: dict[str, str], *args: str) -> None:
