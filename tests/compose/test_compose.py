@@ -97,6 +97,18 @@ def test_scaled_stack_serves_from_every_replica_and_rolls_out_a_release(stack: t
         every = f"every {service} replica to serve"
         wait_until(lambda s=service, n=replicas: len(served_counts(env, s)) == n, 60, every)
 
+    # a replica added to the running stack gets traffic within seconds (connection age caps make clients re-resolve)
+    compose("up", "-d", "--no-recreate", *[f"--scale={s}={n + (s == 'retrieval')}" for s, n in SCALE.items()], env=env)
+    added = time.monotonic()
+    users = iter(range(61, 10**6))
+
+    def all_four_served() -> bool:
+        for _ in range(10):
+            assert not recommend(gateway, str(next(users) % 943 + 1), 10).degraded
+        return len(served_counts(env, "retrieval")) == SCALE["retrieval"] + 1
+
+    wait_until(all_four_served, 120, "the added retrieval replica to serve")
+    print(f"an added retrieval replica served {time.monotonic() - added:.0f}s after `up --scale` returned (healthy)")
     compose("run", "--rm", "trainer", *TRAIN, "--admin-target", "gateway:50051", "--rollout-fraction", "0.5", env=env)
     with AdminClient(gateway, env.get("FUNNEL_ADMIN_TOKEN") or None) as admin:
         candidate = admin.status().rollout.candidate_release_id
@@ -112,7 +124,8 @@ def test_scaled_stack_serves_from_every_replica_and_rolls_out_a_release(stack: t
 
         wait_until(promoted, 300, f"every replica to hold {candidate}")
         listed = [s for s in admin.status().services if s.service in SCALE]
-        assert sorted(s.service for s in listed) == sorted(s for s, n in SCALE.items() for _ in range(n))
+        expected = {**SCALE, "retrieval": SCALE["retrieval"] + 1}
+        assert sorted(s.service for s in listed) == sorted(s for s, n in expected.items() for _ in range(n))
     after = [recommend(gateway, str(user), 10) for user in range(1, 21)]
     assert {r.release_id for r in after} == {candidate}
     assert all(r.retrieval_release_id == r.ranking_release_id == candidate and not r.degraded for r in after)
