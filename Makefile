@@ -27,7 +27,7 @@ test: data  ## unit, servicer, model and end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: data  ## unit and servicer tests without TensorFlow: seconds
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not integration"
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/servicer tests/deploy
 
 lint: $(STAMP)  ## ruff (lint and format check) and mypy
 	$(PY) -m ruff check .

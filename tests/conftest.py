@@ -3,14 +3,13 @@
 Tiers, by directory, each test marked automatically:
 
 - tests/unit: ``unit``, no TensorFlow, no servers, no processes (tests/unit/conftest.py guards the TensorFlow part);
-- tests/servicer: ``servicer``, gRPC servers in this process;
-- tests/model: the trainer's TensorFlow models, trained or loaded here;
+- tests/servicer: ``servicer``, gRPC servers in this process, without TensorFlow;
+- tests/model: TensorFlow models trained or loaded here (the trainer, and the stage servicers over a real release);
 - tests/integration: ``integration``, separate processes (services, load generators, the trainer CLI).
 
-``slow`` marks every test that needs TensorFlow: all of tests/model, modules whose ``pytestmark`` says so, and every
-test using a trained release (`SLOW_FIXTURES`). ``make test-fast`` runs ``-m "not slow and not integration"``; a
-module that such an expression can never select is not even imported (`pytest_ignore_collect`), so the fast tiers
-never pay for importing TensorFlow.
+``slow`` marks every test that needs TensorFlow: all of tests/model, and every test using a trained release
+(`SLOW_FIXTURES`). ``make test-fast`` collects only the TensorFlow-free directories (unit, servicer, deploy), so it
+never imports TensorFlow.
 
 One real release is trained per session (`trained_root`); tests never write to it: each takes an artifact root of
 its own holding a copy (`artifact_root`), and a module's shared servers get one of the module's own.
@@ -18,12 +17,10 @@ its own holding a copy (`artifact_root`), and a module's shared servers get one 
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from functools import cache
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,42 +56,6 @@ def _tier(path: Path) -> tuple[str, ...]:
     except ValueError:
         return ()
     return TIER_MARKERS.get(relative.parts[0], ()) if len(relative.parts) > 1 else ()
-
-
-@cache
-def _module_marks(path: Path) -> frozenset[str]:
-    """The marker names a test module's top-level ``pytestmark`` assignment names (read, not imported)."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return frozenset()
-    names = set()
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
-            for sub in ast.walk(node.value):
-                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Attribute) and sub.value.attr == "mark":
-                    names.add(sub.attr)
-    return frozenset(names)
-
-
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Skip importing a test module that the ``-m`` expression deselects whatever its tests' fixtures add."""
-    expression = config.option.markexpr
-    if not expression or not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
-        return None
-    try:
-        from _pytest.mark.expression import Expression
-
-        compiled = Expression.compile(expression)
-    except Exception:  # pytest reports a bad expression itself; collect as usual
-        return None
-    static = {*_tier(collection_path), *_module_marks(collection_path)}
-    selectable = any(compiled.evaluate(_has(marks)) for marks in (static, static | {"slow"}))
-    return None if selectable else True
-
-
-def _has(marks: set[str]) -> Callable[..., bool]:
-    return lambda name, /, **kwargs: name in marks
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
