@@ -1,5 +1,5 @@
 """Trainer job tests: the publish gate, --only rebuilds, bootstrap, the scheduler, what a release saw (the rollout
-through an admin service is in tests/servicer/test_trainer_rollout.py)."""
+through an admin service is in tests/model/test_trainer_rollout.py)."""
 
 from __future__ import annotations
 
