@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -98,9 +99,8 @@ def wait_queued(coalescer: Coalescer, n: int) -> None:
             threading.Condition.wait(joined, 0.1)  # the base class's wait: not a gathering wait
 
 
-def run_concurrently(coalescer: Coalescer, queries: list[int]) -> dict[int, object]:
-    """Submit each query from its own thread; each query's answer, or the exception it got."""
-    answers: dict[int, object] = {}
+def answering(coalescer: Coalescer, answers: dict[int, object]) -> Callable[[int], None]:
+    """A client thread's body: submit one query, record its answer (or the exception it got) in ``answers``."""
 
     def client(q: int) -> None:
         try:
@@ -108,6 +108,13 @@ def run_concurrently(coalescer: Coalescer, queries: list[int]) -> dict[int, obje
         except Exception as exc:
             answers[q] = exc
 
+    return client
+
+
+def run_concurrently(coalescer: Coalescer, queries: list[int]) -> dict[int, object]:
+    """Submit each query from its own thread; each query's answer, or the exception it got."""
+    answers: dict[int, object] = {}
+    client = answering(coalescer, answers)
     threads = [threading.Thread(target=client, args=(q,), daemon=True) for q in queries]
     for thread in threads:
         thread.start()
@@ -121,13 +128,7 @@ def queued_behind_a_hung_batch(coalescer: Coalescer, call: Double, first: int, r
     are queued the call goes on. Each query's answer, or the exception it got (``coalescer``: max_in_flight=1)."""
     call.gate.clear()
     answers: dict[int, object] = {}
-
-    def client(q: int) -> None:
-        try:
-            answers[q] = coalescer.submit("r1", q, timeout=60)
-        except Exception as exc:
-            answers[q] = exc
-
+    client = answering(coalescer, answers)
     leader = threading.Thread(target=client, args=(first,), daemon=True)
     leader.start()
     call.wait_sent(1)
