@@ -137,13 +137,17 @@ class Histories:
                 f"expected user id, item id and timestamp columns of equal length, got {users.shape}, "
                 f"{items.shape} and {times.shape}"
             )
-        self.users, codes = np.unique(users, return_inverse=True)
+        distinct, codes = np.unique(users, return_inverse=True)
         order = np.lexsort((np.arange(len(items)), times, codes))  # by user, then time, then file order
         codes, items = codes[order], items[order]
         _, last = np.unique(np.stack([codes, items], axis=1)[::-1], axis=0, return_index=True)
         keep = np.sort(len(items) - 1 - last)  # each (user, item) at its latest interaction, in time order
-        self.items = items[keep]
-        self.indptr = np.searchsorted(codes[keep], np.arange(len(self.users) + 1)).astype(np.int64)
+        self._adopt(distinct, np.searchsorted(codes[keep], np.arange(len(distinct) + 1)), items[keep])
+
+    def _adopt(self, users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> None:
+        self.users = np.asarray(users).astype(str)
+        self.indptr = np.asarray(indptr, dtype=np.int64)
+        self.items = np.asarray(items, dtype=np.int64)
         self._index = IdIndex(self.users)
         self._sets: dict[str, set[int]] = {}  # contains()'s per-user sets, built on first use
 
@@ -156,11 +160,7 @@ class Histories:
                 f"got length {len(indptr)} ending at {indptr[-1] if len(indptr) else None}"
             )
         histories = cls.__new__(cls)
-        histories.users = np.asarray(users).astype(str)
-        histories.indptr = np.asarray(indptr, dtype=np.int64)
-        histories.items = np.asarray(items, dtype=np.int64)
-        histories._index = IdIndex(histories.users)
-        histories._sets = {}
+        histories._adopt(users, indptr, items)
         return histories
 
     def __contains__(self, user_id: str) -> bool:
