@@ -118,6 +118,7 @@ class StageReadiness:
         self._lock = threading.Lock()
         self._replicas: dict[str, dict[str, frozenset[str] | None]] = {stage: {} for stage in stages}
         self._answered: set[str] = set()
+        self._everywhere: frozenset[str] = frozenset()  # ready on every live replica of every stage
 
     def update(self, stage: str, replicas: Mapping[str, Iterable[str] | None]) -> None:
         """A stage's latest probe: each replica's address → the release ids it holds ready, None if it did not
@@ -127,6 +128,14 @@ class StageReadiness:
             self._replicas[stage] = view
             if any(ready is not None for ready in view.values()):
                 self._answered.add(stage)
+            live = [ready for replicas in self._replicas.values() for ready in replicas.values() if ready is not None]
+            stages_live = all(any(r is not None for r in replicas.values()) for replicas in self._replicas.values())
+            self._everywhere = frozenset.intersection(*live) if live and stages_live else frozenset()
+
+    def ready_everywhere(self, release_id: str) -> bool:
+        """True when every live replica of every stage holds ``release_id`` ready (the request path's check: the
+        answer is kept from the last probe, not recomputed per request)."""
+        return release_id in self._everywhere
 
     def all_answered_once(self) -> bool:
         """True once a replica of every stage has answered a probe: the gateway's connections are up (part of its
@@ -144,11 +153,6 @@ class StageReadiness:
                     missing.append(f"{stage} (no replica answers)")
                 missing += [f"{stage} replica {a}" for a, ready in sorted(live.items()) if release_id not in ready]
             return missing
-
-    def replicas(self, stage: str) -> dict[str, frozenset[str] | None]:
-        """The last probe of ``stage``: each replica's address → its ready releases (None: did not answer)."""
-        with self._lock:
-            return dict(self._replicas.get(stage, {}))
 
 
 class Router:
@@ -186,7 +190,7 @@ class Router:
         return chosen
 
     def _stages_ready(self, release_id: str) -> bool:
-        return self.readiness is None or not self.readiness.missing(release_id)
+        return self.readiness is None or self.readiness.ready_everywhere(release_id)
 
 
 @dataclass(frozen=True)
