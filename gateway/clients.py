@@ -148,12 +148,6 @@ class StageReplicas:
                 answers[address] = exc
         return answers
 
-    def close(self) -> None:
-        with self._lock:
-            for channel, _ in self._channels.values():
-                channel.close()
-            self._channels.clear()
-
 
 class StageClient:
     """A stage as the gateway sees it: the balanced channel its requests use, and each of its replicas."""
