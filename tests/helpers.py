@@ -188,13 +188,16 @@ def publish_release(store: ArtifactStore, release_id: str, config: dict | None =
 # ---------------------------------------------------------------------------------------------------- waiting
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds (a hang guard, not a speed bound)."""
+def wait_for(
+    condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition", interval: float = 0.05
+) -> None:
+    """Poll ``condition`` every ``interval`` seconds until it holds; fail after ``timeout`` seconds (a hang guard,
+    not a speed bound)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 class ThreadClock:

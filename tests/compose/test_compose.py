@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,6 +19,7 @@ import pytest
 from funnel.cli.stack import free_port, health_status
 from funnel.client import AdminClient, recommend
 from funnel.paths import PROJECT_ROOT
+from tests.helpers import wait_for
 
 pytestmark = [
     pytest.mark.compose,
@@ -45,14 +46,6 @@ def compose(*args: str, env: dict[str, str], timeout: float = 1800, check: bool 
     return done.stdout + done.stderr
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(2)
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
@@ -65,7 +58,7 @@ def stack() -> Iterator[tuple[str, dict[str, str]]]:
         scale = [f"--scale={stage}={n}" for stage, n in SCALE.items()]
         compose("up", "-d", *scale, env=env)
         gateway = f"127.0.0.1:{port}"
-        wait_until(lambda: health_status(gateway) == "SERVING", 300, "the gateway to report SERVING")
+        wait_for(lambda: health_status(gateway) == "SERVING", 300, "the gateway to report SERVING", interval=2)
         serving = time.monotonic() - trained
         print(f"first release trained in {trained - started:.0f}s; the stack served {serving:.0f}s later")
         yield gateway, env
@@ -95,7 +88,7 @@ def test_scaled_stack_serves_from_every_replica_and_rolls_out_a_release(stack: t
         assert response.release_id == stable and not response.degraded
     for service, replicas in SCALE.items():
         every = f"every {service} replica to serve"
-        wait_until(lambda s=service, n=replicas: len(served_counts(env, s)) == n, 60, every)
+        wait_for(lambda s=service, n=replicas: len(served_counts(env, s)) == n, 60, every, interval=2)
 
     # a replica added to the running stack gets traffic within seconds (connection age caps make clients re-resolve)
     compose("up", "-d", "--no-recreate", *[f"--scale={s}={n + (s == 'retrieval')}" for s, n in SCALE.items()], env=env)
@@ -107,7 +100,7 @@ def test_scaled_stack_serves_from_every_replica_and_rolls_out_a_release(stack: t
             assert not recommend(gateway, str(next(users) % 943 + 1), 10).degraded
         return len(served_counts(env, "retrieval")) == SCALE["retrieval"] + 1
 
-    wait_until(all_four_served, 120, "the added retrieval replica to serve")
+    wait_for(all_four_served, 120, "the added retrieval replica to serve", interval=2)
     print(f"an added retrieval replica served {time.monotonic() - added:.0f}s after `up --scale` returned (healthy)")
     compose("run", "--rm", "trainer", *TRAIN, "--admin-target", "gateway:50051", "--rollout-fraction", "0.5", env=env)
     with AdminClient(gateway, env.get("FUNNEL_ADMIN_TOKEN") or None) as admin:
@@ -122,7 +115,7 @@ def test_scaled_stack_serves_from_every_replica_and_rolls_out_a_release(stack: t
                 return False
             return True
 
-        wait_until(promoted, 300, f"every replica to hold {candidate}")
+        wait_for(promoted, 300, f"every replica to hold {candidate}", interval=2)
         listed = [s for s in admin.status().services if s.service in SCALE]
         expected = {**SCALE, "retrieval": SCALE["retrieval"] + 1}
         assert sorted(s.service for s in listed) == sorted(s for s, n in expected.items() for _ in range(n))
