@@ -41,6 +41,12 @@ class Unauthenticated(FunnelError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class ResourceExhausted(FunnelError):
+    """The service is at capacity; the caller should back off and retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ReleaseError(FunnelError):
     """A release on disk is invalid: missing manifest, checksum mismatch, path escape, fingerprint mismatch."""
 

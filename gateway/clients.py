@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +15,11 @@ import numpy as np
 
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
 from funnel.serving.server import ready_release_ids
+from funnel.tls import open_channel, target_host
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from gateway.core import StageCandidates, StageReadiness, StageScores, StageUnavailable
+
+log = logging.getLogger(__name__)
 
 # Errors that mean "this request cannot be served as asked": passed to the caller, never papered over.
 _PASS_THROUGH: dict[grpc.StatusCode, type[FunnelError]] = {
@@ -54,16 +59,47 @@ FAST_RECONNECT = [  # a replica that (re)starts is reached again within about a 
 ]
 
 
-def stage_channel(target: str) -> grpc.Channel:
+def stage_channel(target: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
     """A channel that balances round-robin over every serving address the target resolves to (one per replica).
 
     Reconnect backoff is capped at one second, so a stage that (re)starts is used again within about a second;
     gRPC's default grows to minutes, and calls fail fast (degrading the answer) for all of that time. DNS is
     re-resolved at most every second when a connection drops (servers cap connection age), so new replicas are
-    found within seconds.
+    found within seconds. With ``credentials`` every connection is TLS.
     """
     options = [("grpc.service_config", json.dumps(STAGE_CHANNEL_CONFIG)), ("grpc.enable_retries", 1), *FAST_RECONNECT]
-    return grpc.insecure_channel(target, options=options)
+    return open_channel(target, credentials, options)
+
+
+# What the caller is told when a stage fails: words, never the addresses and transport details (those are logged).
+_FAILURE_WORDS = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: "no answer within the deadline",
+    grpc.StatusCode.UNAVAILABLE: "no replica reachable",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+    grpc.StatusCode.CANCELLED: "call cancelled",
+}
+
+
+class _ThrottledLog:
+    """Logs a stage failure's details at most once a second per (stage, status), counting the ones it skipped."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval, self._lock = interval, threading.Lock()
+        self._last: dict[tuple[str, grpc.StatusCode], tuple[float, int]] = {}
+
+    def warning(self, stage: str, code: grpc.StatusCode, details: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, skipped = self._last.get((stage, code), (float("-inf"), 0))
+            if now - last < self._interval:
+                self._last[(stage, code)] = (last, skipped + 1)
+                return
+            self._last[(stage, code)] = (now, 0)
+        more = f" (and {skipped} more like it since)" if skipped else ""
+        log.warning("%s call failed, answering degraded: %s: %s%s", stage, code.name, details, more)
+
+
+_failures = _ThrottledLog()
 
 
 def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
@@ -72,10 +108,11 @@ def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) 
     try:
         return method(request, timeout=timeout)
     except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()
+        code, details = exc.code(), exc.details() or ""
         if code in _PASS_THROUGH:
             raise _PASS_THROUGH[code](f"{stage}: {details}") from None
-        raise StageUnavailable(stage, f"{code.name}: {details}") from None
+        _failures.warning(stage, code, details)
+        raise StageUnavailable(stage, _FAILURE_WORDS.get(code, f"failed ({code.name})")) from None
 
 
 def resolve_target(target: str) -> list[str]:
@@ -114,8 +151,12 @@ class StageReplicas:
         target: str,
         stub_class: Callable[[grpc.Channel], Any],
         resolve: Callable[[str], list[str]] = resolve_target,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """With ``credentials``, each replica is reached over TLS and must show a certificate for the target's
+        host name (not its own address)."""
         self.target, self._stub_class, self._resolve = target, stub_class, resolve
+        self._credentials = credentials
         self._lock = threading.Lock()
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}
 
@@ -127,7 +168,7 @@ class StageReplicas:
                 self._channels.pop(address)[0].close()
             for address in addresses:
                 if address not in self._channels:
-                    channel = grpc.insecure_channel(address, options=FAST_RECONNECT)
+                    channel = open_channel(address, self._credentials, FAST_RECONNECT, target_host(self.target))
                     self._channels[address] = (channel, self._stub_class(channel))
             return {address: self._channels[address][1] for address in addresses}
 
@@ -154,17 +195,25 @@ class StageClient:
 
     stage = ""
 
-    def __init__(self, channel: grpc.Channel, stub_class: Callable[[grpc.Channel], Any], target: str = "") -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        stub_class: Callable[[grpc.Channel], Any],
+        target: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self._stub = stub_class(channel)
-        self.replicas = StageReplicas(target, stub_class)
+        self.replicas = StageReplicas(target, stub_class, credentials=credentials)
 
 
 class GrpcRetrieval(StageClient):
     stage = "retrieval"
 
-    def __init__(self, channel: grpc.Channel, target: str = "") -> None:
-        super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target)
+    def __init__(
+        self, channel: grpc.Channel, target: str = "", credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target, credentials)
 
     def retrieve_batch(self, release_id: str, queries: list[Any], timeout: float) -> list[StageCandidates]:
         """One RetrieveBatch for queries with user_id, num_candidates, exclude_seen and history attributes."""
@@ -196,8 +245,10 @@ class GrpcRetrieval(StageClient):
 class GrpcRanking(StageClient):
     stage = "ranking"
 
-    def __init__(self, channel: grpc.Channel, target: str = "") -> None:
-        super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target)
+    def __init__(
+        self, channel: grpc.Channel, target: str = "", credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target, credentials)
 
     def rank_batch(
         self, release_id: str, queries: list[tuple[str, np.ndarray, np.ndarray]], timeout: float
@@ -227,12 +278,13 @@ class GrpcRanking(StageClient):
 
 
 def probe_readiness(stages: list[StageClient], readiness: StageReadiness) -> None:
-    """Record which releases every replica of every stage reports ready; a replica that does not answer is not live."""
+    """Record which releases every replica of every stage reports ready; a replica that does not answer, or is not
+    serving yet, reports None (StageReadiness keeps what it last knew of it)."""
     for client in stages:
         readiness.update(
             client.stage,
             {
-                address: None if isinstance(answer, grpc.RpcError) else ready_release_ids(answer)
+                address: None if isinstance(answer, grpc.RpcError) or not answer.serving else ready_release_ids(answer)
                 for address, answer in client.replicas.statuses().items()
             },
         )

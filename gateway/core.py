@@ -110,30 +110,40 @@ def traffic_bucket(user_id: str, salt: str) -> float:
 
 
 class StageReadiness:
-    """Which releases each replica of each stage reports ready (from its GetStatus). A candidate gets traffic, and
-    may be promoted, only when every live replica of every stage holds it ready; a replica that does not answer
-    is not live (the balanced channel sends it nothing either)."""
+    """Which releases each replica of each stage holds ready (from its GetStatus). A candidate gets traffic, and may
+    be promoted, only when every known replica of every stage holds it ready.
+
+    A replica that stops answering (killed, partitioned, restarting) or is not serving yet keeps the readiness it
+    last reported: it takes no traffic meanwhile, so routing by its last word keeps candidate users on the
+    candidate through a stage outage (they degrade like everyone else) instead of moving them to stable and back.
+    A replica not heard from yet is not counted; one whose address no longer resolves is forgotten.
+    """
 
     def __init__(self, stages: Iterable[str]) -> None:
         self._lock = threading.Lock()
-        self._replicas: dict[str, dict[str, frozenset[str] | None]] = {stage: {} for stage in stages}
+        self._replicas: dict[str, dict[str, frozenset[str]]] = {stage: {} for stage in stages}
         self._answered: set[str] = set()
-        self._everywhere: frozenset[str] = frozenset()  # ready on every live replica of every stage
+        self._everywhere: frozenset[str] = frozenset()  # ready on every known replica of every stage
 
     def update(self, stage: str, replicas: Mapping[str, Iterable[str] | None]) -> None:
-        """A stage's latest probe: each replica's address → the release ids it holds ready, None if it did not
-        answer."""
-        view = {address: None if ready is None else frozenset(ready) for address, ready in replicas.items()}
+        """A stage's latest probe: each replica's address → the release ids it holds ready, or None if it did not
+        answer or is not serving."""
         with self._lock:
+            known = self._replicas[stage]
+            view = {
+                address: known[address] if ready is None else frozenset(ready)
+                for address, ready in replicas.items()
+                if ready is not None or address in known
+            }
             self._replicas[stage] = view
-            if any(ready is not None for ready in view.values()):
+            if any(ready is not None for ready in replicas.values()):
                 self._answered.add(stage)
-            live = [ready for replicas in self._replicas.values() for ready in replicas.values() if ready is not None]
-            stages_live = all(any(r is not None for r in replicas.values()) for replicas in self._replicas.values())
-            self._everywhere = frozenset.intersection(*live) if live and stages_live else frozenset()
+            ready_sets = [ready for replicas in self._replicas.values() for ready in replicas.values()]
+            every_stage = all(self._replicas.values())
+            self._everywhere = frozenset.intersection(*ready_sets) if ready_sets and every_stage else frozenset()
 
     def ready_everywhere(self, release_id: str) -> bool:
-        """True when every live replica of every stage holds ``release_id`` ready (the request path's check: the
+        """True when every known replica of every stage holds ``release_id`` ready (the request path's check: the
         answer is kept from the last probe, not recomputed per request)."""
         return release_id in self._everywhere
 
@@ -144,14 +154,13 @@ class StageReadiness:
             return self._answered >= set(self._replicas)
 
     def missing(self, release_id: str) -> list[str]:
-        """Where ``release_id`` is not (yet) ready: each live replica without it, or a stage with no live replica."""
+        """Where ``release_id`` is not (yet) ready: each known replica without it, or a stage with none known."""
         with self._lock:
             missing = []
             for stage, replicas in self._replicas.items():
-                live = {address: ready for address, ready in replicas.items() if ready is not None}
-                if not live:
+                if not replicas:
                     missing.append(f"{stage} (no replica answers)")
-                missing += [f"{stage} replica {a}" for a, ready in sorted(live.items()) if release_id not in ready]
+                missing += [f"{stage} replica {a}" for a, ready in sorted(replicas.items()) if release_id not in ready]
             return missing
 
 

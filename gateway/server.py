@@ -8,7 +8,7 @@ from funnel.serving.config import parse_config
 from funnel.serving.interceptors import TokenAuth
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
-from funnel.serving.service import Service, create_service, release_manager, run_service
+from funnel.serving.service import AdminEndpoint, Service, create_service, release_manager, run_service
 from funnel.serving.workers import Periodic
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway.admin import Admin, AdminServicer
@@ -93,23 +93,27 @@ class ReadinessProbe:
 def create_server(
     config: GatewayServiceConfig, releases: ReleaseManager[GatewayRelease] | None = None
 ) -> Service[GatewayRelease]:
-    """Build (not start) the gateway with its AdminService; see funnel.serving.service.create_service."""
-    retrieval = GrpcRetrieval(stage_channel(config.retrieval_target), config.retrieval_target)
-    ranking = GrpcRanking(stage_channel(config.ranking_target), config.ranking_target)
+    """Build (not start) the gateway, with its AdminService on a server of its own (config.admin_address) behind
+    the token check; see funnel.serving.service.create_service."""
+    credentials = config.stage_credentials()
+    retrieval = GrpcRetrieval(stage_channel(config.retrieval_target, credentials), config.retrieval_target, credentials)
+    ranking = GrpcRanking(stage_channel(config.ranking_target, credentials), config.ranking_target, credentials)
     readiness = StageReadiness([retrieval.stage, ranking.stage])
     window = config.batch_window_ms / 1000
     releases = releases or release_manager(config, "gateway", GatewayRelease)
     probe = ReadinessProbe([retrieval, ranking], readiness, releases, config.poll_interval)
+    gateway = Gateway(
+        Router(releases, readiness),
+        BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight, window),
+        BatchedRanking(ranking, config.max_batch, config.max_in_flight, window),
+        Deadlines(config.retrieval_timeout, config.ranking_timeout),
+    )
+    admin = Admin(releases.store, releases, readiness, [retrieval, ranking], probe.probe)
 
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
-        gateway = Gateway(
-            Router(releases, readiness),
-            BatchedRetrieval(retrieval, config.max_batch, config.max_in_flight, window),
-            BatchedRanking(ranking, config.max_batch, config.max_in_flight, window),
-            Deadlines(config.retrieval_timeout, config.ranking_timeout),
-        )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
-        admin = Admin(releases.store, releases, readiness, [retrieval, ranking], probe.probe)
+
+    def register_admin(server: grpc.Server) -> None:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin), server)
 
     return create_service(
@@ -117,11 +121,16 @@ def create_server(
         "gateway",
         GatewayRelease,
         register,
-        [SERVICE_NAME, ADMIN_SERVICE_NAME],
+        [SERVICE_NAME],
         releases=releases,
-        interceptors=[TokenAuth(config.admin_token, [ADMIN_SERVICE_NAME])],
         workers=[probe],
         warm=readiness.all_answered_once,
+        admin=AdminEndpoint(
+            config.admin_address,
+            register_admin,
+            [ADMIN_SERVICE_NAME],
+            [TokenAuth(config.admin_token, [ADMIN_SERVICE_NAME])],
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from funnel.client import PLAINTEXT, ClientTls
 from funnel.data.loaders import Dataset, Interactions, Items
 from funnel.paths import default_cache_dir
 from funnel.release.files import Histories, write_catalog, write_popularity, write_seen
@@ -55,9 +57,9 @@ class Load:
     """Closed-loop clients calling a gateway's Recommend for random ``users`` until stopped; every answer and every
     failure is kept as a Sample."""
 
-    def __init__(self, address: str, users: Sequence[str], clients: int = 4) -> None:
+    def __init__(self, address: str, users: Sequence[str], clients: int = 4, tls: ClientTls = PLAINTEXT) -> None:
         self.users = list(users)
-        self.channel = grpc.insecure_channel(address)
+        self.channel = tls.connect(address)
         self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
         self.samples: list[Sample] = []
         self._stop = threading.Event()
@@ -281,3 +283,79 @@ def small_ranking_config() -> RankingConfig:
     from trainer.ranking import RankingConfig
 
     return RankingConfig(embedding_dim=8, batch_size=64, epochs=30, learning_rate=0.01)
+
+
+# ------------------------------------------------------------------------------------------------ certificates
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A test CA and what it signed: a server certificate for localhost and 127.0.0.1, and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here: trusting it must fail
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """Generate the certificates with the openssl command (2048-bit RSA, one day)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+
+    for ca in ("ca", "other-ca"):
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN=funnel test {ca}",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+        )
+    (directory / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN=funnel test {name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.pem",
+        )
+    d = directory
+    return Certificates(
+        d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key", d / "other-ca.pem"
+    )

@@ -39,8 +39,11 @@ the new one is refused, and nothing is published, when
   recall@100       < stable recall@100       - --max-recall-drop     (default {GateConfig.max_recall_drop}, absolute)
   ranking RMSE     > stable ranking RMSE     + --max-rmse-increase (default {GateConfig.max_rmse_increase}, absolute)
 
-after publishing: with no stable release yet (or --set-stable) the release becomes stable; else with an admin target
-the admin service starts its rollout at --rollout-fraction; else the job prints the `funnel rollout start` command.
+after publishing: into a store without a stable release, the release becomes stable. With --set-stable beside a
+stable release, the admin service (--admin-target) rolls it out and promotes it once every replica holds it; the
+job refuses without an admin target (only the admin API changes stable on a live store). Else with an admin
+target the admin service starts its rollout at --rollout-fraction; else the job prints the `funnel rollout start`
+command.
 
 exit status: {EXIT_OK} published (and rollout started if asked), {EXIT_ERROR} error, 2 usage error, \
 {EXIT_GATE_REFUSED} refused by the gate,
@@ -131,8 +134,8 @@ def parse_args(
     parser.add_argument(
         "--set-stable",
         action=argparse.BooleanOptionalAction,
-        help="point channel stable at the new release instead of starting a rollout "
-        "(default: only if no stable release exists yet)",
+        help="make the new release stable instead of starting a partial rollout: directly into an empty store, "
+        "else through --admin-target (promoted once every replica holds it) (default: only into an empty store)",
     )
     parser.add_argument(
         "--admin-target",

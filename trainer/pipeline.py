@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from funnel.client import AdminClient
+from funnel.client import AdminClient, promote_when_ready
 from funnel.data.loaders import Dataset, Interactions, load_dataset
 from funnel.errors import ReleaseError
 from funnel.paths import default_cache_dir
@@ -176,6 +176,14 @@ def _index_from_towers(
     )
 
 
+_SET_STABLE_NEEDS_ADMIN = (
+    "--set-stable: {root} already has stable release {stable}; on a store with a stable release only the gateway's "
+    "admin API changes stable, once every replica holds the new release. Pass --admin-target (env "
+    "FUNNEL_ADMIN_TARGET) to roll the new release out and promote it, or run without --set-stable and then "
+    "`funnel rollout start <release> && funnel rollout promote <release>`."
+)
+
+
 def _start_rollout(target: str, token: str | None, release_id: str, fraction: float) -> RolloutState:
     try:
         with AdminClient(target, token) as client:
@@ -184,6 +192,18 @@ def _start_rollout(target: str, token: str | None, release_id: str, fraction: fl
         raise RolloutRefused(
             f"release {release_id} is published, but the admin service at {target} refused to start its rollout: "
             f"{exc.code().name}: {exc.details()}"
+        ) from None
+
+
+def _promote(target: str, token: str | None, release_id: str) -> RolloutState:
+    """Roll ``release_id`` out and promote it once every replica holds it (--set-stable on a live store)."""
+    try:
+        with AdminClient(target, token) as client:
+            return promote_when_ready(client, release_id)
+    except (grpc.RpcError, TimeoutError) as exc:
+        reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
+        raise RolloutRefused(
+            f"release {release_id} is published, but the admin service at {target} did not promote it: {reason}"
         ) from None
 
 
@@ -293,6 +313,8 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
     """
     store = ArtifactStore(config.artifact_root)
     stable_id = store.get_channel("stable")
+    if config.set_stable and stable_id is not None and not config.admin_target:
+        raise RolloutRefused(_SET_STABLE_NEEDS_ADMIN.format(stable=stable_id, root=config.artifact_root))
     gated = config.gate is not None and stable_id is not None
     base_dir, base_runs = _stable_base(store, stable_id, config.only) if config.only or gated else (None, {})
     with store.new_release(config.release_id) as writer:  # fails now, not after training, on a duplicate id
@@ -359,11 +381,17 @@ def run(config: PipelineConfig, dataset: Dataset | None = None) -> PipelineResul
 
     print(f"[trainer] published release {release_id} in {store.releases_dir}", flush=True)
     _print_summary(metrics, job.timings)
+    stable_id = store.get_channel("stable")  # again: another job may have published meanwhile
     make_stable = config.set_stable if config.set_stable is not None else stable_id is None
     rollout = None
-    if make_stable:
-        store.set_stable(release_id)
-        print(f"[trainer] channel stable -> {release_id}", flush=True)
+    if make_stable and stable_id is None:
+        store.set_stable(release_id)  # the first release into an empty store: no service serves anything yet
+        print(f"[trainer] channel stable -> {release_id} (the store had no stable release)", flush=True)
+    elif make_stable:
+        if not config.admin_target:
+            raise RolloutRefused(_SET_STABLE_NEEDS_ADMIN.format(stable=stable_id, root=config.artifact_root))
+        rollout = _promote(config.admin_target, config.admin_token, release_id)
+        print(f"[trainer] promoted {release_id} to stable via {config.admin_target}", flush=True)
     elif config.admin_target:
         rollout = _start_rollout(config.admin_target, config.admin_token, release_id, config.rollout_fraction)
         print(

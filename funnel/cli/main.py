@@ -15,7 +15,15 @@ from typing import Any
 import grpc
 
 from funnel.cli import stack
-from funnel.client import AdminClient, format_release, recommend, rollout_state
+from funnel.client import (
+    CLIENT_TLS_PREFIX,
+    AdminClient,
+    ClientTls,
+    format_release,
+    promote_when_ready,
+    recommend,
+    rollout_state,
+)
 from funnel.data.loaders import load_dataset
 from funnel.paths import PROJECT_ROOT, VAR, default_artifact_root, default_cache_dir
 from funnel.release.store import ArtifactStore, RolloutState, new_release_id
@@ -65,9 +73,15 @@ def format_recommendations(user_id: str, response: gateway_pb2.RecommendResponse
     return "\n".join(lines)
 
 
+def _tls(args: argparse.Namespace) -> ClientTls:
+    return ClientTls(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     try:
-        response = recommend(args.gateway, args.user_id, args.k, args.release, args.include_seen, args.timeout)
+        response = recommend(
+            args.gateway, args.user_id, args.k, args.release, args.include_seen, args.timeout, _tls(args)
+        )
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
@@ -76,7 +90,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    status = stack.health_status(args.target, args.timeout)
+    status = stack.health_status(args.target, args.timeout, _tls(args))
     print(f"{args.target} {status}")
     return 0 if status == "SERVING" else 1
 
@@ -84,10 +98,10 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     for name, stub_class in STATUS_STUBS.items():
         address = getattr(args, name)
-        health = stack.health_status(address)
+        health = stack.health_status(address, tls=_tls(args))
         line = f"{name:<10} {address:<21} {health}"
         if health != "UNREACHABLE":
-            with grpc.insecure_channel(address) as channel:
+            with _tls(args).connect(address) as channel:
                 try:
                     status = stub_class(channel).GetStatus(common_pb2.GetStatusRequest(), timeout=5)
                     line += "".join("\n" + format_release(r) for r in status.releases)
@@ -104,7 +118,7 @@ def _print_rollout(state: RolloutState) -> None:
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
     try:
-        with AdminClient(args.admin, args.token or None) as admin:
+        with AdminClient(args.admin, args.token or None, tls=_tls(args)) as admin:
             if args.action == "status":
                 status = admin.status()
                 _print_rollout(rollout_state(status.rollout))
@@ -127,8 +141,9 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_stable(artifact_root: Path, data: str, release_id: str) -> None:
-    """Train and publish ``release_id`` with the trainer CLI (its own process) as the stable release, ungated."""
+def _train(artifact_root: Path, data: str, release_id: str) -> None:
+    """Train and publish ``release_id`` with the trainer CLI (its own process), ungated: into an empty store as the
+    stable release; beside an existing stable release, published only (a rollout makes it stable)."""
     command = [
         sys.executable,
         "-m",
@@ -141,7 +156,6 @@ def _train_stable(artifact_root: Path, data: str, release_id: str) -> None:
         str(default_cache_dir()),
         "--release-id",
         release_id,
-        "--set-stable",
         "--no-gate",
     ]
     subprocess.run(command, cwd=PROJECT_ROOT, check=True, stdin=subprocess.DEVNULL)
@@ -151,7 +165,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     artifact_root = _artifact_root(args.artifact_root)
     release_id = new_release_id()
     print(f"== training on {args.data} into {artifact_root} (release {release_id})", flush=True)
-    _train_stable(artifact_root, args.data, release_id)
+    _train(artifact_root, args.data, release_id)
     print("== starting retrieval, ranking and gateway as separate processes", flush=True)
     started = time.monotonic()
     services = stack.start_stack(artifact_root, VAR / "log" / "demo")
@@ -161,6 +175,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             + ", ".join(f"{s.name}@{s.address}" for s in services.values()),
             flush=True,
         )
+        if ArtifactStore(artifact_root).get_channel("stable") != release_id:
+            print(
+                f"== rolling {release_id} out through the admin API: candidate, then promoted once loaded", flush=True
+            )
+            with AdminClient(services["gateway"].admin_address) as admin:
+                promote_when_ready(admin, release_id)
         response = recommend(services["gateway"].address, args.user_id, args.k)
         print(format_recommendations(args.user_id, response))
         if response.release_id != release_id:
@@ -218,12 +238,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if store.get_channel("stable") is None:
         release_id = new_release_id()
         print(f"== no stable release in {artifact_root}: training one on {args.data}", flush=True)
-        _train_stable(artifact_root, args.data, release_id)
+        _train(artifact_root, args.data, release_id)
     services = stack.start_stack(artifact_root, VAR / "log", ports=stack.DEFAULT_PORTS, cpus=layout.services)
     for name, service in services.items():
         _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
         _pid_file(name).write_text(f"{service.process.pid}\n")
         print(f"{name:<10} {service.address}  pid {service.process.pid}  log {service.log_path}")
+    print(f"admin      {DEFAULT_ADDRESSES['admin']}  (the gateway's AdminService: funnel rollout ...)")
     print(f"try: .venv/bin/funnel recommend 42   (artifact root {artifact_root})")
     return 0
 
@@ -247,8 +268,15 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="funnel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    tls = argparse.ArgumentParser(add_help=False)
+    group = tls.add_argument_group("TLS (servers started with FUNNEL_TLS_CERT)")
+    for name, text in (("ca", "PEM CA that signed the server"), ("cert", "PEM client certificate (mutual TLS)")):
+        env = f"{CLIENT_TLS_PREFIX}_{name.upper()}"
+        group.add_argument(f"--tls-{name}", default=os.environ.get(env, ""), help=f"{text} [env {env}]")
+    env = f"{CLIENT_TLS_PREFIX}_KEY"
+    group.add_argument("--tls-key", default=os.environ.get(env, ""), help=f"PEM key of --tls-cert [env {env}]")
 
-    p = sub.add_parser("recommend", help="top-k items for a user, through the gateway")
+    p = sub.add_parser("recommend", parents=[tls], help="top-k items for a user, through the gateway")
     p.add_argument("user_id")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--gateway", default=os.environ.get("FUNNEL_GATEWAY_TARGET", DEFAULT_ADDRESSES["gateway"]))
@@ -257,12 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     p.set_defaults(run=_cmd_recommend)
 
-    p = sub.add_parser("status", help="health and loaded releases of each service")
-    for name, address in DEFAULT_ADDRESSES.items():
-        p.add_argument(f"--{name}", default=address)
+    p = sub.add_parser("status", parents=[tls], help="health and loaded releases of each service")
+    for name in STATUS_STUBS:
+        p.add_argument(f"--{name}", default=DEFAULT_ADDRESSES[name])
     p.set_defaults(run=_cmd_status)
 
-    p = sub.add_parser("health", help="exit 0 when a server reports SERVING on grpc.health.v1 (container healthchecks)")
+    p = sub.add_parser(
+        "health", parents=[tls], help="exit 0 when a server reports SERVING on grpc.health.v1 (container healthchecks)"
+    )
     p.add_argument(
         "target",
         nargs="?",
@@ -293,11 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(run=run)
     sub.add_parser("down", help="stop the services started by `up`").set_defaults(run=_cmd_down)
 
-    p = sub.add_parser("rollout", help="blue-green rollout through the gateway's AdminService")
+    p = sub.add_parser("rollout", parents=[tls], help="blue-green rollout through the gateway's AdminService")
     p.add_argument(
         "--admin",
-        default=os.environ.get("FUNNEL_ADMIN_TARGET", DEFAULT_ADDRESSES["gateway"]),
-        help="AdminService target (the gateway) [env FUNNEL_ADMIN_TARGET]",
+        default=os.environ.get("FUNNEL_ADMIN_TARGET", DEFAULT_ADDRESSES["admin"]),
+        help="the gateway's AdminService address (FUNNEL_ADMIN_ADDRESS of the gateway) [env FUNNEL_ADMIN_TARGET]",
     )
     p.add_argument("--token", default=os.environ.get("FUNNEL_ADMIN_TOKEN", ""), help="[env FUNNEL_ADMIN_TOKEN]")
     actions = p.add_subparsers(dest="action", required=True)

@@ -15,11 +15,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from funnel.client import PLAINTEXT, ClientTls
 from funnel.paths import PROJECT_ROOT
 
 SERVICES = ("retrieval", "ranking", "gateway")
 MODULES = {"retrieval": "retrieval_service", "ranking": "ranking_service", "gateway": "gateway"}
-DEFAULT_PORTS = {"gateway": 50051, "retrieval": 50052, "ranking": 50053}
+DEFAULT_PORTS = {"gateway": 50051, "retrieval": 50052, "ranking": 50053, "admin": 50054}  # admin: the gateway's
 
 
 def free_port() -> int:
@@ -34,6 +35,7 @@ class ServiceProcess:
     address: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    admin_address: str = ""  # the gateway's AdminService
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -55,9 +57,9 @@ def runs_module(pid: int, module: str) -> bool:
     return any(a == b"-m" and b == module.encode() for a, b in zip(argv, argv[1:]))
 
 
-def health_status(address: str, timeout: float = 1.0) -> str:
+def health_status(address: str, timeout: float = 1.0, tls: ClientTls = PLAINTEXT) -> str:
     """The overall grpc.health.v1 status of the server at ``address`` ('UNREACHABLE' if it does not answer)."""
-    with grpc.insecure_channel(address) as channel:
+    with tls.connect(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError:
@@ -65,13 +67,13 @@ def health_status(address: str, timeout: float = 1.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-def wait_serving(service: ServiceProcess, timeout: float) -> None:
+def wait_serving(service: ServiceProcess, timeout: float, tls: ClientTls = PLAINTEXT) -> None:
     """Block until the service reports SERVING; raise with its log if it exits or the timeout passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.log_tail()}")
-        if health_status(service.address) == "SERVING":
+        if health_status(service.address, tls=tls) == "SERVING":
             return
         time.sleep(0.2)
     raise TimeoutError(f"{service.name} at {service.address} not SERVING after {timeout:.0f}s:\n{service.log_tail()}")
@@ -153,12 +155,21 @@ def start_stack(
     extra_env: dict[str, str] | None = None,
     timeout: float = 180.0,
     cpus: Mapping[str, Collection[int]] | None = None,
+    tls: ClientTls = PLAINTEXT,
 ) -> dict[str, ServiceProcess]:
     """Start retrieval, ranking and gateway (each its own process, confined to ``cpus[name]`` when given) and
-    wait until all three are SERVING."""
-    ports = ports or {name: free_port() for name in SERVICES}
-    addresses = {name: f"127.0.0.1:{ports[name]}" for name in SERVICES}
-    gateway_args = ["--retrieval-target", addresses["retrieval"], "--ranking-target", addresses["ranking"]]
+    wait until all three are SERVING (asked over ``tls`` when the services serve TLS). ``ports`` maps each service,
+    and "admin" (the gateway's AdminService), to a port; free ones by default."""
+    ports = ports or {name: free_port() for name in (*SERVICES, "admin")}
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    gateway_args = [
+        "--retrieval-target",
+        addresses["retrieval"],
+        "--ranking-target",
+        addresses["ranking"],
+        "--admin-address",
+        addresses["admin"],
+    ]
     stack: dict[str, ServiceProcess] = {}
     try:
         for name in SERVICES:
@@ -171,8 +182,9 @@ def start_stack(
                 gateway_args if name == "gateway" else None,
                 (cpus or {}).get(name),
             )
+        stack["gateway"].admin_address = addresses["admin"]
         for service in stack.values():
-            wait_serving(service, timeout)
+            wait_serving(service, timeout, tls)
     except BaseException:
         stop_stack(stack)
         raise

@@ -1,4 +1,5 @@
-"""Server interceptors for what every RPC shares: errors to status codes, the request tally, admin authentication."""
+"""Server interceptors for what every RPC shares: errors to status codes, undecodable requests, the request tally,
+load shedding, admin authentication."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from funnel.errors import FunnelError, Unauthenticated
+from funnel.errors import FunnelError, InvalidArgument, ResourceExhausted, Unauthenticated
 from funnel.serving.workers import Periodic
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,101 @@ class ErrorInterceptor(UnaryInterceptor):
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
         return mapped
+
+
+class Undecodable:
+    """What a request deserializer hands on in place of a message its bytes do not parse as."""
+
+    def __init__(self, method: str, size: int, error: Exception) -> None:
+        self.message = f"{method}: the request bytes ({size}) do not parse as the method's request message ({error})"
+
+
+class DecodeGuard(ServerInterceptor):
+    """Request bytes that do not parse as the method's message end the call INVALID_ARGUMENT, with one WARNING line
+    and no traceback (gRPC itself answers INTERNAL "Exception deserializing request!" and logs a traceback)."""
+
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method, parse = handler_call_details.method, handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:
+                return Undecodable(method, len(data), exc)
+
+        def refuse(undecodable: Undecodable, context: grpc.ServicerContext, streaming: bool) -> Any:
+            log.warning("refused undecodable request: %s", undecodable.message)
+            if streaming:  # no ErrorInterceptor around streams: end the call here
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, undecodable.message)
+            raise InvalidArgument(undecodable.message)
+
+        def checked(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+            def call(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, Undecodable):
+                    return refuse(request, context, streaming)
+                return behavior(request, context)
+
+            return call
+
+        def checked_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def call(requests: Any, context: grpc.ServicerContext) -> Any:
+                def each() -> Any:
+                    for request in requests:
+                        if isinstance(request, Undecodable):
+                            refuse(request, context, True)
+                        yield request
+
+                return behavior(each(), context)
+
+            return call
+
+        kinds: dict[str, tuple[Callable[..., Handler], Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
+            "unary_unary": (grpc.unary_unary_rpc_method_handler, lambda b: checked(b, False)),
+            "unary_stream": (grpc.unary_stream_rpc_method_handler, lambda b: checked(b, True)),
+            "stream_unary": (grpc.stream_unary_rpc_method_handler, checked_stream),
+            "stream_stream": (grpc.stream_stream_rpc_method_handler, checked_stream),
+        }
+        for kind, (make, wrap) in kinds.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return make(
+                    wrap(behavior), request_deserializer=deserialize, response_serializer=handler.response_serializer
+                )
+        return handler
+
+
+class InFlightLimit(UnaryInterceptor):
+    """At most ``limit`` unary calls run at once (health checks aside: probes must answer under load); one more is
+    refused RESOURCE_EXHAUSTED at once instead of waiting in a queue without bound."""
+
+    EXEMPT = "/grpc.health.v1.Health/"
+
+    def __init__(self, limit: int, setting: str = "FUNNEL_MAX_REQUESTS") -> None:
+        if limit < 1:
+            raise ValueError(f"expected an in-flight limit of at least 1, got {limit}")
+        self.limit, self._setting = limit, setting
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+        if method.startswith(self.EXEMPT):
+            return behavior
+
+        def limited(request: Any, context: grpc.ServicerContext) -> Any:
+            if not self._slots.acquire(blocking=False):
+                raise ResourceExhausted(
+                    f"at capacity: {self.limit} requests in flight ({self._setting}); retry with backoff"
+                )
+            try:
+                return behavior(request, context)
+            finally:
+                self._slots.release()
+
+        return limited
 
 
 class RequestLog(UnaryInterceptor):

@@ -68,6 +68,7 @@ class ReleaseManager(Generic[T]):
         self._effective: dict[str, str] = {}  # channel -> release id serving it here
         self._failed: dict[str, tuple[tuple[int, int] | None, str]] = {}  # id -> (manifest stat, error)
         self._loading: str | None = None  # the release being loaded now, if any
+        self._settled = False  # every release the channels named at start-up is loaded or refused
         self._stop = threading.Event()
         self._wake_loader = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -138,7 +139,7 @@ class ReleaseManager(Generic[T]):
             self._rollout = rollout
             self._apply()
             pending = [r for r in self._named() if r not in self._loaded and not self._failed_unchanged(r)]
-            ready = "stable" in self._effective
+            ready = self._ready()
         for listener in list(self._listeners):
             listener(ready)
         return pending
@@ -151,6 +152,7 @@ class ReleaseManager(Generic[T]):
                     todo = next(
                         (r for r in self._named() if r not in self._loaded and not self._failed_unchanged(r)), None
                     )
+                    self._settled = self._settled or todo is None
                 if todo is None:
                     return
                 self._load_one(todo)
@@ -227,9 +229,14 @@ class ReleaseManager(Generic[T]):
     # --- request path ------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """True once the stable channel is served by a loaded, warm release."""
+        """True once the stable channel is served by a loaded, warm release and the first loads have settled: a
+        replica that starts during a rollout serves only once it holds the candidate too, so candidate users are
+        never sent back to stable by a replica that joins late. Later loads never make it unready."""
         with self._lock:
-            return "stable" in self._effective
+            return self._ready()
+
+    def _ready(self) -> bool:
+        return self._settled and "stable" in self._effective
 
     def channel(self, name: str) -> str | None:
         """The release serving ``name`` here (it lags the channel file while a load is running)."""

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from funnel.errors import NotFound
 from funnel.serving.interceptors import ServerInterceptor
 from funnel.serving.manager import LoadState, ReleaseManager, ReleaseStatus
 from funnel.v1 import common_pb2
@@ -25,39 +25,92 @@ WIRE_STATES = {
 }
 
 
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 LIVENESS = "liveness"  # the health service name that answers SERVING while the process runs (liveness probes)
 
 
 class Health:
-    """The standard grpc.health.v1 servicer. The overall status ("") and each API service's follow readiness
-    together; ``liveness`` stays SERVING until shutdown, for probes that must not restart a replica that is
-    still loading its first release."""
+    """The standard grpc.health.v1 service. The overall status ("") and each API service's follow readiness
+    together; ``liveness`` stays SERVING until shutdown, for probes that must not restart a replica that is still
+    loading its first release. ``shutdown()`` reports NOT_SERVING everywhere; ``close()`` then ends every Watch
+    stream, so open watches never hold a draining server."""
 
     def __init__(self, service_names: Iterable[str]) -> None:
-        # Blocking Watch: each watch stream holds a worker thread, but set() never waits on the network. In the
-        # non-blocking mode set() sends to every watcher under the servicer's lock and waits for the send, while
-        # a watch that ends (a connection closed after FUNNEL_MAX_CONNECTION_AGE) needs that lock on the thread
-        # that completes sends: the server deadlocked.
-        self.servicer = grpc_health.HealthServicer(experimental_non_blocking=False)
         self._names = ["", *service_names]
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._status: dict[str, int] = {LIVENESS: health_pb2.HealthCheckResponse.SERVING}
         self._serving: bool | None = None
-        self.servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        self._closed = False
         self.set_serving(False)
 
     def set_serving(self, serving: bool) -> None:
         """Report ``serving`` for the overall status and each API service; watchers hear only of changes."""
-        with self._lock:
-            if serving == self._serving:
-                return
+        with self._changed:
+            if serving == self._serving or self._status[LIVENESS] != health_pb2.HealthCheckResponse.SERVING:
+                return  # unchanged, or shut down: NOT_SERVING for good
             self._serving = serving
-            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in self._names:
-                self.servicer.set(name, status)
+            self._set(self._names, serving)
 
     def shutdown(self) -> None:
         """NOT_SERVING for every name, liveness included, from now on."""
-        self.servicer.enter_graceful_shutdown()
+        with self._changed:
+            self._set([*self._names, LIVENESS], False)
+
+    def close(self) -> None:
+        """End every Watch stream (after its last status was sent); new watches end at once."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _set(self, names: Iterable[str], serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in names:
+            self._status[name] = status
+        self._changed.notify_all()
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        with self._changed:
+            status = self._status.get(request.service)
+        if status is None:
+            raise NotFound(f"health: unknown service {request.service!r}; expected one of {[*self._names, LIVENESS]}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        with self._changed:
+            statuses = dict(self._status)
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses.items()}
+        )
+
+    def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> Iterator[health_pb2.HealthCheckResponse]:
+        """The status now, then each change, until the client leaves or ``close()`` (one worker thread a stream)."""
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        context.add_callback(self._wake)
+        sent: int | None = None
+        while True:
+            with self._changed:
+                status = self._status.get(request.service, unknown)
+                while not self._closed and context.is_active() and status == sent:
+                    self._changed.wait()
+                    status = self._status.get(request.service, unknown)
+                closed = self._closed
+            if not context.is_active():
+                return
+            if status != sent:
+                sent = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            if closed:
+                return
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -89,11 +142,16 @@ def build_server(
     max_connection_age: float = 0.0,
     connection_age_grace: float = 5.0,
     interceptors: Sequence[ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    health: Health | None = None,
 ) -> tuple[grpc.Server, int, Health]:
     """Create (not start) a server with the given servicers, health and reflection; returns the bound port.
 
-    ``interceptors`` wrap every call, the first outermost. A ``max_connection_age`` (seconds, 0: none) makes
-    clients reconnect that often, letting calls in flight finish within ``connection_age_grace``.
+    ``interceptors`` wrap every call, the first outermost. At most ``max_workers`` calls (streams included) are
+    open at once; gRPC refuses one more with RESOURCE_EXHAUSTED rather than queueing it. A ``max_connection_age``
+    (seconds, 0: none) makes clients reconnect that often, letting calls in flight finish within
+    ``connection_age_grace``. With ``credentials`` the port speaks TLS only. ``health`` shares one health status
+    between servers of one process (a new one otherwise).
     """
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -109,13 +167,14 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         interceptors=list(interceptors),
         options=options,
+        maximum_concurrent_rpcs=max_workers,
     )
     register(server)
     names = list(service_names)
-    health = Health(names)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    _enable_reflection([*names, grpc_health.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    health = health or Health(names)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    _enable_reflection([*names, HEALTH_SERVICE], server)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise SystemExit(f"could not bind {address!r}: expected host:port that is free")
     return server, port, health
@@ -157,7 +216,9 @@ class ReleaseStatusRPCs:
     def GetStatus(
         self, request: common_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> common_pb2.GetStatusResponse:
-        return common_pb2.GetStatusResponse(service=self.service, releases=release_statuses(self.releases.status()))
+        return common_pb2.GetStatusResponse(
+            service=self.service, releases=release_statuses(self.releases.status()), serving=self.releases.ready()
+        )
 
     def Reload(self, request: common_pb2.ReloadRequest, context: grpc.ServicerContext) -> common_pb2.ReloadResponse:
         return common_pb2.ReloadResponse(releases=release_statuses(self.releases.reload()))

@@ -14,11 +14,12 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 
 from funnel.release.store import ArtifactStore, Manifest
-from funnel.serving.config import setting
-from funnel.serving.interceptors import ErrorInterceptor, RequestLog, ServerInterceptor
+from funnel.serving.config import ConfigError, setting
+from funnel.serving.interceptors import DecodeGuard, ErrorInterceptor, InFlightLimit, RequestLog, ServerInterceptor
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.server import Health, build_server
 from funnel.serving.workers import Worker
+from funnel.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,17 @@ class ServiceConfig:
         "FUNNEL_LAME_DUCK", 1.0, "seconds between reporting NOT_SERVING on SIGTERM and refusing new calls"
     )
     shutdown_grace: float = setting("FUNNEL_SHUTDOWN_GRACE", 5.0, "seconds to drain in-flight requests on SIGTERM")
-    max_workers: int = setting("FUNNEL_MAX_WORKERS", 16, "gRPC worker threads")
+    max_requests: int = setting(
+        "FUNNEL_MAX_REQUESTS",
+        32,
+        "calls handled at once (health checks aside); one more is refused RESOURCE_EXHAUSTED at once, not queued",
+    )
+    max_workers: int = setting(
+        "FUNNEL_MAX_WORKERS",
+        64,
+        "gRPC worker threads, and the open calls (streams such as health watches included) a server takes; must "
+        "exceed FUNNEL_MAX_REQUESTS",
+    )
     max_connection_age: float = setting(
         "FUNNEL_MAX_CONNECTION_AGE",
         10.0,
@@ -52,6 +63,21 @@ class ServiceConfig:
     request_log_interval: float = setting(
         "FUNNEL_REQUEST_LOG_INTERVAL", 30.0, "seconds between the 'served ...' request tally lines in the log"
     )
+    tls_cert: str = setting("FUNNEL_TLS_CERT", "", "PEM certificate chain: serve TLS only (with FUNNEL_TLS_KEY)")
+    tls_key: str = setting("FUNNEL_TLS_KEY", "", "PEM private key of FUNNEL_TLS_CERT")
+    tls_client_ca: str = setting(
+        "FUNNEL_TLS_CLIENT_CA", "", "PEM CA bundle: clients must present a certificate it signed (mutual TLS)"
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_requests < self.max_workers:
+            raise ConfigError(
+                f"expected 0 < FUNNEL_MAX_REQUESTS < FUNNEL_MAX_WORKERS (threads must remain for health checks and "
+                f"streams), got {self.max_requests} and {self.max_workers}"
+            )
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        return server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,17 @@ class ModelServiceConfig(ServiceConfig):
     tf_threads: int = setting(
         "FUNNEL_TF_THREADS", 1, "TensorFlow intra- and inter-op threads (0: TensorFlow's default, one per core)"
     )
+
+
+@dataclass(frozen=True)
+class AdminEndpoint:
+    """A second server of a service, for its admin API: its address, servicers and the interceptors (auth) that
+    guard it."""
+
+    address: str
+    register: Callable[[grpc.Server], None]
+    service_names: Sequence[str]
+    interceptors: Sequence[ServerInterceptor] = ()
 
 
 def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Manifest], R]) -> ReleaseManager[R]:
@@ -74,37 +111,57 @@ def release_manager(config: ServiceConfig, name: str, load: Callable[[Path, Mani
     )
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One listening gRPC server of a service: the public API, or the gateway's admin API."""
+
+    name: str
+    server: grpc.Server
+    port: int
+
+
 class Service(Generic[R]):
-    """One service process's parts, built and not started: the gRPC server, the release manager and the
-    background workers. ``start()`` starts them; ``stop()`` reports NOT_SERVING, waits out the lame-duck pause,
-    stops the workers, and drains the server."""
+    """One service process's parts, built and not started: its gRPC servers, the release manager and the
+    background workers. ``start()`` starts them; ``stop()`` drains (see there)."""
 
     def __init__(
         self,
         name: str,
-        server: grpc.Server,
-        port: int,
+        endpoints: Sequence[Endpoint],
         health: Health,
         releases: ReleaseManager[R],
         workers: Sequence[Worker] = (),
     ) -> None:
-        self.name, self.server, self.port, self.health, self.releases = name, server, port, health, releases
+        self.name, self.health, self.releases = name, health, releases
+        self.endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self.workers = list(workers)
 
+    @property
+    def port(self) -> int:
+        """The public API's port."""
+        return self.endpoints["api"].port
+
     def start(self) -> None:
-        self.server.start()
+        for endpoint in self.endpoints.values():
+            endpoint.server.start()
         self.releases.start()
         for worker in self.workers:
             worker.start()
 
     def stop(self, grace: float | None = 0.0, lame_duck: float = 0.0) -> None:
-        self.health.shutdown()  # NOT_SERVING from now on: balancers and probes take this replica out
+        """Drain: health reports NOT_SERVING at once, so balancers and watching clients move away, while calls
+        still arriving are served for ``lame_duck`` seconds; then health Watch streams end, the servers refuse new
+        calls, and calls in flight get up to ``grace`` seconds to finish."""
+        self.health.shutdown()
         if lame_duck > 0:
-            time.sleep(lame_duck)  # calls still arriving (clients not yet told) are served meanwhile
+            time.sleep(lame_duck)
         for worker in reversed(self.workers):
             worker.stop()
         self.releases.stop()
-        self.server.stop(grace).wait()
+        self.health.close()
+        stopped = [endpoint.server.stop(grace) for endpoint in self.endpoints.values()]
+        for done in stopped:
+            done.wait()
 
     def serve_until_signalled(self, config: ServiceConfig) -> None:
         """Start, run until SIGTERM/SIGINT, then stop with the configured lame-duck pause and drain grace."""
@@ -112,10 +169,11 @@ class Service(Generic[R]):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stopping.set())
         self.start()
-        log.info("%s listening on port %d; artifact root %s", self.name, self.port, config.artifact_root)
+        ports = ", ".join(f"{e.name} on port {e.port}" for e in self.endpoints.values())
+        log.info("%s listening: %s; artifact root %s", self.name, ports, config.artifact_root)
         stopping.wait()
         log.info(
-            "shutting down: NOT_SERVING for %.1fs, then draining in-flight requests for up to %.1fs",
+            "shutting down: NOT_SERVING, still serving for %.1fs, then draining in-flight requests for up to %.1fs",
             config.lame_duck,
             config.shutdown_grace,
         )
@@ -134,12 +192,15 @@ def create_service(
     interceptors: Sequence[ServerInterceptor] = (),
     workers: Sequence[Worker] = (),
     warm: Callable[[], bool] = lambda: True,
+    admin: AdminEndpoint | None = None,
 ) -> Service[R]:
     """Build (not start) a service: health reports SERVING once ``releases`` serves a stable release and
     ``warm()`` says the rest of the service is ready too. Every call passes the error mapping, the request tally,
-    then ``interceptors``."""
+    the undecodable-request guard, the in-flight limit, then ``interceptors``. ``admin`` adds a second server."""
     releases = releases or release_manager(config, name, load)
     request_log = RequestLog(config.request_log_interval)
+    shared = [ErrorInterceptor(), request_log, DecodeGuard()]
+    credentials = config.server_credentials()
     server, port, health = build_server(
         config.address,
         lambda server: register(server, releases),
@@ -147,10 +208,23 @@ def create_service(
         max_workers=config.max_workers,
         max_connection_age=config.max_connection_age,
         connection_age_grace=config.shutdown_grace,
-        interceptors=[ErrorInterceptor(), request_log, *interceptors],
+        interceptors=[*shared, InFlightLimit(config.max_requests), *interceptors],
+        credentials=credentials,
     )
+    endpoints = [Endpoint("api", server, port)]
+    if admin is not None:
+        admin_server, admin_port, _ = build_server(
+            admin.address,
+            admin.register,
+            admin.service_names,
+            max_workers=8,
+            interceptors=[*shared, *admin.interceptors],
+            credentials=credentials,
+            health=health,
+        )
+        endpoints.append(Endpoint("admin", admin_server, admin_port))
     releases.subscribe(lambda ready: health.set_serving(ready and warm()))
-    return Service(name, server, port, health, releases, [request_log, *workers])
+    return Service(name, endpoints, health, releases, [request_log, *workers])
 
 
 def run_service(config: C, create: Callable[[C], Service[Any]]) -> None:

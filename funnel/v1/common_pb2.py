@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66unnel/v1/common.proto\x12\tfunnel.v1\"8\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\x03\"\x84\x01\n\rReleaseStatus\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x16\n\nstate_name\x18\x02 \x01(\tB\x02\x18\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.funnel.v1.ReleaseState\"\x12\n\x10GetStatusRequest\"P\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x08releases\x18\x02 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatus\"\x0f\n\rReloadRequest\"<\n\x0eReloadResponse\x12*\n\x08releases\x18\x01 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatus*{\n\x0cReleaseState\x12\x1d\n\x19RELEASE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_STATE_LOADING\x10\x01\x12\x17\n\x13RELEASE_STATE_READY\x10\x02\x12\x18\n\x14RELEASE_STATE_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66unnel/v1/common.proto\x12\tfunnel.v1\"8\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\x03\"\x84\x01\n\rReleaseStatus\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x16\n\nstate_name\x18\x02 \x01(\tB\x02\x18\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.funnel.v1.ReleaseState\"\x12\n\x10GetStatusRequest\"a\n\x11GetStatusResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x08releases\x18\x02 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatus\x12\x0f\n\x07serving\x18\x03 \x01(\x08\"\x0f\n\rReloadRequest\"<\n\x0eReloadResponse\x12*\n\x08releases\x18\x01 \x03(\x0b\x32\x18.funnel.v1.ReleaseStatus*{\n\x0cReleaseState\x12\x1d\n\x19RELEASE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_STATE_LOADING\x10\x01\x12\x17\n\x13RELEASE_STATE_READY\x10\x02\x12\x18\n\x14RELEASE_STATE_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RELEASESTATUS'].fields_by_name['state_name']._loaded_options = None
   _globals['_RELEASESTATUS'].fields_by_name['state_name']._serialized_options = b'\030\001'
-  _globals['_RELEASESTATE']._serialized_start=411
-  _globals['_RELEASESTATE']._serialized_end=534
+  _globals['_RELEASESTATE']._serialized_start=428
+  _globals['_RELEASESTATE']._serialized_end=551
   _globals['_USERCONTEXT']._serialized_start=37
   _globals['_USERCONTEXT']._serialized_end=93
   _globals['_RELEASESTATUS']._serialized_start=96
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=230
   _globals['_GETSTATUSREQUEST']._serialized_end=248
   _globals['_GETSTATUSRESPONSE']._serialized_start=250
-  _globals['_GETSTATUSRESPONSE']._serialized_end=330
-  _globals['_RELOADREQUEST']._serialized_start=332
-  _globals['_RELOADREQUEST']._serialized_end=347
-  _globals['_RELOADRESPONSE']._serialized_start=349
-  _globals['_RELOADRESPONSE']._serialized_end=409
+  _globals['_GETSTATUSRESPONSE']._serialized_end=347
+  _globals['_RELOADREQUEST']._serialized_start=349
+  _globals['_RELOADREQUEST']._serialized_end=364
+  _globals['_RELOADRESPONSE']._serialized_start=366
+  _globals['_RELOADRESPONSE']._serialized_end=426
 # @@protoc_insertion_point(module_scope)

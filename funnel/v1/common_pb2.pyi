@@ -45,12 +45,14 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("service", "releases")
+    __slots__ = ("service", "releases", "serving")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     RELEASES_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     service: str
     releases: _containers.RepeatedCompositeFieldContainer[ReleaseStatus]
-    def __init__(self, service: _Optional[str] = ..., releases: _Optional[_Iterable[_Union[ReleaseStatus, _Mapping]]] = ...) -> None: ...
+    serving: bool
+    def __init__(self, service: _Optional[str] = ..., releases: _Optional[_Iterable[_Union[ReleaseStatus, _Mapping]]] = ..., serving: _Optional[bool] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -48,8 +49,15 @@ def compose(*args: str, env: dict[str, str], timeout: float = 1800, check: bool 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[str, dict[str, str]]]:
-    port = free_port()
-    env = {**os.environ, "FUNNEL_GATEWAY_PORT": str(port), "FUNNEL_REQUEST_LOG_INTERVAL": "2"}
+    port, admin_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "FUNNEL_GATEWAY_PORT": str(port),
+        "FUNNEL_ADMIN_PORT": str(admin_port),
+        "FUNNEL_ADMIN_ADDRESS": "0.0.0.0:50054",  # open to the trainer container, so the token is required
+        "FUNNEL_ADMIN_TOKEN": secrets.token_hex(16),
+        "FUNNEL_REQUEST_LOG_INTERVAL": "2",
+    }
     compose("down", "-v", env=env, check=False)
     try:
         started = time.monotonic()
@@ -102,8 +110,12 @@ def test_scaled_stack_serves_from_every_replica_and_rolls_out_a_release(stack: t
 
     wait_for(all_four_served, 120, "the added retrieval replica to serve", interval=2)
     print(f"an added retrieval replica served {time.monotonic() - added:.0f}s after `up --scale` returned (healthy)")
-    compose("run", "--rm", "trainer", *TRAIN, "--admin-target", "gateway:50051", "--rollout-fraction", "0.5", env=env)
-    with AdminClient(gateway, env.get("FUNNEL_ADMIN_TOKEN") or None) as admin:
+    compose("run", "--rm", "trainer", *TRAIN, "--admin-target", "gateway:50054", "--rollout-fraction", "0.5", env=env)
+    admin_address = f"127.0.0.1:{env['FUNNEL_ADMIN_PORT']}"
+    with AdminClient(admin_address, "wrong") as intruder, pytest.raises(grpc.RpcError) as refused:
+        intruder.status()
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with AdminClient(admin_address, env["FUNNEL_ADMIN_TOKEN"]) as admin:
         candidate = admin.status().rollout.candidate_release_id
         assert candidate and candidate != stable
 

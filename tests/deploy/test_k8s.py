@@ -85,6 +85,22 @@ def test_each_stage_scales_on_its_own_with_grpc_probes(manifests: list[dict[str,
     assert all(m["metadata"]["namespace"] == "funnel" for m in manifests)
 
 
+def test_the_admin_api_has_its_own_port_service_and_policy_and_needs_the_token(manifests: list[dict[str, Any]]) -> None:
+    by_name = {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+    gateway = _containers(by_name[("Deployment", "funnel-gateway")])[0]
+    assert {"name": "admin", "containerPort": 50054} in gateway["ports"]
+    assert gateway["env"][0]["name"] == "FUNNEL_ADMIN_TOKEN"  # required: the admin address is not loopback
+    config = by_name[("ConfigMap", "funnel-config")]["data"]
+    assert config["FUNNEL_ADMIN_ADDRESS"] == "0.0.0.0:50054"
+    assert config["FUNNEL_ADMIN_TARGET"] == "funnel-gateway-admin:50054"
+    public = by_name[("Service", "funnel-gateway")]["spec"]["ports"]
+    assert [port["port"] for port in public] == [50051]  # the public Service never exposes the admin port
+    assert by_name[("Service", "funnel-gateway-admin")]["spec"]["ports"][0]["targetPort"] == "admin"
+    policy = by_name[("NetworkPolicy", "funnel-gateway-admin")]["spec"]
+    admin_rule = next(rule for rule in policy["ingress"] if rule["ports"] == [{"port": "admin"}])
+    assert admin_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "funnel-trainer"}}}]
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
 def test_kubectl_kustomize_renders_the_same_objects(manifests: list[dict[str, Any]]) -> None:
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True).stdout

@@ -42,7 +42,7 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
     marks: dict[str, float] = {}
     try:
         rss_one_release = {name: peak_rss_mb(s.process.pid)[0] for name, s in services.items()}
-        admin = AdminClient(services["gateway"].address)
+        admin = AdminClient(services["gateway"].admin_address)
         with Load(services["gateway"].address, USERS, CLIENTS) as load:
             load.wait_for_requests(100, 0.0, "in the steady state")
             marks["publish"] = time.monotonic()
@@ -59,7 +59,7 @@ def test_blue_green_rollout_under_load(artifact_root: Path, tmp_path: Path) -> N
                     "--release-id",
                     r2,
                     "--admin-target",
-                    services["gateway"].address,
+                    services["gateway"].admin_address,
                     "--rollout-fraction",
                     "0.5",
                 ),

@@ -30,16 +30,30 @@ def _channels(store: ArtifactStore) -> dict[str, tuple[bytes, int]]:
 
 
 class RecordingAdmin(admin_pb2_grpc.AdminServiceServicer):
-    """Records StartRollout calls; answers like the gateway would, or refuses with ``refusal``."""
+    """Records StartRollout calls; answers like the gateway would, or refuses with ``refusal``. Promote refuses as
+    "not ready" ``not_ready`` times first, like a gateway whose replicas are still loading the candidate."""
 
-    def __init__(self, refusal: str = "") -> None:
+    def __init__(self, refusal: str = "", not_ready: int = 0) -> None:
         self.calls: list[tuple[admin_pb2.StartRolloutRequest, dict[str, str]]] = []
-        self.refusal = refusal
+        self.promotes: list[str] = []
+        self.refusal, self.not_ready = refusal, not_ready
+        self.candidate = ""
+
+    def GetRolloutStatus(self, request: admin_pb2.GetRolloutStatusRequest, context: grpc.ServicerContext):
+        state = admin_pb2.RolloutState(stable_release_id=STABLE, candidate_release_id=self.candidate)
+        return admin_pb2.GetRolloutStatusResponse(rollout=state)
+
+    def Promote(self, request: admin_pb2.PromoteRequest, context: grpc.ServicerContext):
+        self.promotes.append(request.release_id)
+        if len(self.promotes) <= self.not_ready:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"candidate {request.release_id} is not ready on x")
+        return admin_pb2.PromoteResponse(rollout=admin_pb2.RolloutState(stable_release_id=request.release_id))
 
     def StartRollout(self, request: admin_pb2.StartRolloutRequest, context: grpc.ServicerContext):
         self.calls.append((request, dict(context.invocation_metadata())))
         if self.refusal:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.refusal)
+        self.candidate = request.release_id
         state = admin_pb2.RolloutState(
             stable_release_id=STABLE, candidate_release_id=request.release_id, candidate_fraction=request.fraction
         )
@@ -97,3 +111,24 @@ def test_cli_rollout_refusal_exits_4_and_names_the_published_release(store, tmp_
         "FAILED_PRECONDITION: release r-new is not ready on ranking\n"
     )
     assert "r-new" in store.list_releases() and store.get_channel("stable") == STABLE
+
+
+def test_set_stable_on_a_live_store_is_a_rollout_promoted_once_every_replica_is_ready(store):
+    admin, channels = RecordingAdmin(not_ready=1), _channels(store)
+    with admin_server(admin) as target:
+        config = PipelineConfig(store.root, only="index", release_id="r-new", set_stable=True, admin_target=target)
+        result = run(config, dataset=synthetic_dataset())
+    assert result.rollout == RolloutState("r-new", None, 0.0)
+    [(request, _)] = admin.calls
+    assert (request.release_id, request.fraction) == ("r-new", 0.0)  # loaded everywhere before any user sees it
+    assert admin.promotes == ["r-new", "r-new"]  # refused while not ready, then promoted
+    assert _channels(store) == channels  # the admin service, not the trainer, writes channels/
+
+
+def test_set_stable_on_a_store_with_a_stable_release_needs_the_admin_api(store, capsys):
+    releases = store.list_releases()
+    argv = ["--artifact-root", str(store.root), "--only", "index", "--release-id", "r-new", "--set-stable"]
+    assert cli.main(argv) == cli.EXIT_ROLLOUT_REFUSED
+    err = capsys.readouterr().err
+    assert f"already has stable release {STABLE}" in err and "--admin-target" in err and "funnel rollout" in err
+    assert store.list_releases() == releases and store.get_channel("stable") == STABLE  # refused before training

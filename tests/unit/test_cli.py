@@ -23,7 +23,7 @@ def test_up_refuses_the_pinned_layout_on_one_cpu_before_training_or_starting_any
 ) -> None:
     monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0})
     monkeypatch.setattr(stack, "start_stack", lambda *a, **k: pytest.fail("started services"))
-    monkeypatch.setattr(cli, "_train_stable", lambda *a, **k: pytest.fail("trained a release"))
+    monkeypatch.setattr(cli, "_train", lambda *a, **k: pytest.fail("trained a release"))
     assert cli.main(["up", "--layout", "pinned", "--artifact-root", "/nonexistent"]) == 2
     assert "--layout pinned: the pinned layout needs at least 2 allowed CPUs, got [0]" in capsys.readouterr().err
 
@@ -39,7 +39,7 @@ def test_up_starts_the_stack_in_the_chosen_layout(monkeypatch: pytest.MonkeyPatc
 
 
 def test_up_refuses_a_running_stack_before_training(cli_run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_train_stable", lambda *a, **k: pytest.fail("trained a release"))
+    monkeypatch.setattr(cli, "_train", lambda *a, **k: pytest.fail("trained a release"))
     monkeypatch.setattr(stack, "runs_module", lambda pid, module: True)
     (cli_run_dir / "gateway.pid").write_text("12345\n")
     assert cli.main(["up", "--artifact-root", str(cli_run_dir / "empty-root")]) == 1

@@ -232,16 +232,34 @@ def test_candidate_gets_a_sticky_fraction_of_users(rollout) -> None:
     assert all(len(router.choose("", u)) == 2 for u in users[:50])  # the other release follows as fallback
 
 
-def test_candidate_gets_no_traffic_until_every_live_replica_of_every_stage_has_it(rollout) -> None:
+def test_candidate_gets_no_traffic_until_every_known_replica_of_every_stage_has_it(rollout) -> None:
     releases, readiness = rollout
     users = [f"u{i}" for i in range(500)]
     readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": ["r1"]})  # one replica still loading
     assert set(served_by(Router(releases, readiness), users).values()) == {"r1"}
     assert readiness.missing("r2") == ["ranking replica ranking-b:1"]
-    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": None})  # gone: the balancer skips it
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-b:1": None})  # silent: keeps its last word
+    assert readiness.missing("r2") == ["ranking replica ranking-b:1"]
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"]})  # scaled down: its address no longer resolves
     assert readiness.missing("r2") == [] and "r2" in served_by(Router(releases, readiness), users).values()
-    readiness.update("ranking", {"ranking-a:1": None})
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"], "ranking-c:1": None})  # a new one, not serving yet
+    assert readiness.missing("r2") == []
+    readiness.update("ranking", {})
     assert readiness.missing("r2") == ["ranking (no replica answers)"]
+
+
+def test_candidate_users_stay_on_the_candidate_while_a_stage_is_down(rollout) -> None:
+    releases, readiness = rollout
+    users = [f"u{i}" for i in range(500)]
+    readiness.update("ranking", {"ranking-a:1": ["r1", "r2"]})
+    before = served_by(Router(releases, readiness), users)
+    assert "r2" in before.values()
+    readiness.update("ranking", {"ranking-a:1": None})  # killed: no answer
+    assert served_by(Router(releases, readiness), users) == before
+    readiness.update("ranking", {"ranking-a:1": None})  # restarted, loading (not serving yet)
+    assert served_by(Router(releases, readiness), users) == before
+    readiness.update("ranking", {"ranking-a:1": ["r1"]})  # serving again without the candidate: it pauses
+    assert set(served_by(Router(releases, readiness), users).values()) == {"r1"}
 
 
 def test_a_stage_missing_the_chosen_release_reruns_the_whole_request_on_the_other(rollout) -> None:
@@ -319,7 +337,7 @@ def test_gateway_is_warm_once_every_stage_answered() -> None:
     readiness.update("ranking", {"b:1": ["r1"]})
     readiness.update("ranking", {"b:1": None})  # a later outage does not undo the start-up gate
     assert readiness.all_answered_once()
-    assert readiness.missing("r1") == ["retrieval replica a:1", "ranking (no replica answers)"]
+    assert readiness.missing("r1") == ["retrieval replica a:1"]
 
 
 def test_a_target_resolves_to_one_address_per_replica() -> None:
