@@ -131,6 +131,8 @@ def test_candidate_users_stay_on_the_candidate_while_a_stage_is_killed_and_resta
     degraded = sum(bool(a.degraded) for a in during)
     print(f"{len(during)} answers to {len(on_candidate)} candidate users across the outage, {degraded} degraded")
     assert degraded > 0  # the outage was felt
+    reasons = {reason for a in during for reason in a.degraded}
+    assert reasons and not any("127.0.0.1" in reason for reason in reasons), reasons  # words, no addresses
     assert moved == [], f"{len(moved)} candidate users were sent to stable: {moved[:10]}"
     assert load.failures() == []
     assert load.mixed() == []

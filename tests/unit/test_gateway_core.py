@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from funnel.release.scoring import blend, retrieval_weight
 from funnel.release.store import ArtifactStore, RolloutState
 from funnel.serving.manager import ReleaseManager
 from gateway.admin import Admin
-from gateway.clients import resolve_target
+from gateway.clients import _call, resolve_target
 from gateway.core import (
     Gateway,
     GatewayRelease,
@@ -345,3 +347,21 @@ def test_a_target_resolves_to_one_address_per_replica() -> None:
     assert resolve_target("127.0.0.1:5001") == ["127.0.0.1:5001"]
     assert resolve_target("dns:///127.0.0.1:5001") == ["127.0.0.1:5001"]
     assert "127.0.0.1:5001" in resolve_target("dns:///localhost:5001")
+
+
+class RefusedConnection(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "ipv4:10.0.3.7:44843: Connection refused"
+
+
+def test_a_failed_stage_is_told_in_words_and_its_address_only_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def refused(request: object, timeout: float) -> None:
+        raise RefusedConnection()
+
+    with caplog.at_level(logging.WARNING), pytest.raises(StageUnavailable) as failed:
+        _call("ranking", refused, object(), 1.0)
+    assert str(failed.value) == "ranking unavailable: no replica reachable"
+    assert "10.0.3.7:44843: Connection refused" in caplog.text  # the details, for the operator
