@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,23 +105,58 @@ def write_catalog(release_dir: Path, items: Items) -> None:
 def read_catalog(release_dir: Path) -> dict[int, CatalogItem]:
     path = Path(release_dir) / CATALOG
     catalog: dict[int, CatalogItem] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:  # decoded line by line, so bytes that are not UTF-8 are a malformed row too
         for line_no, line in enumerate(f, 1):
             try:
-                row = json.loads(line)
-                item = CatalogItem(int(row["item_id"]), str(row["title"]), int(row["year"]), tuple(row["genres"]))
-            except (ValueError, KeyError, TypeError) as exc:
+                item = _catalog_item(json.loads(line.decode("utf-8")))
+            except (ValueError, KeyError, RecursionError) as exc:
                 raise ReleaseError(f"{path}:{line_no}: malformed catalog row: {exc}") from None
             catalog[item.item_id] = item
     return catalog
 
 
+_JSON_NAMES: dict[type, str] = {int: "integer", str: "string", list: "array"}
+
+
+def _catalog_item(row: Any) -> CatalogItem:
+    """One catalog row as write_catalog writes it: item_id and year integers, title a string, genres strings."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    for field, kind in (("item_id", int), ("title", str), ("year", int), ("genres", list)):
+        value = row[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"expected {field} to be a JSON {_JSON_NAMES[kind]}, got {value!r:.80}")
+    if not all(isinstance(genre, str) for genre in row["genres"]):
+        raise ValueError(f"expected genres to be a list of strings, got {row['genres']!r:.80}")
+    return CatalogItem(row["item_id"], row["title"], row["year"], tuple(row["genres"]))
+
+
 def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in keys if k not in data]
-        if missing:
-            raise ReleaseError(f"{path}: expected arrays {keys}, missing {missing}")
-        return {k: data[k] for k in keys}
+    """The 1-d arrays ``keys`` of an .npz file; anything else (truncated, corrupt, an array missing) is a
+    ReleaseError that names the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data]
+            if missing:
+                raise ReleaseError(f"{path}: expected arrays {keys}, missing {missing}")
+            arrays = {k: data[k] for k in keys}
+    except ReleaseError:
+        raise
+    except Exception as exc:  # np.load and zipfile raise many types on a damaged file: BadZipFile, EOFError, ...
+        raise ReleaseError(
+            f"{path}: expected an .npz archive, could not read it: {type(exc).__name__}: {exc}"
+        ) from None
+    shapes = {k: a.shape for k, a in arrays.items() if a.ndim != 1}
+    if shapes:
+        raise ReleaseError(f"{path}: expected 1-d arrays, got shapes {shapes}")
+    return arrays
+
+
+def _int64s(path: Path, name: str, values: np.ndarray) -> np.ndarray:
+    """An integer array as int64; any other dtype (float, bool, uint64 beyond int64) is a ReleaseError."""
+    if values.dtype.kind not in "iu" or not np.can_cast(values.dtype, np.int64):
+        raise ReleaseError(f"{path}: expected {name} to be an int64 array, got dtype {values.dtype}")
+    return values.astype(np.int64, copy=False)
 
 
 class Histories:
@@ -154,10 +190,10 @@ class Histories:
     @classmethod
     def from_csr(cls, users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> Histories:
         """Histories already in CSR layout (as ``seen.npz`` stores them), checked for consistency."""
-        if len(indptr) != len(users) + 1 or (len(indptr) and indptr[-1] != len(items)):
+        if len(indptr) != len(users) + 1 or indptr[0] != 0 or indptr[-1] != len(items) or (np.diff(indptr) < 0).any():
             raise ReleaseError(
-                f"seen items: expected indptr of length {len(users) + 1} ending at {len(items)}, "
-                f"got length {len(indptr)} ending at {indptr[-1] if len(indptr) else None}"
+                f"seen items: expected indptr of length {len(users) + 1}, non-decreasing from 0 to {len(items)}, "
+                f"got length {len(indptr)}: {np.asarray(indptr)[:5].tolist()}…{np.asarray(indptr)[-2:].tolist()}"
             )
         histories = cls.__new__(cls)
         histories._adopt(users, indptr, items)
@@ -201,8 +237,11 @@ def write_seen(release_dir: Path, histories: Histories) -> None:
 
 
 def read_seen(release_dir: Path) -> Histories:
-    data = _load_npz(Path(release_dir) / SEEN, ("users", "indptr", "items"))
-    return Histories.from_csr(data["users"], data["indptr"], data["items"])
+    path = Path(release_dir) / SEEN
+    data = _load_npz(path, ("users", "indptr", "items"))
+    return Histories.from_csr(
+        data["users"], _int64s(path, "indptr", data["indptr"]), _int64s(path, "items", data["items"])
+    )
 
 
 @dataclass(frozen=True)
@@ -229,5 +268,9 @@ def write_popularity(release_dir: Path, item_ids: np.ndarray) -> None:
 
 
 def read_popularity(release_dir: Path) -> Popularity:
-    data = _load_npz(Path(release_dir) / POPULARITY, ("item_ids", "counts"))
-    return Popularity(data["item_ids"], data["counts"])
+    path = Path(release_dir) / POPULARITY
+    data = _load_npz(path, ("item_ids", "counts"))
+    item_ids, counts = _int64s(path, "item_ids", data["item_ids"]), _int64s(path, "counts", data["counts"])
+    if len(item_ids) != len(counts):
+        raise ReleaseError(f"{path}: expected a count for each of the {len(item_ids)} item_ids, got {len(counts)}")
+    return Popularity(item_ids, counts)

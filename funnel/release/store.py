@@ -26,13 +26,13 @@ INDEX_DIR = "index"
 CANDIDATE_TOWER_DIR = "candidate_tower"
 SIDECAR = "assets.extra/funnel.json"  # per-SavedModel metadata, TF Serving's assets.extra convention
 
-RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # fullmatch: `$` alone lets "r1\n" through
 CHANNELS = ("stable", "candidate")
 
 
 def validate_release_id(release_id: str) -> str:
     """Return ``release_id`` if it is a safe directory name, else raise InvalidArgument."""
-    if not isinstance(release_id, str) or not RELEASE_ID_RE.match(release_id) or ".." in release_id:
+    if not isinstance(release_id, str) or not RELEASE_ID_RE.fullmatch(release_id) or ".." in release_id:
         raise InvalidArgument(f"release id must match {RELEASE_ID_RE.pattern} without '..', got {release_id!r}")
     return release_id
 
@@ -44,7 +44,7 @@ def new_release_id(now: dt.datetime | None = None) -> str:
 
 
 def validate_fraction(value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if not isinstance(value, (int, float)) or not 0 <= value <= 1:  # no float() first: 10**400 overflows it
         raise InvalidArgument(f"candidate fraction must be between 0 and 1, got {value!r}")
     return float(value)
 
@@ -98,15 +98,26 @@ class Manifest:
     def from_json(cls, data: Any, release_id: str) -> Manifest:
         if not isinstance(data, dict):
             raise ReleaseError(f"release {release_id}: manifest must be a JSON object, got {type(data).__name__}")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        schema_version = data.get("schema_version")
+        if type(schema_version) is not int or schema_version != SCHEMA_VERSION:  # not 1.0, not true
             raise ReleaseError(
-                f"release {release_id}: manifest schema_version must be {SCHEMA_VERSION}, "
-                f"got {data.get('schema_version')!r}"
+                f"release {release_id}: manifest schema_version must be {SCHEMA_VERSION}, got {schema_version!r}"
             )
         try:
             manifest = cls(**{name: data[name] for name in cls.__dataclass_fields__})
         except KeyError as exc:
             raise ReleaseError(f"release {release_id}: manifest lacks field {exc.args[0]!r}") from None
+        for name, kind in _MANIFEST_TYPES.items():
+            if not isinstance(data[name], kind):
+                raise ReleaseError(
+                    f"release {release_id}: manifest field {name!r} must be a JSON {_JSON_NAMES[kind]}, "
+                    f"got {data[name]!r:.80}"
+                )
+        not_strings = {rel: sha for rel, sha in manifest.files.items() if not isinstance(sha, str)}
+        if not_strings:
+            raise ReleaseError(
+                f"release {release_id}: manifest files must map each path to a sha256 string, got {not_strings!r:.200}"
+            )
         if manifest.release_id != release_id:
             raise ReleaseError(f"release directory {release_id!r} holds a manifest for {manifest.release_id!r}")
         if not isinstance(manifest.files, dict) or not manifest.files:
@@ -115,6 +126,18 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+
+
+_MANIFEST_TYPES: dict[str, type] = {
+    "release_id": str,
+    "created_at": str,
+    "training_runs": dict,
+    "data_fingerprint": str,
+    "metrics": dict,
+    "config": dict,
+    "files": dict,
+}
+_JSON_NAMES: dict[type, str] = {str: "string", dict: "object"}
 
 
 class ReleaseWriter:
@@ -214,9 +237,11 @@ class ArtifactStore:
 
     def read_manifest(self, release_id: str) -> Manifest:
         path = self.release_dir(release_id) / MANIFEST
+        if path.is_symlink():  # never read through it: it may point anywhere
+            raise ReleaseError(f"release {release_id}: expected {MANIFEST} to be a regular file, got a symlink")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ReleaseError(f"release {release_id}: unreadable manifest: {exc}") from None
         return Manifest.from_json(data, release_id)
 
@@ -263,7 +288,7 @@ class ArtifactStore:
         try:
             data = json.loads(candidate)
             return RolloutState(stable, validate_release_id(data["release_id"]), validate_fraction(data["fraction"]))
-        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, InvalidArgument) as exc:
             raise ReleaseError(f"{self.channels_dir / 'candidate'}: malformed candidate pointer: {exc}") from None
 
     def get_channel(self, name: str) -> str | None:
@@ -290,9 +315,13 @@ class ArtifactStore:
             fsync_path(self.channels_dir)
 
     def _read_pointer(self, name: str) -> str | None:
-        with contextlib.suppress(FileNotFoundError):
-            text = (self.channels_dir / name).read_text(encoding="utf-8").strip()
+        path = self.channels_dir / name
+        try:
+            text = path.read_text(encoding="utf-8").strip()
             if name == "stable" and text:
                 return validate_release_id(text)
-            return text or None
-        return None
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, InvalidArgument) as exc:  # a directory, bytes that are not UTF-8, ...
+            raise ReleaseError(f"{path}: malformed {name} pointer: {exc}") from None
+        return text or None

@@ -11,6 +11,8 @@ from funnel.limits import MAX_HISTORY, MAX_USER_ID_CHARS
 from funnel.release.files import IdIndex, distinct_in_order
 from funnel.release.store import validate_release_id
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def user_id(value: str) -> str:
     if not value or not value.strip():
@@ -26,10 +28,19 @@ def count(name: str, value: int, maximum: int) -> int:
     return value
 
 
+def _int64s(name: str, values: Sequence[int]) -> np.ndarray:
+    """``values`` as an int64 array; ids beyond int64 (possible from Python callers, not over gRPC) are invalid."""
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        outside = [v for v in values if not (isinstance(v, int) and INT64_MIN <= v <= INT64_MAX)]
+        raise InvalidArgument(f"{name} must be 64-bit signed integers, got {outside[:3]}") from None
+
+
 def item_ids(values: Sequence[int], maximum: int, known: IdIndex) -> np.ndarray:
     """Non-empty, at most ``maximum``, every id in ``known``."""
     count("item_ids length", len(values), maximum)
-    ids = np.asarray(values, dtype=np.int64)
+    ids = _int64s("item_ids", values)
     unknown = ids[known.rows(ids) < 0]
     if len(unknown):
         raise InvalidArgument(f"item_ids must be in the release's catalog; unknown: {unknown[:10].tolist()}")
@@ -48,4 +59,4 @@ def history(values: Sequence[int]) -> np.ndarray:
     repeat counts at its latest place, as stored histories keep them); unknown ids are ignored by the models."""
     if len(values) > MAX_HISTORY:
         raise InvalidArgument(f"user.history_item_ids holds at most {MAX_HISTORY} items, got {len(values)}")
-    return distinct_in_order(np.asarray(values, dtype=np.int64))
+    return distinct_in_order(_int64s("user.history_item_ids", values))
