@@ -30,7 +30,7 @@ def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
     return request
 
 
-def create_server(address: str, max_workers: int = 16) -> tuple[grpc.Server, int]:
+def create_server(address: str, max_workers: int = 160) -> tuple[grpc.Server, int]:
     """Build and start an echo server with the services' server options; returns it and its port."""
     handler = grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(_echo)})
     server, port, _ = build_server(
@@ -51,7 +51,7 @@ class EchoProcess:
     echo.address``."""
 
     def __init__(
-        self, log_path: Path, max_workers: int = 16, timeout: float = 60.0, cpus: Collection[int] | None = None
+        self, log_path: Path, max_workers: int = 160, timeout: float = 60.0, cpus: Collection[int] | None = None
     ) -> None:
         self.log_path, self.max_workers, self.timeout, self.cpus = log_path, max_workers, timeout, cpus
         self.process: subprocess.Popen[bytes] | None = None
@@ -98,7 +98,7 @@ class EchoProcess:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
     parser.add_argument("--address", default="127.0.0.1:0")
-    parser.add_argument("--max-workers", type=int, default=16)
+    parser.add_argument("--max-workers", type=int, default=160)
     args = parser.parse_args(argv)
     server, port = create_server(args.address, args.max_workers)
     print(f"listening on {port}", flush=True)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=4.0, help="offered load / measured capacity (default 4)")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each open-loop phase")
     parser.add_argument("--timeout", type=float, default=5.0, help="each request's deadline in seconds")
-    parser.add_argument("--limits", default="32,100000", help="FUNNEL_MAX_REQUESTS of each phase (comma-separated)")
+    parser.add_argument("--limits", default="128,100000", help="FUNNEL_MAX_REQUESTS of each phase (comma-separated)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="funnel-overload-"))

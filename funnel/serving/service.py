@@ -45,12 +45,12 @@ class ServiceConfig:
     shutdown_grace: float = setting("FUNNEL_SHUTDOWN_GRACE", 5.0, "seconds to drain in-flight requests on SIGTERM")
     max_requests: int = setting(
         "FUNNEL_MAX_REQUESTS",
-        32,
+        128,
         "calls handled at once (health checks aside); one more is refused RESOURCE_EXHAUSTED at once, not queued",
     )
     max_workers: int = setting(
         "FUNNEL_MAX_WORKERS",
-        64,
+        160,
         "gRPC worker threads, and the open calls (streams such as health watches included) a server takes; must "
         "exceed FUNNEL_MAX_REQUESTS",
     )
