@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -69,3 +70,22 @@ def test_sigterm_drains_the_gateway_under_load_losing_no_call_sent_before_it(
     assert lost == []
     assert gateway.process.returncode == 0
     assert exited < lame_duck + grace / 2, f"exit took {exited:.1f}s: something held the drain toward the grace"
+
+
+def test_at_four_times_its_in_flight_limit_the_gateway_sheds_the_excess_and_fails_nothing_else(
+    artifact_root: Path, tmp_path: Path
+) -> None:
+    limit = 4
+    env = {"FUNNEL_MAX_REQUESTS": str(limit), "FUNNEL_MAX_WORKERS": str(4 * limit)}
+    services = stack.start_stack(artifact_root, tmp_path / "logs", extra_env=env)
+    try:
+        with Load(services["gateway"].address, USERS, clients=4 * limit) as load:
+            wait_for(lambda: sum(s.code == "OK" for s in load.samples) >= 200, 180, "200 answers")
+    finally:
+        stack.stop_stack(services)
+    codes = Counter(s.code for s in load.samples)
+    ok = sorted(s.latency_ms for s in load.samples if s.code == "OK")
+    shed = sorted(s.latency_ms for s in load.samples if s.code == "RESOURCE_EXHAUSTED")
+    print(f"{codes}; accepted p99 {ok[int(len(ok) * 0.99)]:.1f} ms, refused p99 {shed[int(len(shed) * 0.99)]:.1f} ms")
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes  # the excess is shed; nothing else fails
+    assert not any(s.degraded for s in load.samples if s.code == "OK")  # and what is accepted is served in full
