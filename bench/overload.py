@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -88,7 +89,7 @@ def open_loop(address: str, users: list[str], rate: float, seconds: float, timeo
             sent = time.perf_counter()
             future = stub.Recommend.future(request(users[n % len(users)]), timeout=timeout)
 
-            def record(f: grpc.Future, sent: float = sent) -> None:
+            def record(f: Any, sent: float = sent) -> None:  # a call future: it has code()
                 code = f.code().name
                 with lock:
                     results.append((code, (time.perf_counter() - sent) * 1000))

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 import grpc
+from prometheus_client import Counter
 
 from funnel.errors import FailedPrecondition
 from funnel.release.store import ArtifactStore, RolloutState, validate_fraction, validate_release_id
@@ -29,10 +30,12 @@ class Admin:
         readiness: StageReadiness,
         stages: Sequence[StageClient],
         probe: Callable[[], None] = lambda: None,
+        events: Counter | None = None,
     ) -> None:
-        """``probe`` refreshes ``readiness`` from every replica now: promotion never trusts a stale view."""
+        """``probe`` refreshes ``readiness`` from every replica now: promotion never trusts a stale view; each
+        change counts in ``events`` (by event name) when given."""
         self.store, self.releases, self.readiness, self.stages = store, releases, readiness, stages
-        self._probe = probe
+        self._probe, self._events = probe, events
         self._lock = threading.Lock()  # one change at a time from this process
 
     def start_rollout(self, release_id: str, fraction: float) -> RolloutState:
@@ -44,6 +47,7 @@ class Admin:
                 raise FailedPrecondition(f"release {release_id} is already stable")
             self.store.set_candidate(release_id, fraction)
             log.info("rollout started: candidate %s at %.1f%% of users", release_id, fraction * 100)
+            self._count("start")
             return self._propagate()
 
     def set_fraction(self, fraction: float) -> RolloutState:
@@ -52,6 +56,7 @@ class Admin:
             candidate = self._candidate()
             self.store.set_candidate(candidate, fraction)
             log.info("candidate %s now at %.1f%% of users", candidate, fraction * 100)
+            self._count("fraction")
             return self._propagate()
 
     def promote(self, expected: str = "") -> RolloutState:
@@ -70,6 +75,7 @@ class Admin:
             self.store.set_stable(candidate)  # stable and candidate name the same release for a moment
             self.store.clear_candidate()
             log.info("promoted %s to stable", candidate)
+            self._count("promote")
             return self._propagate()
 
     def rollback(self) -> RolloutState:
@@ -77,7 +83,12 @@ class Admin:
             candidate = self._candidate()
             self.store.clear_candidate()
             log.info("rolled back candidate %s", candidate)
+            self._count("rollback")
             return self._propagate()
+
+    def _count(self, event: str) -> None:
+        if self._events is not None:
+            self._events.labels(event).inc()
 
     def _candidate(self) -> str:
         candidate = self.store.rollout().candidate

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
+from funnel.serving.metrics import Metrics
 from funnel.serving.server import ready_release_ids
 from funnel.tls import open_channel, target_host
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
@@ -102,17 +103,29 @@ class _ThrottledLog:
 _failures = _ThrottledLog()
 
 
-def _call(stage: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+def _call(
+    stage: str,
+    method: Callable[..., Any],
+    request: Any,
+    timeout: float,
+    record: Callable[[str, float], None] = lambda status, seconds: None,
+) -> Any:
+    """``method(request)``, its status and duration passed to ``record``; a refusal that says the request cannot be
+    served as asked passes through as its FunnelError, anything else degrades (StageUnavailable)."""
     if timeout <= 0:
         raise StageUnavailable(stage, "the request's deadline left no time for this stage")
+    started = time.perf_counter()
     try:
-        return method(request, timeout=timeout)
+        response = method(request, timeout=timeout)
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details() or ""
+        record(code.name, time.perf_counter() - started)
         if code in _PASS_THROUGH:
             raise _PASS_THROUGH[code](f"{stage}: {details}") from None
         _failures.warning(stage, code, details)
         raise StageUnavailable(stage, _FAILURE_WORDS.get(code, f"failed ({code.name})")) from None
+    record("OK", time.perf_counter() - started)
+    return response
 
 
 def resolve_target(target: str) -> list[str]:
@@ -194,6 +207,7 @@ class StageClient:
     """A stage as the gateway sees it: the balanced channel its requests use, and each of its replicas."""
 
     stage = ""
+    service = ""
 
     def __init__(
         self,
@@ -201,19 +215,37 @@ class StageClient:
         stub_class: Callable[[grpc.Channel], Any],
         target: str = "",
         credentials: grpc.ChannelCredentials | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.target = target
         self._stub = stub_class(channel)
         self.replicas = StageReplicas(target, stub_class, credentials=credentials)
+        self._metrics = metrics or Metrics("gateway")
+
+    def _batch(self, method: str, request: Any, timeout: float) -> Any:
+        """One batched call, with its size, duration and status recorded."""
+        self._metrics.batch_size.labels(self.stage).observe(len(request.queries))
+        duration = self._metrics.client_call_duration
+
+        def record(status: str, seconds: float) -> None:
+            duration.labels(f"{self.service}/{method}", self.target, status).observe(seconds)
+
+        return _call(self.stage, getattr(self._stub, method), request, timeout, record)
 
 
 class GrpcRetrieval(StageClient):
     stage = "retrieval"
 
+    service = "funnel.v1.RetrievalService"
+
     def __init__(
-        self, channel: grpc.Channel, target: str = "", credentials: grpc.ChannelCredentials | None = None
+        self,
+        channel: grpc.Channel,
+        target: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target, credentials)
+        super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target, credentials, metrics)
 
     def retrieve_batch(self, release_id: str, queries: list[Any], timeout: float) -> list[StageCandidates]:
         """One RetrieveBatch for queries with user_id, num_candidates, exclude_seen and history attributes."""
@@ -228,7 +260,7 @@ class GrpcRetrieval(StageClient):
                 for q in queries
             ],
         )
-        response = _call("retrieval", self._stub.RetrieveBatch, request, timeout)
+        response = self._batch("RetrieveBatch", request, timeout)
         if len(response.results) != len(queries):
             raise StageUnavailable("retrieval", f"expected {len(queries)} results, got {len(response.results)}")
         return [
@@ -245,10 +277,16 @@ class GrpcRetrieval(StageClient):
 class GrpcRanking(StageClient):
     stage = "ranking"
 
+    service = "funnel.v1.RankingService"
+
     def __init__(
-        self, channel: grpc.Channel, target: str = "", credentials: grpc.ChannelCredentials | None = None
+        self,
+        channel: grpc.Channel,
+        target: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target, credentials)
+        super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target, credentials, metrics)
 
     def rank_batch(
         self, release_id: str, queries: list[tuple[str, np.ndarray, np.ndarray]], timeout: float
@@ -264,7 +302,7 @@ class GrpcRanking(StageClient):
                 for user_id, items, history in queries
             ],
         )
-        response = _call("ranking", self._stub.RankBatch, request, timeout)
+        response = self._batch("RankBatch", request, timeout)
         if [len(r.scores) for r in response.results] != [len(items) for _, items, _ in queries]:
             raise StageUnavailable("ranking", "the batch's scores do not match its queries")
         return [

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 
+from funnel.errors import FunnelError
 from funnel.serving.config import parse_config
 from funnel.serving.interceptors import TokenAuth
 from funnel.serving.manager import ReleaseManager
+from funnel.serving.metrics import Metrics
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
 from funnel.serving.service import AdminEndpoint, Service, create_service, release_manager, run_service
 from funnel.serving.workers import Periodic
@@ -15,29 +17,45 @@ from gateway.admin import Admin, AdminServicer
 from gateway.batching import BatchedRanking, BatchedRetrieval
 from gateway.clients import GrpcRanking, GrpcRetrieval, StageClient, probe_readiness, stage_channel
 from gateway.config import GatewayServiceConfig
-from gateway.core import Deadlines, Gateway, GatewayRelease, Router, StageReadiness
+from gateway.core import Deadlines, Gateway, GatewayRelease, Recommendation, Router, StageReadiness
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
+def outcome(found: Recommendation) -> str:
+    """How a Recommend answer went, for funnel_requests_total: ok, degraded_<stage> (the first stage that failed),
+    or cold_start."""
+    if found.degraded_reasons:
+        return "degraded_" + found.degraded_reasons[0].split(" ", 1)[0]
+    return "cold_start" if found.cold_start else "ok"
+
+
 class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, gateway: Gateway, metrics: Metrics) -> None:
+        self.gateway, self.metrics = gateway, metrics
         self.service, self.releases = "gateway", gateway.router.releases
 
     def Recommend(
         self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
-        found = self.gateway.recommend(
-            request.user.user_id,
-            request.k,
-            release_id=request.release_id,
-            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
-            num_candidates=request.num_candidates,
-            time_remaining=context.time_remaining(),
-            history=request.user.history_item_ids,
-        )
+        try:
+            found = self.gateway.recommend(
+                request.user.user_id,
+                request.k,
+                release_id=request.release_id,
+                exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+                num_candidates=request.num_candidates,
+                time_remaining=context.time_remaining(),
+                history=request.user.history_item_ids,
+            )
+        except FunnelError as exc:
+            self.metrics.requests.labels("", exc.code.name).inc()
+            raise
+        self.metrics.requests.labels(found.release_id, outcome(found)).inc()
+        self.metrics.stage_duration.labels("retrieval").observe(found.retrieval_ms / 1000)
+        if found.ranking_release_id or found.ranking_ms:
+            self.metrics.stage_duration.labels("ranking").observe(found.ranking_ms / 1000)
         return gateway_pb2.RecommendResponse(
             release_id=found.release_id,
             items=[
@@ -95,9 +113,13 @@ def create_server(
 ) -> Service[GatewayRelease]:
     """Build (not start) the gateway, with its AdminService on a server of its own (config.admin_address) behind
     the token check; see funnel.serving.service.create_service."""
-    credentials = config.stage_credentials()
-    retrieval = GrpcRetrieval(stage_channel(config.retrieval_target, credentials), config.retrieval_target, credentials)
-    ranking = GrpcRanking(stage_channel(config.ranking_target, credentials), config.ranking_target, credentials)
+    credentials, metrics = config.stage_credentials(), Metrics("gateway")
+    retrieval = GrpcRetrieval(
+        stage_channel(config.retrieval_target, credentials), config.retrieval_target, credentials, metrics
+    )
+    ranking = GrpcRanking(
+        stage_channel(config.ranking_target, credentials), config.ranking_target, credentials, metrics
+    )
     readiness = StageReadiness([retrieval.stage, ranking.stage])
     window = config.batch_window_ms / 1000
     releases = releases or release_manager(config, "gateway", GatewayRelease)
@@ -108,10 +130,10 @@ def create_server(
         BatchedRanking(ranking, config.max_batch, config.max_in_flight, window),
         Deadlines(config.retrieval_timeout, config.ranking_timeout),
     )
-    admin = Admin(releases.store, releases, readiness, [retrieval, ranking], probe.probe)
+    admin = Admin(releases.store, releases, readiness, [retrieval, ranking], probe.probe, metrics.rollout_events)
 
     def register(server: grpc.Server, releases: ReleaseManager[GatewayRelease]) -> None:
-        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway, metrics), server)
 
     def register_admin(server: grpc.Server) -> None:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(admin), server)
@@ -131,6 +153,7 @@ def create_server(
             [ADMIN_SERVICE_NAME],
             [TokenAuth(config.admin_token, [ADMIN_SERVICE_NAME])],
         ),
+        metrics=metrics,
     )
 
 

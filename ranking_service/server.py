@@ -7,6 +7,7 @@ import grpc
 from funnel.release.ranking import RankingRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
+from funnel.serving.metrics import Metrics
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
 from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
@@ -48,12 +49,15 @@ def create_server(
     config: RankingServiceConfig, releases: ReleaseManager[RankingRelease] | None = None
 ) -> Service[RankingRelease]:
     """Build (not start) the ranking service; see funnel.serving.service.create_service."""
+    metrics = Metrics("ranking")
 
     def register(server: grpc.Server, releases: ReleaseManager[RankingRelease]) -> None:
-        servicer = RankingServicer(Ranker(releases))
+        servicer = RankingServicer(Ranker(releases, observe=metrics.phase_observer()))
         ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
 
-    return create_service(config, "ranking", RankingRelease, register, [SERVICE_NAME], releases=releases)
+    return create_service(
+        config, "ranking", RankingRelease, register, [SERVICE_NAME], releases=releases, metrics=metrics
+    )
 
 
 def serve(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from funnel.limits import MAX_BATCH, MAX_CANDIDATES
+from funnel.release.observe import Observe, ignore
 from funnel.release.retrieval import Candidates, Query, RetrievalRelease
 from funnel.serving import validate
 from funnel.serving.manager import ReleaseManager
@@ -13,9 +14,15 @@ from funnel.serving.manager import ReleaseManager
 class Retriever:
     """Validates retrieval requests and runs them against the release they name."""
 
-    def __init__(self, releases: ReleaseManager[RetrievalRelease], max_candidates: int = MAX_CANDIDATES) -> None:
+    def __init__(
+        self,
+        releases: ReleaseManager[RetrievalRelease],
+        max_candidates: int = MAX_CANDIDATES,
+        observe: Observe = ignore,
+    ) -> None:
         self.releases = releases
         self.max_candidates = max_candidates
+        self._observe = observe
 
     def retrieve(
         self, release_id: str, user_id: str, num_candidates: int, exclude_seen: bool, history: Sequence[int] = ()
@@ -36,4 +43,4 @@ class Retriever:
             )
             for user_id, n, exclude_seen, history in queries
         ]
-        return self.releases.get(validate.stage_release_id(release_id)).retrieve_batch(checked)
+        return self.releases.get(validate.stage_release_id(release_id)).retrieve_batch(checked, self._observe)

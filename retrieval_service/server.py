@@ -7,6 +7,7 @@ import grpc
 from funnel.release.retrieval import RetrievalRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
+from funnel.serving.metrics import Metrics
 from funnel.serving.server import ReleaseStatusRPCs, configure_logging
 from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -60,12 +61,15 @@ def create_server(
     config: RetrievalServiceConfig, releases: ReleaseManager[RetrievalRelease] | None = None
 ) -> Service[RetrievalRelease]:
     """Build (not start) the retrieval service; see funnel.serving.service.create_service."""
+    metrics = Metrics("retrieval")
 
     def register(server: grpc.Server, releases: ReleaseManager[RetrievalRelease]) -> None:
-        servicer = RetrievalServicer(Retriever(releases))
+        servicer = RetrievalServicer(Retriever(releases, observe=metrics.phase_observer()))
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
 
-    return create_service(config, "retrieval", RetrievalRelease, register, [SERVICE_NAME], releases=releases)
+    return create_service(
+        config, "retrieval", RetrievalRelease, register, [SERVICE_NAME], releases=releases, metrics=metrics
+    )
 
 
 def serve(argv: list[str] | None = None) -> None:

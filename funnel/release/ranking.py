@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from funnel.release.files import (
     read_popularity,
     read_seen,
 )
+from funnel.release.observe import Observe, ignore
 from funnel.release.store import INDEX_DIR, RANKER_DIR, Manifest
 
 WARMUP_USERS = 4
@@ -61,8 +63,9 @@ class RankingRelease:
         """Scores of ``item_ids`` for one user; ``history`` (from the request) replaces the stored history."""
         return self.score_batch([RankQuery(user_id, np.asarray(item_ids), _EMPTY if history is None else history)])[0]
 
-    def score_batch(self, queries: Sequence[RankQuery]) -> list[Scores]:
-        """Scores for many users' candidates with one call of the scorer."""
+    def score_batch(self, queries: Sequence[RankQuery], observe: Observe = ignore) -> list[Scores]:
+        """Scores for many users' candidates with one call of the scorer; ``observe`` hears ranker_seconds."""
+        started = time.perf_counter()
         counts = [len(q.item_ids) for q in queries]
         if self.reads_history:
             histories = [q.history if len(q.history) else self.seen.get(q.user_id) for q in queries]
@@ -81,6 +84,7 @@ class RankingRelease:
             bounds = np.cumsum(counts)[:-1]
             scores = np.split(out["score"].numpy().reshape(-1), bounds)
             ratings = np.split(out["rating"].numpy().reshape(-1), bounds) if self.predicts_rating else None
+        observe("ranker_seconds", time.perf_counter() - started)
         return [Scores(self.release_id, s, None if ratings is None else ratings[i]) for i, s in enumerate(scores)]
 
     def warmup(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from funnel.release.files import (
     read_popularity,
     read_seen,
 )
+from funnel.release.observe import Observe, ignore
 from funnel.release.store import INDEX_DIR, QUERY_TOWER_DIR, SIDECAR, Manifest
 
 WARMUP_USERS = 8
@@ -117,8 +119,9 @@ class RetrievalRelease:
         query = Query(user_id, num_candidates, exclude_seen, _EMPTY if history is None else history)
         return self.retrieve_batch([query])[0]
 
-    def retrieve_batch(self, queries: Sequence[Query]) -> list[Candidates]:
-        """Candidates for many users with one query-tower call and one ScaNN ``search_batched``."""
+    def retrieve_batch(self, queries: Sequence[Query], observe: Observe = ignore) -> list[Candidates]:
+        """Candidates for many users with one query-tower call and one ScaNN ``search_batched``; ``observe`` hears
+        query_tower_seconds, ann_search_seconds and excluded_seen (candidates dropped as seen)."""
         results: dict[int, Candidates] = {}
         warm: list[int] = []
         histories: list[np.ndarray] = []
@@ -135,10 +138,14 @@ class RetrievalRelease:
                 seen.append(excluded)
         if warm:
             k = min(max(queries[i].num_candidates + len(s) for i, s in zip(warm, seen)), len(self.item_ids))
-            rows, scores = search(
-                self.searcher, self.embed([queries[i].user_id for i in warm], histories), k, self.search_params
-            )
+            started = time.perf_counter()
+            embedded = self.embed([queries[i].user_id for i in warm], histories)
+            embedded_at = time.perf_counter()
+            rows, scores = search(self.searcher, embedded, k, self.search_params)
+            observe("query_tower_seconds", embedded_at - started)
+            observe("ann_search_seconds", time.perf_counter() - embedded_at)
             keep = self._unseen(rows, seen)
+            observe("excluded_seen", int(((rows >= 0) & ~keep).sum()))
             ids, scores = self.item_ids[rows], scores.astype(np.float32)
             for row, i in enumerate(warm):
                 n, mask = queries[i].num_candidates, keep[row]

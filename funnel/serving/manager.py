@@ -34,6 +34,7 @@ class ReleaseStatus:
     state: LoadState
     error: str = ""
     channels: tuple[str, ...] = ()
+    load_seconds: float | None = None  # loading, verifying and warming it took (ready releases)
 
 
 class ReleaseManager(Generic[T]):
@@ -65,6 +66,7 @@ class ReleaseManager(Generic[T]):
         self._load_lock = threading.Lock()  # one load at a time
         self._rollout = RolloutState()
         self._loaded: dict[str, T] = {}
+        self._load_seconds: dict[str, float] = {}
         self._effective: dict[str, str] = {}  # channel -> release id serving it here
         self._failed: dict[str, tuple[tuple[int, int] | None, str]] = {}  # id -> (manifest stat, error)
         self._loading: str | None = None  # the release being loaded now, if any
@@ -174,6 +176,7 @@ class ReleaseManager(Generic[T]):
         needed = set(self._effective.values()) | set(self._named())
         for release_id in [r for r in self._loaded if r not in needed]:
             del self._loaded[release_id]
+            self._load_seconds.pop(release_id, None)
             log.info("%s: unloaded release %s (no channel needs it)", self.name, release_id)
 
     def _make_room(self) -> None:
@@ -185,6 +188,7 @@ class ReleaseManager(Generic[T]):
                 dropped = next((r for r in self._loaded if r != stable and r != self._rollout.stable), None)
                 dropped = dropped or next(r for r in self._loaded if r != stable)
                 self._loaded.pop(dropped)
+                self._load_seconds.pop(dropped, None)
                 self._effective = {c: r for c, r in self._effective.items() if r != dropped}
                 log.info("%s: unloaded %s to stay within %d releases", self.name, dropped, MAX_LOADED)
 
@@ -217,14 +221,14 @@ class ReleaseManager(Generic[T]):
                 self._failed[release_id] = (stat, message)
             log.error("%s: refused release %s: %s", self.name, release_id, message)
             return
+        took = time.monotonic() - started
         with self._lock:
             self._loading = None
             self._loaded[release_id] = release
+            self._load_seconds[release_id] = took
             self._failed.pop(release_id, None)
             self._apply()
-        log.info(
-            "%s: loaded, verified and warmed release %s in %.1fs", self.name, release_id, time.monotonic() - started
-        )
+        log.info("%s: loaded, verified and warmed release %s in %.1fs", self.name, release_id, took)
 
     # --- request path ------------------------------------------------------------------------------------
 
@@ -276,7 +280,10 @@ class ReleaseManager(Generic[T]):
             by_release: dict[str, list[str]] = {}
             for channel, release_id in self._effective.items():
                 by_release.setdefault(release_id, []).append(channel)
-            states = [ReleaseStatus(r, LoadState.READY, "", tuple(sorted(by_release.get(r, [])))) for r in self._loaded]
+            states = [
+                ReleaseStatus(r, LoadState.READY, "", tuple(sorted(by_release.get(r, []))), self._load_seconds.get(r))
+                for r in self._loaded
+            ]
             states += [ReleaseStatus(r, LoadState.FAILED, err) for r, (_, err) in sorted(self._failed.items())]
             if self._loading is not None:
                 states.append(ReleaseStatus(self._loading, LoadState.LOADING))

@@ -17,6 +17,7 @@ from funnel.release.store import ArtifactStore, Manifest
 from funnel.serving.config import ConfigError, setting
 from funnel.serving.interceptors import DecodeGuard, ErrorInterceptor, InFlightLimit, RequestLog, ServerInterceptor
 from funnel.serving.manager import ReleaseManager
+from funnel.serving.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
 from funnel.serving.server import Health, build_server
 from funnel.serving.workers import Worker
 from funnel.tls import server_credentials
@@ -62,6 +63,9 @@ class ServiceConfig:
     )
     request_log_interval: float = setting(
         "FUNNEL_REQUEST_LOG_INTERVAL", 30.0, "seconds between the 'served ...' request tally lines in the log"
+    )
+    metrics_address: str = setting(
+        "FUNNEL_METRICS_ADDRESS", "", "host:port serving Prometheus metrics at /metrics over HTTP (empty: not served)"
     )
     tls_cert: str = setting("FUNNEL_TLS_CERT", "", "PEM certificate chain: serve TLS only (with FUNNEL_TLS_KEY)")
     tls_key: str = setting("FUNNEL_TLS_KEY", "", "PEM private key of FUNNEL_TLS_CERT")
@@ -131,8 +135,10 @@ class Service(Generic[R]):
         health: Health,
         releases: ReleaseManager[R],
         workers: Sequence[Worker] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.name, self.health, self.releases = name, health, releases
+        self.metrics = metrics or Metrics(name)
         self.endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self.workers = list(workers)
 
@@ -140,6 +146,11 @@ class Service(Generic[R]):
     def port(self) -> int:
         """The public API's port."""
         return self.endpoints["api"].port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port serving /metrics once started (None when metrics are not served)."""
+        return next((w.port for w in self.workers if isinstance(w, MetricsEndpoint)), None)
 
     def start(self) -> None:
         for endpoint in self.endpoints.values():
@@ -193,13 +204,17 @@ def create_service(
     workers: Sequence[Worker] = (),
     warm: Callable[[], bool] = lambda: True,
     admin: AdminEndpoint | None = None,
+    metrics: Metrics | None = None,
 ) -> Service[R]:
     """Build (not start) a service: health reports SERVING once ``releases`` serves a stable release and
     ``warm()`` says the rest of the service is ready too. Every call passes the error mapping, the request tally,
-    the undecodable-request guard, the in-flight limit, then ``interceptors``. ``admin`` adds a second server."""
+    the undecodable-request guard, the call metrics, the in-flight limit, then ``interceptors``. ``admin`` adds a
+    second server; ``metrics`` (a new Metrics by default) are served on config.metrics_address when set."""
     releases = releases or release_manager(config, name, load)
+    metrics = metrics or Metrics(name)
+    metrics.watch_releases(releases)
     request_log = RequestLog(config.request_log_interval)
-    shared = [ErrorInterceptor(), request_log, DecodeGuard()]
+    shared = [ErrorInterceptor(), request_log, DecodeGuard(), MetricsInterceptor(metrics)]
     credentials = config.server_credentials()
     server, port, health = build_server(
         config.address,
@@ -224,7 +239,8 @@ def create_service(
         )
         endpoints.append(Endpoint("admin", admin_server, admin_port))
     releases.subscribe(lambda ready: health.set_serving(ready and warm()))
-    return Service(name, endpoints, health, releases, [request_log, *workers])
+    endpoint = [MetricsEndpoint(metrics, config.metrics_address)] if config.metrics_address else []
+    return Service(name, endpoints, health, releases, [request_log, *endpoint, *workers], metrics)
 
 
 def run_service(config: C, create: Callable[[C], Service[Any]]) -> None:

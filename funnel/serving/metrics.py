@@ -1,0 +1,207 @@
+"""Prometheus metrics of one service: gRPC calls by method and status (the names gRPC's OpenTelemetry plugin
+exports), Funnel's own request, stage, batch, model and release metrics, and the HTTP endpoint that serves them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from funnel.serving.interceptors import Behavior, UnaryInterceptor, status_of
+from funnel.serving.manager import LoadState, ReleaseManager
+
+log = logging.getLogger(__name__)
+
+# Seconds: 0.5 ms to 10 s (gRPC's OpenTelemetry plugin uses the same spread for call durations).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    """Every metric family a service records, in a registry of its own (several services share a test process).
+
+    Families a service never touches stay empty: the stages record no Recommend outcomes, the gateway no model
+    time.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.server_call_duration = Histogram(
+            "grpc_server_call_duration_seconds",
+            "Time from the start of a unary call to its end on the server, by method and status",
+            ["grpc_method", "grpc_status"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.client_call_duration = Histogram(
+            "grpc_client_call_duration_seconds",
+            "Time of a call the gateway made to a stage (retries included), by method, target and status",
+            ["grpc_method", "grpc_target", "grpc_status"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.requests = Counter(
+            "funnel_requests",
+            "Recommend answers by the release that served them and their outcome: ok, degraded_retrieval, "
+            "degraded_ranking, cold_start, or the status code of a refusal",
+            ["release", "outcome"],
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "funnel_stage_duration_seconds",
+            "Time the gateway spent in each stage of a Recommend (batching wait included)",
+            ["stage"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "funnel_stage_batch_size",
+            "Requests carried by each batched stage call the gateway sent",
+            ["stage"],
+            registry=r,
+            buckets=BATCH_BUCKETS,
+        )
+        self.phase_duration = Histogram(
+            "funnel_model_phase_duration_seconds",
+            "Time of each phase of a stage call: query_tower, ann_search, ranker",
+            ["phase"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.excluded_seen = Counter(
+            "funnel_items_excluded_seen", "Candidates dropped because the user had already seen them", registry=r
+        )
+        self.rollout_events = Counter(
+            "funnel_rollout_events",
+            "Rollout changes made through the admin API: start, fraction, promote, rollback",
+            ["event"],
+            registry=r,
+        )
+
+    def watch_releases(self, releases: ReleaseManager[Any]) -> None:
+        """Report what ``releases`` holds at every scrape: per release its state and load time, the candidate
+        fraction, and which release serves each channel."""
+        self.registry.register(_ReleaseCollector(self.service, releases))
+
+    def phase_observer(self) -> Callable[[str, float], None]:
+        """``observe(name, value)`` for the release layer: "<phase>_seconds" durations, "excluded_seen" counts."""
+
+        def observe(name: str, value: float) -> None:
+            if name == "excluded_seen":
+                self.excluded_seen.inc(value)
+            else:
+                self.phase_duration.labels(name.removesuffix("_seconds")).observe(value)
+
+        return observe
+
+    def time_client_call(self, method: str, target: str) -> _ClientCallTimer:
+        return _ClientCallTimer(self.client_call_duration, method, target)
+
+
+class _ClientCallTimer:
+    """``with metrics.time_client_call(m, t) as call: ...; call.status = code`` records the duration and status
+    (UNKNOWN when the body raised without setting one)."""
+
+    def __init__(self, histogram: Histogram, method: str, target: str) -> None:
+        self._histogram, self._method, self._target = histogram, method, target
+        self.status = "OK"
+
+    def __enter__(self) -> _ClientCallTimer:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if isinstance(exc, grpc.RpcError):
+            self.status = exc.code().name
+        elif exc is not None and self.status == "OK":
+            self.status = "UNKNOWN"
+        elapsed = time.perf_counter() - self._started
+        self._histogram.labels(self._method, self._target, self.status).observe(elapsed)
+
+
+class _ReleaseCollector(Collector):
+    def __init__(self, service: str, releases: ReleaseManager[Any]) -> None:
+        self._service, self._releases = service, releases
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "funnel_release_state",
+            "1 for the state each release is in here (loading, ready, failed)",
+            labels=["release", "state"],
+        )
+        load = GaugeMetricFamily(
+            "funnel_release_load_duration_seconds",
+            "How long loading, verifying and warming each release took",
+            labels=["release"],
+        )
+        serving = GaugeMetricFamily(
+            "funnel_channel_release", "1 for the release serving each channel here", labels=["channel", "release"]
+        )
+        for status in self._releases.status():
+            for value in LoadState:
+                state.add_metric([status.release_id, value.value], float(status.state is value))
+            if status.load_seconds is not None:
+                load.add_metric([status.release_id], status.load_seconds)
+            for channel in status.channels:
+                serving.add_metric([channel, status.release_id], 1.0)
+        fraction = GaugeMetricFamily(
+            "funnel_candidate_fraction", "Share of users the candidate serves here (0 without one)"
+        )
+        fraction.add_metric([], self._releases.candidate_fraction())
+        yield from (state, load, serving, fraction)
+
+
+class MetricsInterceptor(UnaryInterceptor):
+    """Records every unary call's duration by method and status (streams, such as health watches, are left out:
+    their length says nothing)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._histogram = metrics.server_call_duration
+
+    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+        name = method.lstrip("/")
+
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return behavior(request, context)
+            except BaseException as exc:
+                code = status_of(exc).name
+                raise
+            finally:
+                self._histogram.labels(name, code).observe(time.perf_counter() - started)
+
+        return timed
+
+
+class MetricsEndpoint:
+    """Serves the registry's metrics at ``http://address/metrics`` from ``start()`` to ``stop()``."""
+
+    def __init__(self, metrics: Metrics, address: str) -> None:
+        self._metrics, self.address = metrics, address
+        self.port = 0
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        self._server, self._thread = start_http_server(int(port), host.strip("[]"), registry=self._metrics.registry)
+        self.port = int(self._server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
