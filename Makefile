@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test test-fast lint images compose-test bench-compose eval bench profile layouts up down status stubs data clean
+.PHONY: demo test prometheus test-fast lint images compose-test bench-compose eval bench profile layouts up down status stubs data clean
 
 $(STAMP): constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -23,8 +23,11 @@ stubs: $(STAMP)  ## regenerate the committed gRPC stubs from protos/
 demo: data  ## train on MovieLens 100K, publish, serve, recommend for user 42, stop
 	$(PY) -m funnel.cli demo
 
-test: data  ## unit, servicer, model and end-to-end tests
+test: data prometheus  ## unit, servicer, model and end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider
+
+prometheus:  ## Debian's prometheus server, for the metrics tests (installed when missing; never started as a service)
+	scripts/ensure-prometheus.sh
 
 test-fast: data  ## unit and servicer tests without TensorFlow: seconds
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/servicer tests/deploy

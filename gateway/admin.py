@@ -64,6 +64,7 @@ class Admin:
             candidate = self._candidate()
             if expected and expected != candidate:
                 raise FailedPrecondition(f"the candidate is {candidate}, not {expected}")
+            self.store.verify(candidate)  # files changed since they loaded would fail every replica that restarts
             self._probe()
             missing = self.readiness.missing(candidate)
             if self.releases.channel("candidate") != candidate:

@@ -53,6 +53,7 @@ class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer
             self.metrics.requests.labels("", exc.code.name).inc()
             raise
         self.metrics.requests.labels(found.release_id, outcome(found)).inc()
+        self.metrics.request_duration.labels(found.release_id).observe(found.total_ms / 1000)
         self.metrics.stage_duration.labels("retrieval").observe(found.retrieval_ms / 1000)
         if found.ranking_release_id or found.ranking_ms:
             self.metrics.stage_duration.labels("ranking").observe(found.ranking_ms / 1000)

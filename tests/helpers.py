@@ -51,6 +51,7 @@ class Sample:
     stages: tuple[str, str]
     degraded: tuple[str, ...]
     latency_ms: float
+    cold_start: bool = False
 
 
 class Load:
@@ -82,6 +83,7 @@ class Load:
                     (r.retrieval_release_id, r.ranking_release_id),
                     tuple(r.degraded_reasons),
                     (time.perf_counter() - started) * 1000,
+                    r.cold_start,
                 )
             except grpc.RpcError as exc:
                 latency_ms = (time.perf_counter() - started) * 1000
@@ -111,8 +113,10 @@ class Load:
         return [s for s in self.samples if s.code != "OK"]
 
     def mixed(self) -> list[Sample]:
-        """Full answers whose stages were not all served by the answer's release."""
-        return [s for s in self.samples if s.code == "OK" and not s.degraded and s.stages != (s.release, s.release)]
+        """Full answers whose stages were not all served by the answer's release (a cold start's ranking stage is
+        skipped: its ranking release is empty)."""
+        full = [s for s in self.samples if s.code == "OK" and not s.degraded]
+        return [s for s in full if s.stages != (s.release, "" if s.cold_start else s.release)]
 
 
 # ------------------------------------------------------------------------------------------------- artifact roots

@@ -239,11 +239,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
         release_id = new_release_id()
         print(f"== no stable release in {artifact_root}: training one on {args.data}", flush=True)
         _train(artifact_root, args.data, release_id)
-    services = stack.start_stack(artifact_root, VAR / "log", ports=stack.DEFAULT_PORTS, cpus=layout.services)
+    services = stack.start_stack(
+        artifact_root,
+        VAR / "log",
+        ports=stack.DEFAULT_PORTS,
+        cpus=layout.services,
+        metrics_ports=stack.DEFAULT_METRICS_PORTS,
+    )
     for name, service in services.items():
         _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
         _pid_file(name).write_text(f"{service.process.pid}\n")
-        print(f"{name:<10} {service.address}  pid {service.process.pid}  log {service.log_path}")
+        print(
+            f"{name:<10} {service.address}  pid {service.process.pid}  log {service.log_path}  "
+            f"metrics http://{service.metrics_address}/metrics"
+        )
     print(f"admin      {DEFAULT_ADDRESSES['admin']}  (the gateway's AdminService: funnel rollout ...)")
     print(f"try: .venv/bin/funnel recommend 42   (artifact root {artifact_root})")
     return 0

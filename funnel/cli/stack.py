@@ -21,6 +21,7 @@ from funnel.paths import PROJECT_ROOT
 SERVICES = ("retrieval", "ranking", "gateway")
 MODULES = {"retrieval": "retrieval_service", "ranking": "ranking_service", "gateway": "gateway"}
 DEFAULT_PORTS = {"gateway": 50051, "retrieval": 50052, "ranking": 50053, "admin": 50054}  # admin: the gateway's
+DEFAULT_METRICS_PORTS = {"gateway": 50061, "retrieval": 50062, "ranking": 50063}  # Prometheus /metrics over HTTP
 
 
 def free_port() -> int:
@@ -36,6 +37,7 @@ class ServiceProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     admin_address: str = ""  # the gateway's AdminService
+    metrics_address: str = ""  # http://<this>/metrics, when served
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -156,10 +158,12 @@ def start_stack(
     timeout: float = 180.0,
     cpus: Mapping[str, Collection[int]] | None = None,
     tls: ClientTls = PLAINTEXT,
+    metrics_ports: Mapping[str, int] | None = None,
 ) -> dict[str, ServiceProcess]:
     """Start retrieval, ranking and gateway (each its own process, confined to ``cpus[name]`` when given) and
     wait until all three are SERVING (asked over ``tls`` when the services serve TLS). ``ports`` maps each service,
-    and "admin" (the gateway's AdminService), to a port; free ones by default."""
+    and "admin" (the gateway's AdminService), to a port; free ones by default. With ``metrics_ports`` (a port
+    per service, 0: a free one) each serves Prometheus metrics there."""
     ports = ports or {name: free_port() for name in (*SERVICES, "admin")}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     gateway_args = [
@@ -170,18 +174,17 @@ def start_stack(
         "--admin-address",
         addresses["admin"],
     ]
+    metrics = {name: f"127.0.0.1:{port or free_port()}" for name, port in (metrics_ports or {}).items()}
     stack: dict[str, ServiceProcess] = {}
     try:
         for name in SERVICES:
+            args = [*(gateway_args if name == "gateway" else [])]
+            if name in metrics:
+                args += ["--metrics-address", metrics[name]]
             stack[name] = start_service(
-                name,
-                addresses[name],
-                artifact_root,
-                log_dir,
-                extra_env,
-                gateway_args if name == "gateway" else None,
-                (cpus or {}).get(name),
+                name, addresses[name], artifact_root, log_dir, extra_env, args, (cpus or {}).get(name)
             )
+            stack[name].metrics_address = metrics.get(name, "")
         stack["gateway"].admin_address = addresses["admin"]
         for service in stack.values():
             wait_serving(service, timeout, tls)

@@ -56,6 +56,13 @@ class Metrics:
             ["release", "outcome"],
             registry=r,
         )
+        self.request_duration = Histogram(
+            "funnel_request_duration_seconds",
+            "Time the gateway took to answer a Recommend, by the release that served it",
+            ["release"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.stage_duration = Histogram(
             "funnel_stage_duration_seconds",
             "Time the gateway spent in each stage of a Recommend (batching wait included)",

@@ -214,17 +214,19 @@ def create_service(
     metrics = metrics or Metrics(name)
     metrics.watch_releases(releases)
     request_log = RequestLog(config.request_log_interval)
-    shared = [ErrorInterceptor(), request_log, DecodeGuard(), MetricsInterceptor(metrics)]
+    first, then = [ErrorInterceptor(), request_log], [DecodeGuard(), MetricsInterceptor(metrics)]
     credentials = config.server_credentials()
-    server, port, health = build_server(
+    health = Health([*service_names, *(admin.service_names if admin else ())])
+    server, port, _ = build_server(
         config.address,
         lambda server: register(server, releases),
         service_names,
         max_workers=config.max_workers,
         max_connection_age=config.max_connection_age,
         connection_age_grace=config.shutdown_grace,
-        interceptors=[*shared, InFlightLimit(config.max_requests), *interceptors],
+        interceptors=[*first, *then, InFlightLimit(config.max_requests), *interceptors],
         credentials=credentials,
+        health=health,
     )
     endpoints = [Endpoint("api", server, port)]
     if admin is not None:
@@ -233,7 +235,7 @@ def create_service(
             admin.register,
             admin.service_names,
             max_workers=8,
-            interceptors=[*shared, *admin.interceptors],
+            interceptors=[*first, *admin.interceptors, *then],  # auth first: a caller without the token learns nothing
             credentials=credentials,
             health=health,
         )

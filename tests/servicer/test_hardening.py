@@ -185,6 +185,12 @@ def test_the_admin_api_is_on_its_own_address_behind_the_token(tmp_path: Path) ->
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with AdminClient(admin, "s3cret", timeout=10) as client:
             assert client.status().rollout.stable_release_id == "r1"
+        with grpc.insecure_channel(admin) as channel:
+            assert raw(channel, "/funnel.v1.AdminService/Promote").code() == grpc.StatusCode.UNAUTHENTICATED
+            check = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="funnel.v1.AdminService"), timeout=10
+            )  # its own name answers on the admin server too
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING  # the stages never answered
     finally:
         service.stop()
 

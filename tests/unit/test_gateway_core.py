@@ -321,6 +321,17 @@ def test_admin_rollout_lifecycle(rollout) -> None:
         admin.rollback()
 
 
+def test_admin_refuses_to_promote_a_candidate_damaged_after_it_loaded(rollout) -> None:
+    releases, readiness = rollout
+    readiness.update("retrieval", {"a:1": ["r1", "r2"]})
+    readiness.update("ranking", {"b:1": ["r1", "r2"]})
+    (releases.store.releases_dir / "r2" / "catalog.jsonl").write_text("tampered\n")
+    admin = Admin(releases.store, releases, readiness, [])
+    with pytest.raises(ReleaseError, match="checksum mismatch"):
+        admin.promote("r2")  # every replica holds it, but a replica that restarts could never load it again
+    assert releases.store.rollout().stable == "r1"
+
+
 def test_admin_refuses_a_corrupt_release(rollout) -> None:
     releases, readiness = rollout
     publish_release(releases.store, "r3")
