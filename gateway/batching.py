@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
+from funnel.serving.tracing import batch_members, current_span_context
 from gateway.core import StageCandidates, StageScores, StageUnavailable
 
 Q = TypeVar("Q")
@@ -25,6 +27,7 @@ class _Slot(Generic[Q, R]):
     finished: bool = False
     result: R | None = None
     error: BaseException | None = None
+    span: SpanContext = field(default_factory=current_span_context)  # the request's trace, linked from its batch
 
 
 class Coalescer(Generic[Q, R]):
@@ -96,6 +99,7 @@ class Coalescer(Generic[Q, R]):
             if not batch:
                 return False
             self._last_batch[key] = len(batch)
+        members = batch_members.set([s.span for s in batch])
         try:
             results = self._call(key, [s.query for s in batch], max(s.deadline for s in batch) - time.monotonic())
             for slot, result in zip(batch, results, strict=True):
@@ -103,6 +107,8 @@ class Coalescer(Generic[Q, R]):
         except BaseException as exc:  # every request of the batch gets the batch's error
             for slot in batch:
                 slot.error = exc
+        finally:
+            batch_members.reset(members)
         for slot in batch:
             slot.finished = True
             slot.wake.set()

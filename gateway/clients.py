@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ import numpy as np
 from funnel.errors import FailedPrecondition, FunnelError, InvalidArgument, NotFound
 from funnel.serving.metrics import Metrics
 from funnel.serving.server import ready_release_ids
+from funnel.serving.tracing import client_span
 from funnel.tls import open_channel, target_host
 from funnel.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from gateway.core import StageCandidates, StageReadiness, StageScores, StageUnavailable
@@ -109,6 +110,7 @@ def _call(
     request: Any,
     timeout: float,
     record: Callable[[str, float], None] = lambda status, seconds: None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Any:
     """``method(request)``, its status and duration passed to ``record``; a refusal that says the request cannot be
     served as asked passes through as its FunnelError, anything else degrades (StageUnavailable)."""
@@ -116,7 +118,7 @@ def _call(
         raise StageUnavailable(stage, "the request's deadline left no time for this stage")
     started = time.perf_counter()
     try:
-        response = method(request, timeout=timeout)
+        response = method(request, timeout=timeout, metadata=metadata)
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details() or ""
         record(code.name, time.perf_counter() - started)
@@ -230,7 +232,8 @@ class StageClient:
         def record(status: str, seconds: float) -> None:
             duration.labels(f"{self.service}/{method}", self.target, status).observe(seconds)
 
-        return _call(self.stage, getattr(self._stub, method), request, timeout, record)
+        with client_span(f"{self.service}/{method}", self.target) as metadata:
+            return _call(self.stage, getattr(self._stub, method), request, timeout, record, metadata)
 
 
 class GrpcRetrieval(StageClient):

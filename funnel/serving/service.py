@@ -19,6 +19,7 @@ from funnel.serving.interceptors import DecodeGuard, ErrorInterceptor, InFlightL
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
 from funnel.serving.server import Health, build_server
+from funnel.serving.tracing import Tracing, TracingInterceptor, tracing_enabled
 from funnel.serving.workers import Worker
 from funnel.tls import server_credentials
 
@@ -136,9 +137,12 @@ class Service(Generic[R]):
         releases: ReleaseManager[R],
         workers: Sequence[Worker] = (),
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``tracing`` starts first and stops last, so every span of a drained call is exported."""
         self.name, self.health, self.releases = name, health, releases
         self.metrics = metrics or Metrics(name)
+        self.tracing = tracing
         self.endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self.workers = list(workers)
 
@@ -153,6 +157,8 @@ class Service(Generic[R]):
         return next((w.port for w in self.workers if isinstance(w, MetricsEndpoint)), None)
 
     def start(self) -> None:
+        if self.tracing is not None:
+            self.tracing.start()
         for endpoint in self.endpoints.values():
             endpoint.server.start()
         self.releases.start()
@@ -173,6 +179,8 @@ class Service(Generic[R]):
         stopped = [endpoint.server.stop(grace) for endpoint in self.endpoints.values()]
         for done in stopped:
             done.wait()
+        if self.tracing is not None:
+            self.tracing.stop()
 
     def serve_until_signalled(self, config: ServiceConfig) -> None:
         """Start, run until SIGTERM/SIGINT, then stop with the configured lame-duck pause and drain grace."""
@@ -214,7 +222,9 @@ def create_service(
     metrics = metrics or Metrics(name)
     metrics.watch_releases(releases)
     request_log = RequestLog(config.request_log_interval)
-    first, then = [ErrorInterceptor(), request_log], [DecodeGuard(), MetricsInterceptor(metrics)]
+    tracing = Tracing(name) if tracing_enabled() else None
+    first: list[ServerInterceptor] = [ErrorInterceptor(), request_log, *([TracingInterceptor()] if tracing else [])]
+    then = [DecodeGuard(), MetricsInterceptor(metrics)]
     credentials = config.server_credentials()
     health = Health([*service_names, *(admin.service_names if admin else ())])
     server, port, _ = build_server(
@@ -242,7 +252,7 @@ def create_service(
         endpoints.append(Endpoint("admin", admin_server, admin_port))
     releases.subscribe(lambda ready: health.set_serving(ready and warm()))
     endpoint = [MetricsEndpoint(metrics, config.metrics_address)] if config.metrics_address else []
-    return Service(name, endpoints, health, releases, [request_log, *endpoint, *workers], metrics)
+    return Service(name, endpoints, health, releases, [request_log, *endpoint, *workers], metrics, tracing)
 
 
 def run_service(config: C, create: Callable[[C], Service[Any]]) -> None:

@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 
+from funnel.serving import tracing
 from gateway import batching
 from gateway.batching import Coalescer
 from gateway.core import StageUnavailable
@@ -321,3 +326,45 @@ def test_a_finished_batch_hands_its_place_to_a_follower_never_to_a_request_alrea
     gatherer.join(GUARD)
     assert answers == {2: 4, 3: 6, 4: 8} and coalescer._in_flight["r1"] == 0  # no place lost
     assert [sorted(batch) for batch in call.batches] == [[1], [2, 3, 4]]
+
+
+def test_a_batch_carries_the_trace_context_of_every_request_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider, exported = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    monkeypatch.setattr(tracing.trace, "get_tracer", provider.get_tracer)
+    tracer = provider.get_tracer("test")
+    requests: dict[int, SpanContext] = {}
+    carried: list[tuple[list[SpanContext], list[tuple[str, str]]]] = []
+    call = Double()
+
+    def traced_call(key: str, queries: list, timeout: float) -> list:
+        with tracing.client_span("funnel.v1.RetrievalService/RetrieveBatch", "stage:1") as metadata:
+            carried.append((list(tracing.batch_members.get()), metadata))
+            return call(key, queries, timeout)
+
+    coalescer = Coalescer(traced_call, max_batch=8, max_in_flight=1)
+
+    def client(q: int) -> None:
+        with tracer.start_as_current_span(f"request {q}") as span:
+            requests[q] = span.get_span_context()
+            coalescer.submit("r1", q, timeout=60)
+
+    call.gate.clear()
+    leader = threading.Thread(target=client, args=(0,), daemon=True)
+    leader.start()
+    call.wait_sent(1)
+    followers = [threading.Thread(target=client, args=(q,), daemon=True) for q in (1, 2, 3)]
+    for thread in followers:
+        thread.start()
+    wait_queued(coalescer, 3)
+    call.gate.set()
+    for thread in (leader, *followers):
+        thread.join(GUARD)
+    members, metadata = carried[-1]
+    queued = {requests[q].span_id for q in (1, 2, 3)}
+    assert {member.span_id for member in members} == queued
+    batch = [s for s in exported.get_finished_spans() if s.name.endswith("RetrieveBatch")][-1]
+    assert batch.parent is not None and batch.parent.span_id in queued  # a child of the request that led it ...
+    linked = {link.context.span_id for link in batch.links}
+    assert linked == queued - {batch.parent.span_id}  # ... linked to the others it carried
+    assert dict(metadata)["traceparent"].split("-")[2] == f"{batch.context.span_id:016x}"  # the server's parent

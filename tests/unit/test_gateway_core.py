@@ -369,7 +369,7 @@ class RefusedConnection(grpc.RpcError):
 
 
 def test_a_failed_stage_is_told_in_words_and_its_address_only_logged(caplog: pytest.LogCaptureFixture) -> None:
-    def refused(request: object, timeout: float) -> None:
+    def refused(request: object, timeout: float, metadata: object = ()) -> None:
         raise RefusedConnection()
 
     with caplog.at_level(logging.WARNING), pytest.raises(StageUnavailable) as failed:
