@@ -9,7 +9,7 @@ from funnel.serving.config import parse_config
 from funnel.serving.interceptors import TokenAuth
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.metrics import Metrics
-from funnel.serving.server import ReleaseStatusRPCs, configure_logging
+from funnel.serving.server import ReleaseStatusRPCs
 from funnel.serving.service import AdminEndpoint, Service, create_service, release_manager, run_service
 from funnel.serving.workers import Periodic
 from funnel.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -159,5 +159,4 @@ def create_server(
 
 
 def serve(argv: list[str] | None = None) -> None:
-    configure_logging("gateway")
-    run_service(parse_config(GatewayServiceConfig, argv), create_server)
+    run_service("gateway", parse_config(GatewayServiceConfig, argv), create_server)

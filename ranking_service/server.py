@@ -8,7 +8,7 @@ from funnel.release.ranking import RankingRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.metrics import Metrics
-from funnel.serving.server import ReleaseStatusRPCs, configure_logging
+from funnel.serving.server import ReleaseStatusRPCs
 from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
 from ranking_service.config import RankingServiceConfig
@@ -61,5 +61,4 @@ def create_server(
 
 
 def serve(argv: list[str] | None = None) -> None:
-    configure_logging("ranking")
-    run_service(parse_config(RankingServiceConfig, argv), create_server)
+    run_service("ranking", parse_config(RankingServiceConfig, argv), create_server)

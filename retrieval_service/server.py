@@ -8,7 +8,7 @@ from funnel.release.retrieval import RetrievalRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.metrics import Metrics
-from funnel.serving.server import ReleaseStatusRPCs, configure_logging
+from funnel.serving.server import ReleaseStatusRPCs
 from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_service.config import RetrievalServiceConfig
@@ -73,5 +73,4 @@ def create_server(
 
 
 def serve(argv: list[str] | None = None) -> None:
-    configure_logging("retrieval")
-    run_service(parse_config(RetrievalServiceConfig, argv), create_server)
+    run_service("retrieval", parse_config(RetrievalServiceConfig, argv), create_server)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
@@ -178,10 +177,6 @@ def build_server(
     if port == 0:
         raise SystemExit(f"could not bind {address!r}: expected host:port that is free")
     return server, port, health
-
-
-def configure_logging(service: str) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
 
 
 def release_statuses(states: Iterable[ReleaseStatus]) -> list[common_pb2.ReleaseStatus]:

@@ -16,6 +16,7 @@ import grpc
 from funnel.release.store import ArtifactStore, Manifest
 from funnel.serving.config import ConfigError, setting
 from funnel.serving.interceptors import DecodeGuard, ErrorInterceptor, InFlightLimit, RequestLog, ServerInterceptor
+from funnel.serving.logs import configure_logging
 from funnel.serving.manager import ReleaseManager
 from funnel.serving.metrics import Metrics, MetricsEndpoint, MetricsInterceptor
 from funnel.serving.server import Health, build_server
@@ -64,6 +65,9 @@ class ServiceConfig:
     )
     request_log_interval: float = setting(
         "FUNNEL_REQUEST_LOG_INTERVAL", 30.0, "seconds between the 'served ...' request tally lines in the log"
+    )
+    log_format: str = setting(
+        "FUNNEL_LOG_FORMAT", "text", "log lines as 'text', or 'json' (one object a line, with the request's trace_id)"
     )
     metrics_address: str = setting(
         "FUNNEL_METRICS_ADDRESS", "", "host:port serving Prometheus metrics at /metrics over HTTP (empty: not served)"
@@ -255,8 +259,12 @@ def create_service(
     return Service(name, endpoints, health, releases, [request_log, *endpoint, *workers], metrics, tracing)
 
 
-def run_service(config: C, create: Callable[[C], Service[Any]]) -> None:
-    """Run one service process: set TensorFlow's threads (model services), build, serve, drain on SIGTERM."""
+def run_service(name: str, config: C, create: Callable[[C], Service[Any]]) -> None:
+    """Run one service process: logging, TensorFlow's threads (model services), build, serve, drain on SIGTERM."""
+    try:
+        configure_logging(name, config.log_format)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if isinstance(config, ModelServiceConfig):
         from funnel.tf import set_threads  # only model services load TensorFlow
 
