@@ -1,5 +1,6 @@
 """A real Prometheus server scrapes the three services under load, across a rollout: the request rate and a
-latency quantile by release, and the stages' own metrics, read back through Prometheus's HTTP API."""
+latency quantile by release, the stages' own metrics and every panel of the Grafana dashboard, read back through
+Prometheus's HTTP API."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import pytest
 from funnel.cli import stack
 from funnel.client import AdminClient
 from funnel.release.store import ArtifactStore
-from tests.helpers import RELEASE, Load, clone_release, wait_for
+from tests.helpers import RELEASE, ROOT, Load, clone_release, wait_for
 
+DASHBOARD = ROOT / "deploy" / "grafana" / "funnel-dashboard.json"
 USERS = [str(u) for u in range(1, 201)]
 
 
@@ -97,6 +99,10 @@ def test_prometheus_reads_request_rate_and_latency_by_release(
         wait_for(lambda: len(prometheus.query(rate)) == 2, 60, "a rate for each release", interval=1)
         by_release = {json.loads(k)["release"]: v for k, v in prometheus.query(rate).items()}
         p99_by_release = {json.loads(k)["release"]: v for k, v in prometheus.query(latency).items()}
+        panels = {
+            panel["title"]: [prometheus.query(target["expr"]) for target in panel["targets"]]  # fails on bad PromQL
+            for panel in json.loads(DASHBOARD.read_text())["panels"]
+        }
     time.sleep(2)  # one more scrape after the last answer
     ann = prometheus.query('sum(funnel_model_phase_duration_seconds_count{job="retrieval",phase="ann_search"})')
     ranker = prometheus.query('sum(funnel_model_phase_duration_seconds_count{job="ranking",phase="ranker"})')
@@ -106,4 +112,6 @@ def test_prometheus_reads_request_rate_and_latency_by_release(
     assert set(by_release) == {RELEASE, candidate} and all(v > 0 for v in by_release.values())
     assert set(p99_by_release) == {RELEASE, candidate} and all(0 < v < 10 for v in p99_by_release.values())
     assert ann["{}"] > 0 and ranker["{}"] > 0  # the stages' own metrics, scraped from their processes
+    empty = sorted(title for title, results in panels.items() if not any(results))
+    assert empty == ["Degraded share"], empty  # the dashboard shows data in every panel (nothing was degraded)
     assert calls["{}"] == total["{}"] == len(load.samples)  # the gRPC view, Funnel's and the client's agree
