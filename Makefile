@@ -38,12 +38,13 @@ lint: $(STAMP)  ## ruff (lint and format check) and mypy
 	$(PY) -m mypy
 
 IMAGE ?= funnel:latest
-images:  ## the one Funnel image (docker/Dockerfile), on a local debootstrap base when no registry answers
+PROMETHEUS_IMAGE ?= funnel-prometheus:latest
+images:  ## the Funnel image and the compose stack's Prometheus, on a local debootstrap base when no registry answers
 	docker/ensure-docker.sh
-	docker/build-image.sh $(IMAGE)
+	PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) docker/build-image.sh $(IMAGE)
 
 compose-test: data  ## Docker set up, the image built, the compose stack scaled (retrieval=3, ranking=2) and rolled out
-	FUNNEL_IMAGE=$(IMAGE) docker/compose-test.sh
+	FUNNEL_IMAGE=$(IMAGE) FUNNEL_PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) docker/compose-test.sh
 
 bench-compose: images  ## the compose stack: up time, and Recommend req/s with 1 and 3 retrieval replicas
 	FUNNEL_IMAGE=$(IMAGE) $(PY) -m bench.compose

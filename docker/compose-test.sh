@@ -14,6 +14,6 @@ cleanup() {
 trap cleanup EXIT
 started=$(date +%s)
 docker/ensure-docker.sh "$pidfile"
-docker/build-image.sh "${FUNNEL_IMAGE:-funnel:latest}"
+PROMETHEUS_IMAGE="${FUNNEL_PROMETHEUS_IMAGE:-funnel-prometheus:latest}" docker/build-image.sh "${FUNNEL_IMAGE:-funnel:latest}"
 FUNNEL_COMPOSE_TEST=1 .venv/bin/python -m pytest -q -p no:cacheprovider -s tests/compose
 echo "compose-test took $(($(date +%s) - started)) s"

@@ -6,11 +6,14 @@ with its own name and volume, published on a free loopback port, and brought dow
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +60,8 @@ def stack() -> Iterator[tuple[str, dict[str, str]]]:
         "FUNNEL_ADMIN_ADDRESS": "0.0.0.0:50054",  # open to the trainer container, so the token is required
         "FUNNEL_ADMIN_TOKEN": secrets.token_hex(16),
         "FUNNEL_REQUEST_LOG_INTERVAL": "2",
+        "COMPOSE_PROFILES": "observability",  # and Prometheus
+        "FUNNEL_PROMETHEUS_PORT": str(free_port()),
     }
     compose("down", "-v", env=env, check=False)
     try:
@@ -151,3 +156,25 @@ def test_the_image_runs_as_a_non_root_user() -> None:
 def test_compose_file_is_valid() -> None:
     assert Path(PROJECT_ROOT / "docker-compose.yml").is_file()
     compose("config", "-q", env=dict(os.environ))
+
+
+def test_prometheus_scrapes_every_replica(stack: tuple[str, dict[str, str]]) -> None:
+    gateway, env = stack
+    for user in range(1, 21):
+        recommend(gateway, str(user), 10)
+    prometheus = f"http://127.0.0.1:{env['FUNNEL_PROMETHEUS_PORT']}/api/v1/query?"
+    running = {s: len(compose("ps", "-q", s, env=env).split()) for s in ("gateway", "retrieval", "ranking")}
+
+    def query(promql: str) -> dict[str, float]:
+        with urllib.request.urlopen(prometheus + urllib.parse.urlencode({"query": promql}), timeout=10) as response:
+            result = json.load(response)["data"]["result"]
+        return {r["metric"].get("job", ""): float(r["value"][1]) for r in result}
+
+    def every_replica_up() -> bool:
+        try:
+            return query("count by (job) (up == 1)") == {job: float(n) for job, n in running.items()}
+        except OSError:
+            return False
+
+    wait_for(every_replica_up, 120, f"Prometheus to scrape {running}", interval=2)
+    wait_for(lambda: query("sum(funnel_requests_total)").get("", 0) >= 20, 60, "the requests counted", interval=2)
