@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export FUNNEL_CACHE_DIR ?= $(CURDIR)/var/cache
 
-.PHONY: demo test prometheus test-fast lint images compose-test bench-compose eval bench profile layouts up down status stubs data clean
+.PHONY: demo test prometheus bench-observability test-fast lint images compose-test bench-compose eval bench profile layouts up down status stubs data clean
 
 $(STAMP): constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -63,6 +63,11 @@ bench: data $(EXTRAS_STAMP)  ## 1M synthetic catalog + MovieLens 100K, pinned la
 PROFILE_ROOT ?= var/artifacts
 profile: data $(EXTRAS_STAMP)  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)
 	$(PY) -m bench.profile --artifact-root $(PROFILE_ROOT) --out var/profile
+
+OBSERVED := FUNNEL_METRICS_ADDRESS=127.0.0.1:0 OTEL_EXPORTER_OTLP_ENDPOINT=OTLP_SINK OTEL_EXPORTER_OTLP_INSECURE=true
+bench-observability: data $(EXTRAS_STAMP)  ## metrics served and every request traced (OTLP) against neither, side by side
+	$(PY) -m bench.compare --artifact-root $(PROFILE_ROOT) --out var/bench-observability --rounds 8 \
+		--variant off shared --variant observed shared $(OBSERVED)
 
 layouts: data  ## the shared and pinned CPU layouts side by side, loads alternating (serves PROFILE_ROOT's stable release)
 	$(PY) -m bench.compare --artifact-root $(PROFILE_ROOT) --out var/layouts

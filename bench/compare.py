@@ -11,6 +11,9 @@ environment settings for its three services; by default the shared and the pinne
 
     --variant now pinned --variant wide pinned FUNNEL_BATCH_WINDOW_MS=0 FUNNEL_MAX_IN_FLIGHT=2
 
+A setting whose value is OTLP_SINK gets the endpoint of a trace receiver started here (it counts spans, keeps
+none): `OTEL_EXPORTER_OTLP_ENDPOINT=OTLP_SINK` measures tracing with a real export path.
+
 Prints a line per load, then each variant's mean requests/s and p99, and every later variant's gain over the
 first and how many rounds it won; the last line is JSON. Figures are reported, not asserted.
 """
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.loadgen import Target, run_load
+from bench.otlp_sink import PLACEHOLDER, OtlpSink
 from bench.profile import stack_cpu_seconds
 from bench.run import ROOT, alternating, stable_users, stack_parser
 from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_stack
@@ -82,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     names = [v.name for v in variants]
     stable, users = stable_users(parser, args.artifact_root)
+    sink = OtlpSink() if any(PLACEHOLDER in v.env.values() for v in variants) else None
+    if sink is not None:
+        sink.start()
+        variants = tuple(
+            Variant(v.name, v.layout, {k: sink.endpoint if x == PLACEHOLDER else x for k, x in v.env.items()})
+            for v in variants
+        )
 
     stacks: dict[str, dict] = {}
     results: dict[str, list[dict]] = {name: [] for name in names}
@@ -121,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for stack in stacks.values():
             stop_stack(stack)
+        if sink is not None:
+            sink.stop()
+            print(f"the OTLP sink received {sink.spans} spans")
 
     summary = {
         name: {
