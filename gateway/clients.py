@@ -210,18 +210,18 @@ class StageClient:
 
     stage = ""
     service = ""
+    stub_class: Callable[[grpc.Channel], Any]
 
     def __init__(
         self,
         channel: grpc.Channel,
-        stub_class: Callable[[grpc.Channel], Any],
         target: str = "",
         credentials: grpc.ChannelCredentials | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.target = target
-        self._stub = stub_class(channel)
-        self.replicas = StageReplicas(target, stub_class, credentials=credentials)
+        self._stub = self.stub_class(channel)
+        self.replicas = StageReplicas(target, self.stub_class, credentials=credentials)
         self._metrics = metrics or Metrics("gateway")
 
     def _batch(self, method: str, request: Any, timeout: float) -> Any:
@@ -238,17 +238,8 @@ class StageClient:
 
 class GrpcRetrieval(StageClient):
     stage = "retrieval"
-
     service = "funnel.v1.RetrievalService"
-
-    def __init__(
-        self,
-        channel: grpc.Channel,
-        target: str = "",
-        credentials: grpc.ChannelCredentials | None = None,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(channel, retrieval_pb2_grpc.RetrievalServiceStub, target, credentials, metrics)
+    stub_class = retrieval_pb2_grpc.RetrievalServiceStub
 
     def retrieve_batch(self, release_id: str, queries: list[Any], timeout: float) -> list[StageCandidates]:
         """One RetrieveBatch for queries with user_id, num_candidates, exclude_seen and history attributes."""
@@ -279,17 +270,8 @@ class GrpcRetrieval(StageClient):
 
 class GrpcRanking(StageClient):
     stage = "ranking"
-
     service = "funnel.v1.RankingService"
-
-    def __init__(
-        self,
-        channel: grpc.Channel,
-        target: str = "",
-        credentials: grpc.ChannelCredentials | None = None,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(channel, ranking_pb2_grpc.RankingServiceStub, target, credentials, metrics)
+    stub_class = ranking_pb2_grpc.RankingServiceStub
 
     def rank_batch(
         self, release_id: str, queries: list[tuple[str, np.ndarray, np.ndarray]], timeout: float
