@@ -15,7 +15,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 from funnel.serving.interceptors import Behavior, UnaryInterceptor, status_of
 
-TRACER = "funnel"
+# Resolved once: a proxy that follows the provider Tracing.start() installs (a no-op one until then).
+tracer = trace.get_tracer("funnel")
 # The request spans a batched stage call carries (set by the gateway's Coalescer around the call it makes).
 batch_members: contextvars.ContextVar[Sequence[SpanContext]] = contextvars.ContextVar("batch_members", default=())
 
@@ -63,7 +64,6 @@ class TracingInterceptor(UnaryInterceptor):
     def wrap(self, behavior: Behavior, method: str) -> Behavior:
         service, _, name = method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-        tracer = trace.get_tracer(TRACER)
 
         def traced(request: Any, context: grpc.ServicerContext) -> Any:
             carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -90,7 +90,7 @@ def client_span(method: str, target: str) -> Iterator[list[tuple[str, str]]]:
     links = [Link(member) for member in batch_members.get() if member.is_valid and member != current]
     service, _, name = method.partition("/")
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name, "server.address": target}
-    with trace.get_tracer(TRACER).start_as_current_span(
+    with tracer.start_as_current_span(
         method, kind=SpanKind.CLIENT, links=links, attributes=attributes
     ):
         carrier: dict[str, str] = {}

@@ -331,7 +331,7 @@ def test_a_finished_batch_hands_its_place_to_a_follower_never_to_a_request_alrea
 def test_a_batch_carries_the_trace_context_of_every_request_in_it(monkeypatch: pytest.MonkeyPatch) -> None:
     provider, exported = TracerProvider(), InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exported))
-    monkeypatch.setattr(tracing.trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("funnel"))
     tracer = provider.get_tracer("test")
     requests: dict[int, SpanContext] = {}
     carried: list[tuple[list[SpanContext], list[tuple[str, str]]]] = []
