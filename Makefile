@@ -29,7 +29,7 @@ test: data prometheus  ## unit, servicer, model and end-to-end tests
 prometheus:  ## Debian's prometheus server, for the metrics tests (installed when missing; never started as a service)
 	scripts/ensure-prometheus.sh
 
-test-fast: data  ## unit and servicer tests without TensorFlow: seconds
+test-fast: data  ## unit and servicer tests without TensorFlow (property tests included): under a minute
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/servicer tests/deploy
 
 lint: $(STAMP)  ## ruff (lint and format check) and mypy
