@@ -90,9 +90,7 @@ def client_span(method: str, target: str) -> Iterator[list[tuple[str, str]]]:
     links = [Link(member) for member in batch_members.get() if member.is_valid and member != current]
     service, _, name = method.partition("/")
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name, "server.address": target}
-    with tracer.start_as_current_span(
-        method, kind=SpanKind.CLIENT, links=links, attributes=attributes
-    ):
+    with tracer.start_as_current_span(method, kind=SpanKind.CLIENT, links=links, attributes=attributes):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         yield list(carrier.items())
