@@ -120,7 +120,7 @@ class Manifest:
             )
         if manifest.release_id != release_id:
             raise ReleaseError(f"release directory {release_id!r} holds a manifest for {manifest.release_id!r}")
-        if not isinstance(manifest.files, dict) or not manifest.files:
+        if not manifest.files:  # a dict: checked with the other fields above
             raise ReleaseError(f"release {release_id}: manifest lists no files")
         return manifest
 

@@ -110,30 +110,6 @@ class Metrics:
 
         return observe
 
-    def time_client_call(self, method: str, target: str) -> _ClientCallTimer:
-        return _ClientCallTimer(self.client_call_duration, method, target)
-
-
-class _ClientCallTimer:
-    """``with metrics.time_client_call(m, t) as call: ...; call.status = code`` records the duration and status
-    (UNKNOWN when the body raised without setting one)."""
-
-    def __init__(self, histogram: Histogram, method: str, target: str) -> None:
-        self._histogram, self._method, self._target = histogram, method, target
-        self.status = "OK"
-
-    def __enter__(self) -> _ClientCallTimer:
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if isinstance(exc, grpc.RpcError):
-            self.status = exc.code().name
-        elif exc is not None and self.status == "OK":
-            self.status = "UNKNOWN"
-        elapsed = time.perf_counter() - self._started
-        self._histogram.labels(self._method, self._target, self.status).observe(elapsed)
-
 
 class _ReleaseCollector(Collector):
     def __init__(self, service: str, releases: ReleaseManager[Any]) -> None:
