@@ -64,10 +64,12 @@ PROFILE_ROOT ?= var/artifacts
 profile: data $(EXTRAS_STAMP)  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)
 	$(PY) -m bench.profile --artifact-root $(PROFILE_ROOT) --out var/profile
 
-OBSERVED := FUNNEL_METRICS_ADDRESS=127.0.0.1:0 OTEL_EXPORTER_OTLP_ENDPOINT=OTLP_SINK OTEL_EXPORTER_OTLP_INSECURE=true
-bench-observability: data $(EXTRAS_STAMP)  ## metrics served and every request traced (OTLP) against neither, side by side
+METRICS := FUNNEL_METRICS_ADDRESS=127.0.0.1:0
+TRACED := $(METRICS) OTEL_EXPORTER_OTLP_ENDPOINT=OTLP_SINK OTEL_EXPORTER_OTLP_INSECURE=true
+bench-observability: data $(EXTRAS_STAMP)  ## metrics; metrics and every request traced (OTLP); and 1 in 10 traced; against none, side by side
 	$(PY) -m bench.compare --artifact-root $(PROFILE_ROOT) --out var/bench-observability --rounds 8 \
-		--variant off shared --variant observed shared $(OBSERVED)
+		--variant off shared --variant metrics shared $(METRICS) --variant traced shared $(TRACED) \
+		--variant sampled shared $(TRACED) OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1
 
 layouts: data  ## the shared and pinned CPU layouts side by side, loads alternating (serves PROFILE_ROOT's stable release)
 	$(PY) -m bench.compare --artifact-root $(PROFILE_ROOT) --out var/layouts

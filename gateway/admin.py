@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from funnel.errors import FailedPrecondition
 from funnel.release.store import ArtifactStore, RolloutState, validate_fraction, validate_release_id
 from funnel.serving.manager import ReleaseManager
+from funnel.serving.metrics import UNRECORDED, Unrecorded
 from funnel.serving.server import release_statuses
 from funnel.v1 import admin_pb2, admin_pb2_grpc
 from gateway.clients import StageClient
@@ -30,10 +31,10 @@ class Admin:
         readiness: StageReadiness,
         stages: Sequence[StageClient],
         probe: Callable[[], None] = lambda: None,
-        events: Counter | None = None,
+        events: Counter | Unrecorded = UNRECORDED,
     ) -> None:
         """``probe`` refreshes ``readiness`` from every replica now: promotion never trusts a stale view; each
-        change counts in ``events`` (by event name) when given."""
+        change counts in ``events`` (by event name)."""
         self.store, self.releases, self.readiness, self.stages = store, releases, readiness, stages
         self._probe, self._events = probe, events
         self._lock = threading.Lock()  # one change at a time from this process
@@ -88,8 +89,7 @@ class Admin:
             return self._propagate()
 
     def _count(self, event: str) -> None:
-        if self._events is not None:
-            self._events.labels(event).inc()
+        self._events.labels(event).inc()
 
     def _candidate(self) -> str:
         candidate = self.store.rollout().candidate

@@ -222,7 +222,7 @@ class StageClient:
         self.target = target
         self._stub = self.stub_class(channel)
         self.replicas = StageReplicas(target, self.stub_class, credentials=credentials)
-        self._metrics = metrics or Metrics("gateway")
+        self._metrics = metrics or Metrics("gateway", enabled=False)
 
     def _batch(self, method: str, request: Any, timeout: float) -> Any:
         """One batched call, with its size, duration and status recorded."""

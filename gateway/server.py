@@ -114,7 +114,7 @@ def create_server(
 ) -> Service[GatewayRelease]:
     """Build (not start) the gateway, with its AdminService on a server of its own (config.admin_address) behind
     the token check; see funnel.serving.service.create_service."""
-    credentials, metrics = config.stage_credentials(), Metrics("gateway")
+    credentials, metrics = config.stage_credentials(), config.new_metrics("gateway")
     retrieval = GrpcRetrieval(
         stage_channel(config.retrieval_target, credentials), config.retrieval_target, credentials, metrics
     )

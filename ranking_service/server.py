@@ -7,7 +7,6 @@ import grpc
 from funnel.release.ranking import RankingRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.metrics import Metrics
 from funnel.serving.server import ReleaseStatusRPCs
 from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import ranking_pb2, ranking_pb2_grpc
@@ -49,7 +48,7 @@ def create_server(
     config: RankingServiceConfig, releases: ReleaseManager[RankingRelease] | None = None
 ) -> Service[RankingRelease]:
     """Build (not start) the ranking service; see funnel.serving.service.create_service."""
-    metrics = Metrics("ranking")
+    metrics = config.new_metrics("ranking")
 
     def register(server: grpc.Server, releases: ReleaseManager[RankingRelease]) -> None:
         servicer = RankingServicer(Ranker(releases, observe=metrics.phase_observer()))

@@ -7,7 +7,6 @@ import grpc
 from funnel.release.retrieval import RetrievalRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager
-from funnel.serving.metrics import Metrics
 from funnel.serving.server import ReleaseStatusRPCs
 from funnel.serving.service import Service, create_service, run_service
 from funnel.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -61,7 +60,7 @@ def create_server(
     config: RetrievalServiceConfig, releases: ReleaseManager[RetrievalRelease] | None = None
 ) -> Service[RetrievalRelease]:
     """Build (not start) the retrieval service; see funnel.serving.service.create_service."""
-    metrics = Metrics("retrieval")
+    metrics = config.new_metrics("retrieval")
 
     def register(server: grpc.Server, releases: ReleaseManager[RetrievalRelease]) -> None:
         servicer = RetrievalServicer(Retriever(releases, observe=metrics.phase_observer()))

@@ -27,20 +27,9 @@ Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
 ADMIN_TOKEN_HEADER = "authorization"
 
 
-def _wrap_unary(
-    continuation: Continuation,
-    details: grpc.HandlerCallDetails,
-    wrap: Callable[[Behavior, str], Behavior],
-) -> Handler | None:
-    """The next handler with its unary-unary behaviour wrapped; streaming handlers (health Watch, reflection)
-    pass through untouched."""
-    handler = continuation(details)
-    if handler is None or handler.unary_unary is None:
-        return handler
+def _rewrapped(handler: Handler, behavior: Behavior) -> Handler:
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary, details.method),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
 
 
@@ -49,16 +38,45 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return exc.code if isinstance(exc, FunnelError) else grpc.StatusCode.INTERNAL
 
 
-class UnaryInterceptor(ServerInterceptor):
-    """An interceptor that wraps the behaviour of every unary-unary method (``wrap``); streams pass through."""
+class PerMethodInterceptor(ServerInterceptor):
+    """An interceptor that hands on its own handler for each method's (``handler_for``).
 
-    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+    gRPC asks the interceptors for a handler on every call; the one made is kept per method and reused while the
+    next layer hands on the same handler (a layer that answers per call, like TokenAuth's refusal, gets its handler
+    made afresh), so a call pays a lookup per layer rather than new closures.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[Handler, Handler]] = {}
+
+    def handler_for(self, handler: Handler, method: str) -> Handler:
         raise NotImplementedError
 
     def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        return _wrap_unary(continuation, handler_call_details, self.wrap)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        made = self._made.get(method)
+        if made is not None and made[0] is handler:
+            return made[1]
+        mine = self.handler_for(handler, method)
+        self._made[method] = (handler, mine)
+        return mine
+
+
+class UnaryInterceptor(PerMethodInterceptor):
+    """An interceptor that wraps the behaviour of every unary-unary method (``wrap``); streams pass through."""
+
+    def wrap(self, behavior: Behavior, method: str) -> Behavior:
+        raise NotImplementedError
+
+    def handler_for(self, handler: Handler, method: str) -> Handler:
+        if handler.unary_unary is None:
+            return handler
+        return _rewrapped(handler, self.wrap(handler.unary_unary, method))
 
 
 class ErrorInterceptor(UnaryInterceptor):
@@ -85,17 +103,14 @@ class Undecodable:
         self.message = f"{method}: the request bytes ({size}) do not parse as the method's request message ({error})"
 
 
-class DecodeGuard(ServerInterceptor):
+class DecodeGuard(PerMethodInterceptor):
     """Request bytes that do not parse as the method's message end the call INVALID_ARGUMENT, with one WARNING line
     and no traceback (gRPC itself answers INTERNAL "Exception deserializing request!" and logs a traceback)."""
 
-    def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+    def handler_for(self, handler: Handler, method: str) -> Handler:
+        if handler.request_deserializer is None:
             return handler
-        method, parse = handler_call_details.method, handler.request_deserializer
+        parse = handler.request_deserializer
 
         def deserialize(data: bytes) -> Any:
             try:
@@ -153,6 +168,7 @@ class InFlightLimit(UnaryInterceptor):
     def __init__(self, limit: int, setting: str = "FUNNEL_MAX_REQUESTS") -> None:
         if limit < 1:
             raise ValueError(f"expected an in-flight limit of at least 1, got {limit}")
+        super().__init__()
         self.limit, self._setting = limit, setting
         self._slots = threading.BoundedSemaphore(limit)
 
@@ -178,6 +194,7 @@ class RequestLog(UnaryInterceptor):
     ``interval`` seconds: what this process served, and for batch calls how many queries they carried."""
 
     def __init__(self, interval: float = 30.0) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._queries: collections.Counter[tuple[str, str, str]] = collections.Counter()
@@ -242,11 +259,13 @@ class TokenAuth(ServerInterceptor):
         if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
             return continuation(handler_call_details)
 
-        def wrap(behavior: Behavior, method: str) -> Behavior:
-            def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-                expected = f"'{ADMIN_TOKEN_HEADER}: Bearer <FUNNEL_ADMIN_TOKEN>'"
-                raise Unauthenticated(f"{method} needs the metadata {expected}; got none or another token")
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
 
-            return refuse
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            expected = f"'{ADMIN_TOKEN_HEADER}: Bearer <FUNNEL_ADMIN_TOKEN>'"
+            raise Unauthenticated(f"{method} needs the metadata {expected}; got none or another token")
 
-        return _wrap_unary(continuation, handler_call_details, wrap)
+        return _rewrapped(handler, refuse)

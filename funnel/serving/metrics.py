@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from funnel.release.observe import ignore
 from funnel.serving.interceptors import Behavior, UnaryInterceptor, status_of
 from funnel.serving.manager import LoadState, ReleaseManager
 
@@ -24,6 +25,22 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+class Unrecorded:
+    """A metric family's stand-in while metrics are off: takes every label and value, records nothing."""
+
+    def labels(self, *values: str) -> Unrecorded:
+        return self
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def inc(self, amount: float = 1.0) -> None:
+        pass
+
+
+UNRECORDED = Unrecorded()
+
+
 class Metrics:
     """Every metric family a service records, in a registry of its own (several services share a test process).
 
@@ -31,76 +48,76 @@ class Metrics:
     time.
     """
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    def __init__(self, service: str, enabled: bool = True) -> None:
+        """``enabled=False`` (no metrics address): every family records nothing, and calls pay nothing for it."""
+        self.service, self.enabled = service, enabled
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.server_call_duration = Histogram(
+        self.server_call_duration = self._histogram(
             "grpc_server_call_duration_seconds",
             "Time from the start of a unary call to its end on the server, by method and status",
             ["grpc_method", "grpc_status"],
-            registry=r,
-            buckets=LATENCY_BUCKETS,
         )
-        self.client_call_duration = Histogram(
+        self.client_call_duration = self._histogram(
             "grpc_client_call_duration_seconds",
             "Time of a call the gateway made to a stage (retries included), by method, target and status",
             ["grpc_method", "grpc_target", "grpc_status"],
-            registry=r,
-            buckets=LATENCY_BUCKETS,
         )
-        self.requests = Counter(
+        self.requests = self._counter(
             "funnel_requests",
             "Recommend answers by the release that served them and their outcome: ok, degraded_retrieval, "
             "degraded_ranking, cold_start, or the status code of a refusal",
             ["release", "outcome"],
-            registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "funnel_request_duration_seconds",
             "Time the gateway took to answer a Recommend, by the release that served it",
             ["release"],
-            registry=r,
-            buckets=LATENCY_BUCKETS,
         )
-        self.stage_duration = Histogram(
+        self.stage_duration = self._histogram(
             "funnel_stage_duration_seconds",
             "Time the gateway spent in each stage of a Recommend (batching wait included)",
             ["stage"],
-            registry=r,
-            buckets=LATENCY_BUCKETS,
         )
-        self.batch_size = Histogram(
+        self.batch_size = self._histogram(
             "funnel_stage_batch_size",
             "Requests carried by each batched stage call the gateway sent",
             ["stage"],
-            registry=r,
-            buckets=BATCH_BUCKETS,
+            BATCH_BUCKETS,
         )
-        self.phase_duration = Histogram(
+        self.phase_duration = self._histogram(
             "funnel_model_phase_duration_seconds",
             "Time of each phase of a stage call: query_tower, ann_search, ranker",
             ["phase"],
-            registry=r,
-            buckets=LATENCY_BUCKETS,
         )
-        self.excluded_seen = Counter(
-            "funnel_items_excluded_seen", "Candidates dropped because the user had already seen them", registry=r
+        self.excluded_seen = self._counter(
+            "funnel_items_excluded_seen", "Candidates dropped because the user had already seen them", []
         )
-        self.rollout_events = Counter(
+        self.rollout_events = self._counter(
             "funnel_rollout_events",
             "Rollout changes made through the admin API: start, fraction, promote, rollback",
             ["event"],
-            registry=r,
         )
+
+    def _histogram(
+        self, name: str, documentation: str, labels: list[str], buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> Histogram | Unrecorded:
+        if not self.enabled:
+            return UNRECORDED
+        return Histogram(name, documentation, labels, registry=self.registry, buckets=buckets)
+
+    def _counter(self, name: str, documentation: str, labels: list[str]) -> Counter | Unrecorded:
+        return Counter(name, documentation, labels, registry=self.registry) if self.enabled else UNRECORDED
 
     def watch_releases(self, releases: ReleaseManager[Any]) -> None:
         """Report what ``releases`` holds at every scrape: per release its state and load time, the candidate
         fraction, and which release serves each channel."""
-        self.registry.register(_ReleaseCollector(self.service, releases))
+        if self.enabled:
+            self.registry.register(_ReleaseCollector(self.service, releases))
 
     def phase_observer(self) -> Callable[[str, float], None]:
         """``observe(name, value)`` for the release layer: "<phase>_seconds" durations, "excluded_seen" counts."""
+        if not self.enabled:
+            return ignore
 
         def observe(name: str, value: float) -> None:
             if name == "excluded_seen":
@@ -148,10 +165,12 @@ class MetricsInterceptor(UnaryInterceptor):
     their length says nothing)."""
 
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self._histogram = metrics.server_call_duration
 
     def wrap(self, behavior: Behavior, method: str) -> Behavior:
         name = method.lstrip("/")
+        by_status: dict[str, Any] = {}  # the histogram's child per status, looked up once
 
         def timed(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -162,7 +181,10 @@ class MetricsInterceptor(UnaryInterceptor):
                 code = status_of(exc).name
                 raise
             finally:
-                self._histogram.labels(name, code).observe(time.perf_counter() - started)
+                child = by_status.get(code)
+                if child is None:
+                    child = by_status[code] = self._histogram.labels(name, code)
+                child.observe(time.perf_counter() - started)
 
         return timed
 

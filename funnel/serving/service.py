@@ -88,6 +88,10 @@ class ServiceConfig:
     def server_credentials(self) -> grpc.ServerCredentials | None:
         return server_credentials(self.tls_cert, self.tls_key, self.tls_client_ca)
 
+    def new_metrics(self, service: str) -> Metrics:
+        """The service's metrics: recorded only when they are served (a metrics address is set)."""
+        return Metrics(service, enabled=bool(self.metrics_address))
+
 
 @dataclass(frozen=True)
 class ModelServiceConfig(ServiceConfig):
@@ -145,7 +149,7 @@ class Service(Generic[R]):
     ) -> None:
         """``tracing`` starts first and stops last, so every span of a drained call is exported."""
         self.name, self.health, self.releases = name, health, releases
-        self.metrics = metrics or Metrics(name)
+        self.metrics = metrics or Metrics(name, enabled=False)
         self.tracing = tracing
         self.endpoints = {endpoint.name: endpoint for endpoint in endpoints}
         self.workers = list(workers)
@@ -223,12 +227,12 @@ def create_service(
     the undecodable-request guard, the call metrics, the in-flight limit, then ``interceptors``. ``admin`` adds a
     second server; ``metrics`` (a new Metrics by default) are served on config.metrics_address when set."""
     releases = releases or release_manager(config, name, load)
-    metrics = metrics or Metrics(name)
+    metrics = metrics or config.new_metrics(name)
     metrics.watch_releases(releases)
     request_log = RequestLog(config.request_log_interval)
     tracing = Tracing(name) if tracing_enabled() else None
     first: list[ServerInterceptor] = [ErrorInterceptor(), request_log, *([TracingInterceptor()] if tracing else [])]
-    then = [DecodeGuard(), MetricsInterceptor(metrics)]
+    then = [DecodeGuard(), *([MetricsInterceptor(metrics)] if metrics.enabled else [])]
     credentials = config.server_credentials()
     health = Health([*service_names, *(admin.service_names if admin else ())])
     server, port, _ = build_server(

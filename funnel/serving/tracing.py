@@ -65,9 +65,11 @@ class TracingInterceptor(UnaryInterceptor):
         service, _, name = method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
+        fields = propagate.get_global_textmap().fields  # the metadata keys the propagators read
+
         def traced(request: Any, context: grpc.ServicerContext) -> Any:
-            carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            parent = propagate.extract(carrier)
+            carrier = {k: v for k, v in (context.invocation_metadata() or ()) if k in fields and isinstance(v, str)}
+            parent = propagate.extract(carrier) if carrier else None  # none: a new trace
             with tracer.start_as_current_span(
                 method.lstrip("/"), context=parent, kind=SpanKind.SERVER, attributes=attributes
             ) as span:

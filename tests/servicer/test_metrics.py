@@ -75,10 +75,25 @@ def test_the_gateway_serves_its_metrics(tmp_path: Path) -> None:
     assert ("funnel_release_load_duration_seconds", (("release", "r2"),)) in found
 
 
-def test_no_metrics_address_serves_nothing(tmp_path: Path) -> None:
-    service = create_server(gateway_config(tmp_path))
-    assert service.metrics_port is None
+def test_no_metrics_address_serves_and_records_nothing(tmp_path: Path) -> None:
+    service = create_server(gateway_config(tmp_path, retrieval_timeout=0.2, ranking_timeout=0.2))
+    service.start()
+    try:
+        service.releases.sync()
+        assert recommend(f"127.0.0.1:{service.port}", "u1", 5).degraded
+    finally:
+        service.stop()
+    assert service.metrics_port is None and not service.metrics.enabled
     assert not any(isinstance(w, MetricsEndpoint) for w in service.workers)
+    assert list(service.metrics.registry.collect()) == []
+
+
+def test_unrecorded_families_take_any_labels_and_values() -> None:
+    metrics = Metrics("x", enabled=False)
+    metrics.requests.labels("r1", "ok").inc()
+    metrics.stage_duration.labels("retrieval").observe(0.1)
+    metrics.phase_observer()("ann_search_seconds", 0.01)
+    assert list(metrics.registry.collect()) == []
 
 
 def test_the_endpoint_stops_with_its_owner() -> None:
