@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from bench.loadgen import Target, run_load
 from bench.otlp_sink import PLACEHOLDER, OtlpSink
 from bench.profile import stack_cpu_seconds
-from bench.run import ROOT, alternating, stable_users, stack_parser
+from bench.run import ROOT, stable_users, stack_parser
+from bench.systems import alternating
 from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_stack
 
 

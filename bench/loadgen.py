@@ -9,6 +9,7 @@ This module imports no TensorFlow: spawned workers stay small.
 
 from __future__ import annotations
 
+import importlib
 import math
 import multiprocessing as mp
 import os
@@ -32,8 +33,10 @@ ECHO_METHOD = "/funnel.bench.Echo/Echo"
 
 @dataclass(frozen=True)
 class Target:
-    """What a worker calls: ``kind`` "echo" (raw bytes ``payload``) or "recommend" (the gateway's Recommend for
-    ``user_ids`` in turn, each thread starting at a different user)."""
+    """What a worker calls: ``kind`` "echo" (raw bytes ``payload``), "recommend" (the gateway's Recommend for
+    ``user_ids`` in turn, each thread starting at a different user) or "peer" (another system's recommend call for
+    ``user_ids``, made by ``client``: "module:function", the function taking this Target and returning
+    ``(make_call, close)`` as ``_grpc_calls`` does; it runs in the load-generator processes)."""
 
     kind: str
     address: str
@@ -41,12 +44,15 @@ class Target:
     user_ids: tuple[str, ...] = ()
     k: int = 10
     timeout: float = 5.0
+    client: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("echo", "recommend"):
-            raise ValueError(f"expected kind 'echo' or 'recommend', got {self.kind!r}")
-        if self.kind == "recommend" and not self.user_ids:
-            raise ValueError("a recommend target needs user_ids")
+        if self.kind not in ("echo", "recommend", "peer"):
+            raise ValueError(f"expected kind 'echo', 'recommend' or 'peer', got {self.kind!r}")
+        if self.kind != "echo" and not self.user_ids:
+            raise ValueError(f"a {self.kind} target needs user_ids")
+        if (self.kind == "peer") != bool(self.client):
+            raise ValueError(f"expected a client ('module:function') for a peer target only, got {self.client!r}")
 
 
 @dataclass
@@ -245,6 +251,16 @@ def closed_loop(
 FLAG_KEYS = ("degraded", "cold_start")
 
 
+def _calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], None]]:
+    """(make_call, close) for a target: a peer's own client, or gRPC."""
+    if target.kind == "peer":
+        module, _, function = target.client.partition(":")
+        make: Callable[[Target], tuple[Callable[[int], Call], Callable[[], None]]]
+        make = getattr(importlib.import_module(module), function)
+        return make(target)
+    return _grpc_calls(target)
+
+
 def _grpc_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], None]]:
     """(make_call, close) for a target, over one channel per process (one HTTP/2 connection, like a client)."""
     import grpc
@@ -301,7 +317,7 @@ def _worker(
     try:
         if cpus:
             os.sched_setaffinity(0, cpus)  # before the channel starts gRPC's threads, which inherit it
-        make_call, close = _grpc_calls(target)
+        make_call, close = _calls(target)
         warm = make_call(0)
         for n in range(warmup):  # connect and touch the code paths before the window opens
             try:

@@ -24,6 +24,7 @@ from typing import TypedDict
 
 from bench.loadgen import Target, run_load
 from bench.run import ROOT, stable_users, stack_parser
+from bench.systems import cpu_seconds
 from funnel.cli.stack import ServiceProcess, start_stack, stop_stack
 
 SERVICES = ("gateway", "retrieval", "ranking")
@@ -58,12 +59,6 @@ def summarize(collapsed: str, top: int) -> Summary:
         return [(frame, round(n / total, 4)) for frame, n in counter.most_common(top)]
 
     return {"samples": total, "self": share(own) if total else [], "inclusive": share(anywhere) if total else []}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def stack_cpu_seconds(stack: dict[str, ServiceProcess]) -> dict[str, float]:

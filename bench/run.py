@@ -30,22 +30,27 @@ This module imports no TensorFlow (the load generator's spawned processes import
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Collection, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.build import SYNTHETIC, BuildSpec, cached, ensure_release
 from bench.echo import EchoProcess
 from bench.loadgen import LoadResult, Target, run_load
-from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_process, stop_stack
+from bench.passthrough import MODULES as FLOOR
+from bench.systems import System, alternating, by_command, headline, measure_side_by_side
+from funnel.cli.stack import LAYOUTS, CpuLayout, ServiceProcess, start_stack, stop_process, stop_stack
 from funnel.paths import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,12 +200,6 @@ class InProcessTFRS:
         self.close()
 
 
-def alternating(names: Sequence[str], rounds: int) -> list[tuple[int, str]]:
-    """(round, name) in measuring order: every name once a round, the order reversed every other round, so a
-    drift of the machine's speed weighs on all of them alike."""
-    return [(r, name) for r in range(rounds) for name in (names if r % 2 == 0 else names[::-1])]
-
-
 def stack_parser(prog: str, doc: str | None, out: Path) -> argparse.ArgumentParser:
     """The arguments every tool serving a root's stable release under load shares."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +228,61 @@ def side_by_side(
             rounds[r][f"{step}_rps"] = round(load.rps, 2)
     means = {key: round(float(np.mean([m[key] for m in rounds])), 2) for key in rounds[0]}
     return {"rounds": args.rounds, "seconds_per_measurement": seconds, "per_round": rounds} | means
+
+
+def _processes_of(peer: Any) -> dict[str, list[int]]:
+    return by_command(peer.pids())
+
+
+PEERS = {"rayserve": "bench.peers.rayserve:RayServePeer", "triton": "bench.peers.triton:TritonPeer"}
+
+
+def compare_systems(
+    args: argparse.Namespace, root: Path, run_dir: Path, funnel: dict[str, ServiceProcess], users: Sequence[str]
+) -> dict:
+    """Funnel (its running stack), the three-hop pass-through floor and each peer that starts, on the same release,
+    side by side (bench.systems). A peer that fails to start is reported with its error, not measured. The peers
+    may use every CPU; the load generator runs where it does for Funnel."""
+    systems = [
+        System(
+            "funnel",
+            Target("recommend", funnel["gateway"].address, user_ids=tuple(users), k=args.k),
+            lambda: {name: [service.process.pid] for name, service in funnel.items()},
+        )
+    ]
+    failed: dict[str, str] = {}
+    with ExitStack() as running:
+        floor = start_stack(
+            root, run_dir / "passthrough", timeout=args.start_timeout, cpus=args.cpu_layout.services, modules=FLOOR
+        )
+        running.callback(stop_stack, floor)
+        systems.append(
+            System(
+                "passthrough",
+                Target("recommend", floor["gateway"].address, user_ids=tuple(users), k=args.k),
+                lambda: {name: [service.process.pid] for name, service in floor.items()},
+            )
+        )
+        for name in args.peers:
+            module, _, cls = PEERS[name].partition(":")
+            try:
+                peer = running.enter_context(getattr(importlib.import_module(module), cls)(root, run_dir / name))
+            except Exception as exc:  # reported in the record: the bench measures the others
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                print(f"[bench] peer {name} did not start: {failed[name]}", file=sys.stderr, flush=True)
+                continue
+            systems.append(System(name, peer.target(users, args.k), functools.partial(_processes_of, peer)))
+        levels = sorted(set(args.concurrency) | {args.headline})
+        result = measure_side_by_side(
+            systems,
+            levels,
+            args.systems_rounds,
+            args.systems_seconds,
+            args.client_processes,
+            args.cpu_layout.rest,
+            report=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True),
+        )
+    return result | {"failed_to_start": failed}
 
 
 def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
@@ -293,6 +347,10 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
                     EchoProcess(run_dir / "echo-side.log", args.server_workers, cpus=front) as server,
                 ):
                     side = side_by_side(args, Target("echo", server.address, payload=payload), target, inprocess, rest)
+            systems = None
+            if args.systems_rounds:
+                with phases("systems side by side"):
+                    systems = compare_systems(args, root, run_dir, stack, users)
         finally:
             with phases("stop services"):
                 exit_codes = stop_stack(stack)
@@ -327,6 +385,8 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
         "tfrs_scann_p99_ms": sc["p99_ms"],
         "ann_recall_at_100": round(tfrs["ann_recall_at_100"], 4),
         "side_by_side": side,
+        "systems": systems,
+        **headline(systems, h),
         "tfrs_scann_layer_recall_at_100": round(tfrs["tfrs_scann_recall_at_100"], 4),
         "load_time_s": round(load_time, 2),
         "rss_mb": {name: m["rss_mb"] for name, m in final_memory.items()},
@@ -344,19 +404,27 @@ def bench_one(spec: BuildSpec, args: argparse.Namespace, out: Path) -> dict:
         "run_dir": str(run_dir),
     }
     record["goals"] = goals(record)
+    if systems:
+        plot_systems(
+            systems,
+            f"{record['dataset']}: {record['catalog_items']:,} items, same release, same 2 cores",
+            run_dir / "systems.png",
+        )
     (run_dir / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def goals(r: dict) -> dict:
-    """The issue's goals (stated for 1M items at concurrency 16), each with its figure and whether it is met."""
+    """The issues' goals (stated for 1M items at concurrency 16), each with its figure and whether it is met.
+
+    Retired (issue 19): e2e >= 0.33x the one-hop echo and p99 <= 20 ms; the echo is still measured and shown. The
+    systems goals need the systems comparison (--systems-rounds) and judge its side-by-side means.
+    """
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 3) if b else float("inf")
 
     checks = {
-        "e2e_rps >= 0.33 x echo_rps": (ratio(r["e2e_rps"], r["echo_rps"]), ratio(r["e2e_rps"], r["echo_rps"]) >= 0.33),
-        "e2e_p99_ms <= 20": (r["e2e_p99_ms"], r["e2e_p99_ms"] <= 20),
         "e2e_errors == 0": (r["e2e_errors"], r["e2e_errors"] == 0),
         "e2e_rps >= 5 x tfrs_bruteforce_rps": (
             ratio(r["e2e_rps"], r["tfrs_bruteforce_rps"]),
@@ -371,9 +439,22 @@ def goals(r: dict) -> dict:
     }
     side = r.get("side_by_side")
     if side:  # the same ratios from the alternating rounds, which the machine's drift does not skew
-        for key, factor in (("echo_rps", 0.33), ("tfrs_bruteforce_rps", 5), ("tfrs_scann_rps", 1.5)):
+        for key, factor in (("tfrs_bruteforce_rps", 5), ("tfrs_scann_rps", 1.5)):
             value = ratio(side["e2e_rps"], side[key])
             checks[f"side by side: e2e_rps >= {factor:g} x {key}"] = (value, value >= factor)
+    if r.get("funnel_rps") is not None:  # the systems comparison ran
+        funnel = r["funnel_rps"]
+        for peer, factor in (("rayserve", 1.25), ("triton", 1.0), ("passthrough", 0.6)):
+            if f"{peer}_rps" in r:
+                value = ratio(funnel, r[f"{peer}_rps"])
+                checks[f"systems: funnel_rps >= {factor:g} x {peer}_rps"] = (value, value >= factor)
+        if "rayserve_p99_ms" in r:
+            checks["systems: funnel_p99_ms < rayserve_p99_ms"] = (
+                r["funnel_p99_ms"],
+                r["funnel_p99_ms"] < r["rayserve_p99_ms"],
+            )
+        cpu = r["cpu_ms_per_request"]["funnel"]["total"]
+        checks["systems: Funnel's CPU ms per request (3 services) <= 2.0"] = (cpu, cpu <= 2.0)
     return {name: {"value": value, "met": bool(met)} for name, (value, met) in checks.items()} | {
         "applies": r["catalog_items"] >= GOALS_ITEMS and r["concurrency"] == 16
     }
@@ -388,6 +469,57 @@ def _layout(r: dict) -> str:
     if not cpus:
         return "every process on every CPU"
     return f"pinned: echo server / gateway on CPU {cpus['front']}, load generator and stages on CPU {cpus['rest']}"
+
+
+def systems_table(systems: dict | None) -> list[str]:
+    """The systems comparison's lines: each system's means at each concurrency, CPU ms per request by process."""
+    if not systems:
+        return []
+    lines = [
+        "",
+        f"systems side by side: {systems['rounds']} alternating rounds of {systems['seconds_per_measurement']:g} s, "
+        "means; CPU ms per request from /proc, by process",
+        f"{'system':<12} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'CPU ms/req':>10}"
+        "  by process",
+    ]
+    for c, at in systems["by_concurrency"].items():
+        for name, m in at.items():
+            cpu = dict(m["cpu_ms_per_request"])
+            total = cpu.pop("total")
+            lines.append(
+                f"{name:<12} {c:>4} {_fmt(m['rps'], 9)} {_fmt(m['p50_ms'], 8, 2)} {_fmt(m['p99_ms'], 8, 2)} "
+                f"{m['errors']:>6} {_fmt(total, 10, 2)}  " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            )
+    lines += [f"{name}: did not start: {error}" for name, error in systems.get("failed_to_start", {}).items()]
+    return lines
+
+
+def plot_systems(systems: dict, title: str, path: Path) -> None:
+    """req/s and p99 of every system against concurrency, two panels, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = [int(c) for c in systems["by_concurrency"]]
+    names = list(next(iter(systems["by_concurrency"].values())))
+    figure, (rps, p99) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in names:
+        at = [systems["by_concurrency"][str(c)][name] for c in levels]
+        rps.plot(levels, [m["rps"] for m in at], marker="o", label=name)
+        p99.plot(levels, [m["p99_ms"] for m in at], marker="o", label=name)
+    for axes, label in ((rps, "requests/s"), (p99, "p99 latency (ms)")):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(levels, [str(c) for c in levels])
+        axes.set_xlabel("concurrent clients")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    p99.set_yscale("log")
+    rps.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def table(r: dict) -> str:
@@ -419,6 +551,7 @@ def table(r: dict) -> str:
             f"BruteForce+ranker {side['tfrs_bruteforce_rps']:.1f}, TFRS ScaNN+ranker "
             f"{side['tfrs_scann_rps']:.1f}, Funnel {side['e2e_rps']:.1f}"
         )
+    lines += systems_table(r.get("systems"))
     lines.append("")
     lines.append(
         f"{'Funnel stage times (ms)':<24} {'conc':>4} {'retr mean':>9} {'retr p99':>9} {'rank mean':>9} "
@@ -541,6 +674,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "in-process TFRS and Funnel side by side in this many alternating rounds of "
         "duration / rounds seconds each (0: not)",
     )
+    parser.add_argument(
+        "--systems-rounds",
+        type=int,
+        default=0,
+        help="also measure Funnel, the pass-through floor and the peers side by side at every concurrency in this "
+        "many alternating rounds of --systems-seconds each (0: not)",
+    )
+    parser.add_argument("--systems-seconds", type=float, default=5.0, help="seconds per systems measurement")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"the peers in the systems comparison, comma-separated, of {', '.join(PEERS)} ('' for none)",
+    )
     parser.add_argument("--server-workers", type=int, default=16, help="echo server threads (Funnel's default)")
     parser.add_argument("--request-users", type=int, default=1000, help="known users requested in turn")
     parser.add_argument("--recall-users", type=int, default=1000)
@@ -549,6 +695,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args(argv)
+    args.peers = [name for name in args.peers.split(",") if name]
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown:
+        parser.error(f"--peers: expected names of {sorted(PEERS)}, got {unknown}")
     try:
         args.cpu_layout = CpuLayout.of(args.layout, os.sched_getaffinity(0))
     except ValueError as exc:
@@ -582,38 +732,48 @@ def main(argv: list[str] | None = None) -> int:
         print(flush=True)
     record = bench_one(spec, args, out)
     print(table(record), flush=True)
-    final = {key: record[key] for key in HEADLINE_KEYS} | {
-        k: v
-        for k, v in record.items()
-        if k not in HEADLINE_KEYS
-        and k
-        in (
-            "dataset",
-            "users",
-            "interactions",
-            "embedding_dim",
-            "duration_s",
-            "client_processes",
-            "e2e_by_concurrency",
-            "echo_by_concurrency",
-            "peak_rss_mb",
-            "release_id",
-            "phase_seconds",
-            "goals",
-            "run_dir",
-            "tfrs_bruteforce_p99_ms",
-            "tfrs_scann_p99_ms",
-            "echo_p50_ms",
-            "echo_p99_ms",
-            "tfrs_scann_layer_recall_at_100",
-            "side_by_side",
-        )
-    }
-    if extra is not None:
-        final[extra["dataset"]] = {key: extra[key] for key in HEADLINE_KEYS} | {
-            "side_by_side": extra["side_by_side"],
-            "run_dir": extra["run_dir"],
+    final = (
+        {key: record[key] for key in HEADLINE_KEYS}
+        | {
+            k: v
+            for k, v in record.items()
+            if k not in HEADLINE_KEYS
+            and k
+            in (
+                "dataset",
+                "users",
+                "interactions",
+                "embedding_dim",
+                "duration_s",
+                "client_processes",
+                "e2e_by_concurrency",
+                "echo_by_concurrency",
+                "peak_rss_mb",
+                "release_id",
+                "phase_seconds",
+                "goals",
+                "run_dir",
+                "tfrs_bruteforce_p99_ms",
+                "tfrs_scann_p99_ms",
+                "echo_p50_ms",
+                "echo_p99_ms",
+                "tfrs_scann_layer_recall_at_100",
+                "side_by_side",
+                "systems",
+            )
         }
+        | headline(record.get("systems"), record["concurrency"])
+    )
+    if extra is not None:
+        final[extra["dataset"]] = (
+            {key: extra[key] for key in HEADLINE_KEYS}
+            | {
+                "side_by_side": extra["side_by_side"],
+                "systems": extra["systems"],
+                "run_dir": extra["run_dir"],
+            }
+            | headline(extra.get("systems"), extra["concurrency"])
+        )
     (out / "latest.json").write_text(json.dumps(final, indent=2) + "\n")
     print(json.dumps(final), flush=True)
     return 0
