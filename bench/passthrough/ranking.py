@@ -1,6 +1,6 @@
 """Run the pass-through ranking stage: python -m bench.passthrough.ranking --artifact-root DIR [--address ...]."""
 
-from bench.passthrough import PassthroughRanking
+from bench.passthrough.releases import PassthroughRanking
 from funnel.release.ranking import RankingRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager

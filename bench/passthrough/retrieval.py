@@ -1,6 +1,6 @@
 """Run the pass-through retrieval stage: python -m bench.passthrough.retrieval --artifact-root DIR [--address ...]."""
 
-from bench.passthrough import PassthroughRetrieval
+from bench.passthrough.releases import PassthroughRetrieval
 from funnel.release.retrieval import RetrievalRelease
 from funnel.serving.config import parse_config
 from funnel.serving.manager import ReleaseManager

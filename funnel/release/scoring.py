@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,14 @@ def retrieval_weight(config: dict[str, Any]) -> float:
 
 
 def _standardized(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    spread = scores.std()
-    return (scores - scores.mean()) / spread if spread > 0 else np.zeros_like(scores)
+    """(scores - mean) / std, the population spread; zeros when all are equal. One pass fewer than np.std, and a
+    dot product for the sum of squares: this runs twice a request in the gateway."""
+    centered = np.asarray(scores, dtype=np.float64)
+    if not centered.size:
+        return centered
+    centered = centered - centered.sum() / centered.size
+    spread = math.sqrt(float(np.dot(centered, centered)) / centered.size)
+    return centered / spread if spread > 0 else np.zeros_like(centered)
 
 
 def blend(ranker_scores: np.ndarray, retrieval_scores: np.ndarray, weight: float) -> np.ndarray:

@@ -11,6 +11,9 @@ from funnel.limits import MAX_HISTORY, MAX_USER_ID_CHARS
 from funnel.release.files import IdIndex, distinct_in_order
 from funnel.release.store import validate_release_id
 
+_NO_HISTORY = np.zeros(0, dtype=np.int64)
+_NO_HISTORY.flags.writeable = False  # shared by every request without a history
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -57,6 +60,8 @@ def stage_release_id(value: str) -> str:
 def history(values: Sequence[int]) -> np.ndarray:
     """Request-supplied history: at most MAX_HISTORY item ids, returned as its distinct items in time order (a
     repeat counts at its latest place, as stored histories keep them); unknown ids are ignored by the models."""
+    if not len(values):
+        return _NO_HISTORY
     if len(values) > MAX_HISTORY:
         raise InvalidArgument(f"user.history_item_ids holds at most {MAX_HISTORY} items, got {len(values)}")
     return distinct_in_order(_int64s("user.history_item_ids", values))

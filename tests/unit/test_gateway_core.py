@@ -108,6 +108,10 @@ def test_blend_standardizes_both_scores_and_weight_zero_keeps_the_rankers() -> N
     z = np.array([-1.0, 1.0, 0.0]) * np.sqrt(1.5)
     np.testing.assert_allclose(blend(ranker, retrieval, 0.5), z + 0.5 * -z, rtol=1e-6)
     np.testing.assert_array_equal(blend(np.array([4.0]), np.array([1.0]), 1.0), [0.0])  # one candidate: no spread
+    np.testing.assert_array_equal(blend(np.full(5, 2.0), np.full(5, 7.0), 1.0), np.zeros(5))  # all equal: zeros
+    scores = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 100))
+    by_numpy = [(s - s.mean()) / s.std() for s in scores]
+    np.testing.assert_allclose(blend(scores[0], scores[1], 0.3), by_numpy[0] + 0.3 * by_numpy[1], rtol=1e-5)
     assert retrieval_weight({"retrieval_weight": 1.5}) == 1.5
     assert (
         retrieval_weight({})
