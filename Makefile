@@ -57,8 +57,15 @@ $(EXTRAS_STAMP): $(STAMP) constraints.txt
 eval: data $(EXTRAS_STAMP)  ## recent and seeds splits: the trainer job as served vs tuned baselines (var/eval/)
 	$(PY) -m trainer.eval --out var/eval
 
-bench: data $(EXTRAS_STAMP)  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall
-	$(PY) -m bench.run --items 1000000 --users 100000 --duration 20 --also movielens-100k --layout pinned --rounds 4 --out var/bench
+PEERS_STAMP := $(VENV)/.installed-peers
+$(PEERS_STAMP): $(EXTRAS_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e ".[test,lint,eval,bench,peers]"
+	scripts/peer-venv-triton.sh
+	touch $(PEERS_STAMP)
+
+bench: data $(PEERS_STAMP)  ## 1M synthetic catalog + MovieLens 100K, pinned layout: echo floor, in-process TFRS, Funnel at 1/16/64, ANN recall; then Funnel, the three-hop pass-through floor, Ray Serve and PyTriton side by side
+	$(PY) -m bench.run --items 1000000 --users 100000 --duration 20 --also movielens-100k --layout pinned --rounds 4 \
+		--systems-rounds 4 --out var/bench
 
 PROFILE_ROOT ?= var/artifacts
 profile: data $(EXTRAS_STAMP)  ## py-spy each service under load at concurrency 16 (serves PROFILE_ROOT's stable release; make up trains one)

@@ -234,7 +234,12 @@ def _processes_of(peer: Any) -> dict[str, list[int]]:
     return by_command(peer.pids())
 
 
-PEERS = {"rayserve": "bench.peers.rayserve:RayServePeer", "triton": "bench.peers.triton:TritonPeer"}
+# name → (class, settings). Ray Serve in its documented high-throughput mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1),
+# which served about half again as much as stock Serve in the peer's smoke runs (docs/peers-rayserve.md).
+PEERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rayserve": ("bench.peers.rayserve:RayServePeer", {"throughput_optimized": True}),
+    "triton": ("bench.peers.triton:TritonPeer", {}),
+}
 
 
 def compare_systems(
@@ -264,9 +269,12 @@ def compare_systems(
             )
         )
         for name in args.peers:
-            module, _, cls = PEERS[name].partition(":")
+            spec, settings = PEERS[name]
+            module, _, cls = spec.partition(":")
             try:
-                peer = running.enter_context(getattr(importlib.import_module(module), cls)(root, run_dir / name))
+                peer = running.enter_context(
+                    getattr(importlib.import_module(module), cls)(root, run_dir / name, **settings)
+                )
             except Exception as exc:  # reported in the record: the bench measures the others
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 print(f"[bench] peer {name} did not start: {failed[name]}", file=sys.stderr, flush=True)
