@@ -65,7 +65,7 @@ class System:
 
 
 def measure(
-    system: System, concurrency: int, seconds: float, client_processes: int, cpus: Collection[int] | None
+    system: System, concurrency: int, seconds: float, client_processes: int = 2, cpus: Collection[int] | None = None
 ) -> dict:
     """One closed-loop load on ``system``: req/s, latency and CPU ms per request of each of its processes."""
     processes = {label: list(pids) for label, pids in system.processes().items()}

@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,9 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bench.loadgen import Call, LoadResult, Target
+from bench.loadgen import Call, Target
+from bench.systems import System, by_command, measure
+from funnel.cli.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = "bench.peers.rayserve:client_calls"
@@ -129,12 +130,6 @@ def client_calls(target: Target) -> tuple[Callable[[int], Call], Callable[[], No
 # --- the processes -------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _proc_table() -> dict[int, tuple[int, int]]:
     """pid → (parent pid, session id) of every process now, from /proc/<pid>/stat."""
     table = {}
@@ -164,37 +159,6 @@ def session_processes(leader: int) -> list[int]:
         found.add(pid)
         stack.extend(c for c in children.get(pid, ()) if c not in found)
     return sorted(found)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
-
-
-def process_name(pid: int) -> str:
-    """A process's title (Ray workers set theirs, e.g. ray::ServeReplica:funnel:Retrieval), shortened."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return f"pid {pid} (gone)"
-    words = [a.decode(errors="replace") for a in args if a]
-    words = [w.rsplit("/", 1)[-1] if w.startswith("/") else w for w in words[:3]]
-    return f"{pid} {' '.join(words)[:70]}"
-
-
-def cpu_by_process(pids: Sequence[int], during: Callable[[], None]) -> dict[str, float]:
-    """CPU seconds each of ``pids`` used while ``during`` ran (processes that ended meanwhile are left out)."""
-    before = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            before[pid] = cpu_seconds(pid)
-    during()
-    used = {}
-    for pid, start in before.items():
-        with contextlib.suppress(OSError):
-            used[process_name(pid)] = cpu_seconds(pid) - start
-    return used
 
 
 def temp_dir_for(log_dir: Path) -> Path:
@@ -462,7 +426,6 @@ def smoke(
     cpus: Collection[int] | None,
     throughput_optimized: bool = False,
 ) -> int:
-    from bench.loadgen import run_load
     from funnel.release.files import read_catalog, read_seen
     from funnel.release.store import ArtifactStore
 
@@ -517,30 +480,12 @@ def smoke(
             if outside:
                 failures.append(f"expected every peer process on CPUs {sorted(cpus)}, got {outside}")
             print(f"all {len(pids)} peer processes pinned to CPUs {sorted(cpus)}: {not outside}", flush=True)
-        idle = cpu_by_process(pids, lambda: time.sleep(IDLE_WINDOW))
-        print(f"peer CPU idle: {sum(idle.values()) / IDLE_WINDOW:.3f} cores over {IDLE_WINDOW:.0f}s", flush=True)
-        loaded: list[LoadResult] = []
-        started = time.monotonic()
-        used = cpu_by_process(pids, lambda: loaded.append(run_load(peer.target(users, k), concurrency, duration)))
-        wall, result, cpu = time.monotonic() - started, loaded[0], sum(used.values())
-        summary = result.summary()
-        print(
-            f"load: concurrency {concurrency}, {duration:.0f}s: {result.rps:.1f} req/s, p50 {result.p50:.1f} ms, "
-            f"p99 {result.p99:.1f} ms, errors {result.errors} {result.error_codes}",
-            flush=True,
+        found = measure(
+            System("rayserve", peer.target(users, k), lambda: by_command(peer.pids())), concurrency, duration
         )
-        warmups = WARMUP_REQUESTS * result.processes
-        print(
-            f"peer CPU during run_load ({wall:.1f}s wall: client start-up, {warmups} warm-up requests and the "
-            f"{duration:.0f}s window): {cpu:.2f} s over {len(pids)} processes ({cpu / wall:.2f} cores, "
-            f"{1000 * cpu / max(result.requests + warmups, 1):.2f} ms per request)",
-            flush=True,
-        )
-        for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
-            print(f"  {seconds:6.2f} s  {name}")
-        print(json.dumps({k_: v for k_, v in summary.items() if k_.endswith("_ms") or k_ in ("rps", "requests")}))
-        if result.errors or not result.requests:
-            failures.append(f"expected a clean load, got {result.requests} answers and {result.error_codes}")
+        print(f"load at concurrency {concurrency} for {duration:.0f}s: {json.dumps(found)}", flush=True)
+        if found["errors"] or not found["rps"]:
+            failures.append(f"expected a clean load, got {found['rps']} req/s and {found['errors']} errors")
     print("stopped; left running:", [p for p in pids if Path(f"/proc/{p}").exists()], flush=True)
     for failure in failures:
         print("FAIL", failure, file=sys.stderr)

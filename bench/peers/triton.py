@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,8 @@ from typing import IO, Any
 import numpy as np
 
 from bench.loadgen import Call, Target
+from bench.systems import System, by_command, measure, process_tree
+from funnel.cli.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / "var" / "peers" / "triton-venv"
@@ -34,56 +36,12 @@ STOP_GRACE = 45.0  # seconds between SIGTERM and SIGKILL (PyTriton gives tritons
 CLIENT = "bench.peers.triton:client_calls"
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now (the OS's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start_time(pid: int) -> int | None:
     """A process's start time (clock ticks after boot; with the pid it names one process), None if it is gone."""
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every live process below it, from /proc/<pid>/task/*/children."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        if current in found or _start_time(current) is None:
-            continue
-        found.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo.extend(int(child) for child in children.read_text().split())
-    return found
-
-
-def cpu_by_command(pids: Sequence[int]) -> dict[str, float]:
-    """CPU seconds used so far, summed by command name (/proc/<pid>/comm)."""
-    out: dict[str, float] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-            out[name] = out.get(name, 0.0) + cpu_seconds([pid])
-    return out
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU seconds the processes have used so far (those already gone count 0)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
 
 
 def _grpc() -> Any:
@@ -240,7 +198,7 @@ class TritonPeer:
         and its Python-backend stubs."""
         if self._proc is None:
             return []
-        pids = descendants(self._proc.pid)
+        pids = process_tree(self._proc.pid)
         for pid in pids:
             start = _start_time(pid)
             if start is not None:
@@ -343,7 +301,6 @@ def _reference(release: Path, users: Sequence[str], k: int) -> dict[str, tuple[n
 
 def smoke(artifact_root: Path, log_dir: Path, k: int = 10, concurrency: int = 16, duration: float = 5.0) -> int:
     """Start the peer, check its answers against the release classes, drive it briefly, stop it."""
-    from bench.loadgen import run_load
     from funnel.release.files import read_catalog, read_seen
 
     release = stable_release(artifact_root)
@@ -374,18 +331,10 @@ def smoke(artifact_root: Path, log_dir: Path, k: int = 10, concurrency: int = 16
             )
             if not same:
                 failures.append(f"user {user}: expected ids {ids.tolist()}, got {got_ids.tolist()}")
-        pids = peer.pids()
-        before, by_command = cpu_seconds(pids), cpu_by_command(pids)
-        result = run_load(peer.target(users, k), concurrency, duration)
-        used = cpu_seconds(pids) - before
-        split = {name: round(cpu - by_command.get(name, 0.0), 2) for name, cpu in cpu_by_command(pids).items()}
-        print(
-            f"load: concurrency {concurrency} for {duration:.0f}s: {result.rps:.1f} req/s, p50 {result.p50:.1f} ms, "
-            f"p99 {result.p99:.1f} ms, errors {result.errors} {result.error_codes}; peer CPU {used:.2f} s over "
-            f"{len(pids)} processes ({used / max(result.requests, 1) * 1000:.2f} ms per request); by command {split}"
-        )
-        if result.errors or not result.requests:
-            failures.append(f"load: expected answers and no errors, got {result.requests} and {result.error_codes}")
+        found = measure(System("triton", peer.target(users, k), lambda: by_command(peer.pids())), concurrency, duration)
+        print(f"load at concurrency {concurrency} for {duration:.0f}s: {json.dumps(found)}")
+        if found["errors"] or not found["rps"]:
+            failures.append(f"load: expected answers and no errors, got {found['rps']} req/s, {found['errors']} errors")
     for failure in failures:
         print("FAIL", failure, file=sys.stderr)
     print("smoke", "failed" if failures else "passed")
