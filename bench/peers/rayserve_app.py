@@ -149,7 +149,7 @@ class Recommender:
 
 def build(artifact_root: str, release_id: str) -> Any:
     """The application: the ingress bound to handles of the two model deployments."""
-    # @serve.deployment made each class a Deployment; mypy still sees the class
+    # @serve.deployment made each class a Deployment; mypy ignores class decorators and still sees the class
     retrieval = Retrieval.bind(artifact_root, release_id)  # type: ignore[attr-defined]
     ranking = Ranking.bind(artifact_root, release_id)  # type: ignore[attr-defined]
     return Recommender.bind(retrieval, ranking, artifact_root, release_id)  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ def _start_time(pid: int) -> int | None:
 
 def _grpc() -> Any:
     """tritonclient.grpc, imported when first needed (the load generator's spawned workers import this module)."""
-    import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
+    import tritonclient.grpc as grpcclient
 
     return grpcclient
 

@@ -30,12 +30,12 @@ from typing import Any
 from funnel.tf import set_threads  # first: selects Keras 2 (TF_USE_LEGACY_KERAS=1) before TensorFlow loads
 
 import numpy as np
-from pytriton.client import ModelClient  # type: ignore[import-not-found]
-from pytriton.decorators import batch  # type: ignore[import-not-found]
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor  # type: ignore[import-not-found]
-from pytriton.models.model import Model  # type: ignore[import-not-found]
-from pytriton.server import triton_server  # type: ignore[import-not-found]
-from pytriton.triton import Triton, TritonConfig  # type: ignore[import-not-found]
+from pytriton.client import ModelClient
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.models.model import Model
+from pytriton.server import triton_server
+from pytriton.triton import Triton, TritonConfig
 
 from funnel.limits import DEFAULT_CANDIDATES, MAX_K
 from funnel.release.ranking import RankingRelease, RankQuery
