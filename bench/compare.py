@@ -11,6 +11,9 @@ environment settings for its three services; by default the shared and the pinne
 
     --variant now pinned --variant wide pinned FUNNEL_BATCH_WINDOW_MS=0 FUNNEL_MAX_IN_FLIGHT=2
 
+``project=DIR`` runs a variant's services from another checkout (`git worktree add DIR <commit>`), to compare two
+commits side by side.
+
 A setting whose value is OTLP_SINK gets the endpoint of a trace receiver started here (it counts spans, keeps
 none): `OTEL_EXPORTER_OTLP_ENDPOINT=OTLP_SINK` measures tracing with a real export path.
 
@@ -25,6 +28,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.loadgen import Target, run_load
 from bench.otlp_sink import PLACEHOLDER, OtlpSink
@@ -32,6 +36,7 @@ from bench.profile import stack_cpu_seconds
 from bench.run import ROOT, stable_users, stack_parser
 from bench.systems import alternating
 from funnel.cli.stack import LAYOUTS, CpuLayout, start_stack, stop_stack
+from funnel.paths import PROJECT_ROOT
 
 
 @dataclass(frozen=True)
@@ -39,19 +44,24 @@ class Variant:
     name: str
     layout: str  # one of funnel.cli.stack.LAYOUTS
     env: dict[str, str] = field(default_factory=dict)  # settings for all three services
+    project: Path = PROJECT_ROOT  # the checkout whose code the services run
 
     @classmethod
     def parse(cls, words: Sequence[str]) -> Variant:
-        """From ``NAME LAYOUT [ENV=VALUE ...]``."""
+        """From ``NAME LAYOUT [project=DIR] [ENV=VALUE ...]``."""
         if len(words) < 2:
-            raise ValueError(f"expected NAME LAYOUT [ENV=VALUE ...], got {' '.join(words)!r}")
+            raise ValueError(f"expected NAME LAYOUT [project=DIR] [ENV=VALUE ...], got {' '.join(words)!r}")
         name, layout, *settings = words
         if layout not in LAYOUTS:
             raise ValueError(f"variant {name!r}: expected a layout in {LAYOUTS}, got {layout!r}")
         malformed = [s for s in settings if "=" not in s or not s.split("=", 1)[0]]
         if malformed:
             raise ValueError(f"variant {name!r}: expected ENV=VALUE settings, got {malformed}")
-        return cls(name, layout, dict(s.split("=", 1) for s in settings))
+        env = dict(s.split("=", 1) for s in settings)
+        project = Path(env.pop("project", PROJECT_ROOT)).resolve()
+        if not (project / "gateway" / "__main__.py").is_file():
+            raise ValueError(f"variant {name!r}: expected project= to name a Funnel checkout, got {str(project)!r}")
+        return cls(name, layout, env, project)
 
 
 DEFAULT_VARIANTS = tuple(Variant(name, name) for name in LAYOUTS)
@@ -91,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if sink is not None:
         sink.start()
         variants = tuple(
-            Variant(v.name, v.layout, {k: sink.endpoint if x == PLACEHOLDER else x for k, x in v.env.items()})
+            Variant(
+                v.name, v.layout, {k: sink.endpoint if x == PLACEHOLDER else x for k, x in v.env.items()}, v.project
+            )
             for v in variants
         )
 
@@ -100,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for v in variants:
             stacks[v.name] = start_stack(
-                args.artifact_root, args.out / v.name, extra_env=v.env, cpus=layouts[v.name].services
+                args.artifact_root,
+                args.out / v.name,
+                extra_env=v.env,
+                cpus=layouts[v.name].services,
+                project=v.project,
             )
         targets = {
             name: Target("recommend", stack["gateway"].address, user_ids=tuple(users)) for name, stack in stacks.items()

@@ -134,15 +134,17 @@ def start_service(
     args: list[str] | None = None,
     cpus: Collection[int] | None = None,
     module: str = "",
+    project: Path = PROJECT_ROOT,
 ) -> ServiceProcess:
-    """Start service ``name`` (its own module, or ``module`` serving in its place) and return at once."""
+    """Start service ``name`` (its own module, or ``module`` serving in its place) from the checkout at ``project``
+    and return at once."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     env = {**os.environ, "FUNNEL_ARTIFACT_ROOT": str(artifact_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             python_module(module or MODULES[name], ["--address", address, *(args or [])], cpus),
-            cwd=PROJECT_ROOT,
+            cwd=project,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -162,12 +164,14 @@ def start_stack(
     tls: ClientTls = PLAINTEXT,
     metrics_ports: Mapping[str, int] | None = None,
     modules: Mapping[str, str] | None = None,
+    project: Path = PROJECT_ROOT,
 ) -> dict[str, ServiceProcess]:
     """Start retrieval, ranking and gateway (each its own process, confined to ``cpus[name]`` when given) and
     wait until all three are SERVING (asked over ``tls`` when the services serve TLS). ``ports`` maps each service,
     and "admin" (the gateway's AdminService), to a port; free ones by default. With ``metrics_ports`` (a port
     per service, 0: a free one) each serves Prometheus metrics there. ``modules`` runs other modules in some
-    services' place (the benchmark's pass-through stages)."""
+    services' place (the benchmark's pass-through stages); ``project`` runs the code of another checkout (the
+    benchmark's comparisons of two commits)."""
     ports = ports or {name: free_port() for name in (*SERVICES, "admin")}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     gateway_args = [
@@ -194,6 +198,7 @@ def start_stack(
                 args,
                 (cpus or {}).get(name),
                 (modules or {}).get(name, ""),
+                project,
             )
             stack[name].metrics_address = metrics.get(name, "")
         stack["gateway"].admin_address = addresses["admin"]

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from bench.run import goals
 from bench.synthetic import SyntheticConfig, generate, generate_with_clusters
 from bench.systems import alternating, by_command, cpu_seconds, headline, process_tree, summary
 from funnel.cli.stack import pinned_layout
+from funnel.paths import PROJECT_ROOT
 from tests.helpers import ThreadClock
 
 SMALL = SyntheticConfig(items=2_000, users=300, interactions_per_user=15, clusters=10, seed=7)
@@ -262,17 +262,15 @@ def test_a_systems_summary_means_every_figure_over_the_rounds() -> None:
     }
 
 
-def test_a_process_tree_holds_the_children_and_grandchildren_and_their_cpu_time_is_read(tmp_path: Path) -> None:
-    ready = tmp_path / "ready"
-    shell = subprocess.Popen(["sh", "-c", f"sh -c 'sleep 30 & touch {ready}; wait' & wait"])
+def test_a_process_tree_holds_the_children_and_grandchildren_and_their_cpu_time_is_read() -> None:
+    shell = subprocess.Popen(["sh", "-c", "sh -c 'sleep 30 & wait' & wait"])
     try:
-        for _ in range(100):
-            if ready.exists():
-                break
+        deadline = time.monotonic() + 30  # until the grandchild has become sleep (forked shells are "sh" at first)
+        while sorted(by_command(process_tree(shell.pid))) != ["sh", "sleep"] and time.monotonic() < deadline:
             time.sleep(0.05)
         tree = process_tree(shell.pid)
-        assert tree[0] == shell.pid and len(tree) == 3  # sh, sh, sleep
         groups = by_command(tree)
+        assert tree[0] == shell.pid and len(tree) == 3
         assert sorted(groups) == ["sh", "sleep"] and len(groups["sh"]) == 2 and len(groups["sleep"]) == 1
         assert all(cpu_seconds(pid) >= 0 for pid in tree)
     finally:
@@ -302,6 +300,10 @@ def test_compared_variants_default_to_the_two_layouts_and_parse_name_layout_and_
         Variant("now", "pinned"),
         Variant("wide", "pinned", {"FUNNEL_MAX_IN_FLIGHT": "2", "X": "a=b"}),
     )
+    before = parse_variants([["now", "pinned"], ["before", "pinned", f"project={PROJECT_ROOT}/.", "X=1"]])[1]
+    assert before == Variant("before", "pinned", {"X": "1"}, PROJECT_ROOT)  # project= is the checkout, not a setting
+    with pytest.raises(ValueError, match="expected project= to name a Funnel checkout, got '/'"):
+        parse_variants([["a", "pinned", "project=/"], ["b", "pinned"]])
     with pytest.raises(ValueError, match="expected a layout in"):
         parse_variants([["a", "tight"], ["b", "pinned"]])
     with pytest.raises(ValueError, match="expected ENV=VALUE settings, got \\['=1', 'FLAG'\\]"):
