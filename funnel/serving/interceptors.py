@@ -39,7 +39,7 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
 
 
 class PerMethodInterceptor(ServerInterceptor):
-    """An interceptor that hands on its own handler for each method's (``handler_for``).
+    """An interceptor that hands on a handler of its own in place of each method's (``handler_for``).
 
     gRPC asks the interceptors for a handler on every call; the one made is kept per method and reused while the
     next layer hands on the same handler (a layer that answers per call, like TokenAuth's refusal, gets its handler
