@@ -17,7 +17,7 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
 
 import tensorflow as tf
 
-__all__ = ["set_threads", "string_tensor", "tf"]
+__all__ = ["serving_graph_options", "set_threads", "string_tensor", "tf"]
 
 
 def string_tensor(values: Sequence[str] | np.ndarray) -> tf.Tensor:
@@ -32,3 +32,15 @@ def set_threads(threads: int) -> None:
         raise ValueError(f"expected a thread count >= 0, got {threads}")
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def serving_graph_options() -> None:
+    """Turn off Grappler's arithmetic optimizer for the models this process serves (process-wide; before a loaded
+    model's first call, when its graph is optimized).
+
+    Its SimplifyEmbeddingLookup stage rewrites a gather-then-pool of embedding rows into a pool over a read of the
+    whole table, and a table variable that is also gathered from row by row is in copy-on-read mode, so every call
+    copied the table: 256 MB and about 240 ms a call for the query tower of a 1M-item catalog, against 0.7 ms
+    without the rewrite. The stage's other simplifications save nothing measurable on graphs this small.
+    """
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from funnel.tf import tf
@@ -297,3 +298,26 @@ def test_releases_with_the_old_pairwise_ranker_still_serve(artifact_root) -> Non
     scores = release.score_batch([RankQuery("1", np.array([5, 7])), RankQuery("user-22", np.array([9]), np.array([1]))])
     assert [s.scores.tolist() for s in scores] == [[6.0, 8.0], [16.0]]
     assert [s.ratings.tolist() for s in scores] == [[3.0, 3.0], [3.0]]
+
+
+def executed_ops(run: Callable[[], object], trace_dir: Path) -> set[str]:
+    """The names of the TensorFlow ops ``run()`` executed, from a profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tf.profiler.experimental.start(str(trace_dir))
+    try:
+        run()
+    finally:
+        tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(next(trace_dir.rglob("*.xplane.pb")).read_bytes())
+    return {m.name for plane in space.planes for m in plane.event_metadata.values()}
+
+
+def test_the_served_towers_never_read_a_whole_embedding_table(retrieval, tmp_path: Path) -> None:
+    """Grappler's SimplifyEmbeddingLookup rewrite made the query tower read, and copy, its whole item table on
+    every call (240 ms a call at 1M items); funnel.tf.serving_graph_options turns it off before a release loads."""
+    _, _, releases = retrieval
+    ops = executed_ops(lambda: releases.get(RELEASE).retrieve("1", 10, exclude_seen=True), tmp_path)
+    assert any("query_tower" in name for name in ops)  # the trace holds the tower's ops
+    assert not [name for name in ops if "SimplifyEmbeddingLookup" in name]
