@@ -140,7 +140,12 @@ def start_service(
     and return at once."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    env = {**os.environ, "FUNNEL_ARTIFACT_ROOT": str(artifact_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "FUNNEL_ARTIFACT_ROOT": str(Path(artifact_root).resolve()),
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             python_module(module or MODULES[name], ["--address", address, *(args or [])], cpus),
