@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from bench.loadgen import Call, Target
 from bench.systems import System, by_command, measure
-from funnel.cli.stack import free_port
+from funnel.cli.stack import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = "bench.peers.rayserve:client_calls"
@@ -303,16 +303,10 @@ class RayServePeer:
         if process is None:
             return
         leader = process.pid
-        if process.poll() is None:
+        if process.poll() is None and process.stdin is not None:
             with contextlib.suppress(OSError):
-                assert process.stdin is not None
                 process.stdin.close()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, STOP_GRACE)
         deadline = time.monotonic() + 15
         while (left := [p for p, (_, sid) in _proc_table().items() if sid == leader]) and time.monotonic() < deadline:
             for pid in left:
