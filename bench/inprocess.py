@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from funnel.tf import serving_graph_options, tf
+from funnel.tf import tf
 
 import numpy as np
 import scann
@@ -59,7 +59,6 @@ class Models:
 
 
 def load_models(release_dir: Path) -> Models:
-    serving_graph_options()  # as Funnel's services load a release: without it the query tower copies its table
     query_tower = load_signature(release_dir, QUERY_TOWER_DIR)
     ranker = load_signature(release_dir, RANKER_DIR)
     return Models(

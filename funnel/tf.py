@@ -3,6 +3,7 @@
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ if os.environ["TF_USE_LEGACY_KERAS"] != "1":
 
 import tensorflow as tf
 
-__all__ = ["serving_graph_options", "set_threads", "string_tensor", "tf"]
+__all__ = ["load_serving_signature", "set_threads", "string_tensor", "tf"]
 
 
 def string_tensor(values: Sequence[str] | np.ndarray) -> tf.Tensor:
@@ -34,9 +35,9 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def serving_graph_options() -> None:
-    """Turn off Grappler's arithmetic optimizer for the models this process serves (process-wide; before a loaded
-    model's first call, when its graph is optimized).
+def load_serving_signature(path: str | os.PathLike[str]) -> Any:
+    """The ``serving_default`` signature of the SavedModel at ``path``, with Grappler's arithmetic optimizer turned
+    off first (process-wide; a loaded model's graph is optimized at its first call).
 
     Its SimplifyEmbeddingLookup stage rewrites a gather-then-pool of embedding rows into a pool over a read of the
     whole table, and a table variable that is also gathered from row by row is in copy-on-read mode, so every call
@@ -44,3 +45,4 @@ def serving_graph_options() -> None:
     without the rewrite. The stage's other simplifications save nothing measurable on graphs this small.
     """
     tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+    return tf.saved_model.load(str(path)).signatures["serving_default"]

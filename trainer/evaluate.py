@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from funnel.tf import tf
+from funnel.tf import load_serving_signature, tf
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def load_signature(release_dir: Path, part: str) -> Signature:
     path = Path(release_dir) / part
     if not path.is_dir():
         raise ReleaseError(f"release {path.parent.name}: expected a {part}/ SavedModel, found none in {path.parent}")
-    return tf.saved_model.load(str(path)).signatures["serving_default"]
+    return load_serving_signature(path)  # as the services load it
 
 
 def run_batched(serve: Signature, output: str, batch: int, **inputs: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from funnel.tf import serving_graph_options, string_tensor, tf
+from funnel.tf import load_serving_signature, string_tensor, tf
 
 import numpy as np
 
@@ -49,8 +49,7 @@ class RankingRelease:
 
     def __init__(self, path: Path, manifest: Manifest) -> None:
         self.release_id = manifest.release_id
-        serving_graph_options()  # before the model's first call: see there
-        self.scorer = tf.saved_model.load(str(path / RANKER_DIR)).signatures["serving_default"]
+        self.scorer = load_serving_signature(path / RANKER_DIR)
         self.predicts_rating = "rating" in self.scorer.structured_outputs
         # v2 rankers read each user's history (user_id [B], history [B, L], item_id [B, C]); v1 rankers score
         # (user_id, item_id) pairs and hold the training history in their per-user tables.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from funnel.tf import serving_graph_options, string_tensor, tf
+from funnel.tf import load_serving_signature, string_tensor, tf
 
 import numpy as np
 
@@ -103,8 +103,7 @@ class RetrievalRelease:
                 f"item_ids.npy holds {len(self.item_ids)}"
             )
         self._rows = IdIndex(self.item_ids)
-        serving_graph_options()  # before the model's first call: see there
-        self.query_tower = tf.saved_model.load(str(path / QUERY_TOWER_DIR)).signatures["serving_default"]
+        self.query_tower = load_serving_signature(path / QUERY_TOWER_DIR)
         # v2 towers read the user's history (user_id, history); v1 towers read only the user id.
         self.reads_history = "history" in self.query_tower.structured_input_signature[1]
         self.seen: Histories = read_seen(path)

@@ -316,7 +316,7 @@ def executed_ops(run: Callable[[], object], trace_dir: Path) -> set[str]:
 
 def test_the_served_towers_never_read_a_whole_embedding_table(retrieval, tmp_path: Path) -> None:
     """Grappler's SimplifyEmbeddingLookup rewrite made the query tower read, and copy, its whole item table on
-    every call (240 ms a call at 1M items); funnel.tf.serving_graph_options turns it off before a release loads."""
+    every call (240 ms a call at 1M items); funnel.tf.load_serving_signature turns it off as it loads a model."""
     _, _, releases = retrieval
     ops = executed_ops(lambda: releases.get(RELEASE).retrieve("1", 10, exclude_seen=True), tmp_path)
     assert any("query_tower" in name for name in ops)  # the trace holds the tower's ops
