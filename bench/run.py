@@ -230,6 +230,10 @@ def side_by_side(
     return {"rounds": args.rounds, "seconds_per_measurement": seconds, "per_round": rounds} | means
 
 
+def _stack_processes(stack: dict[str, ServiceProcess]) -> dict[str, list[int]]:
+    return {name: [service.process.pid] for name, service in stack.items()}
+
+
 def _processes_of(peer: Any) -> dict[str, list[int]]:
     return by_command(peer.pids())
 
@@ -252,7 +256,7 @@ def compare_systems(
         System(
             "funnel",
             Target("recommend", funnel["gateway"].address, user_ids=tuple(users), k=args.k),
-            lambda: {name: [service.process.pid] for name, service in funnel.items()},
+            functools.partial(_stack_processes, funnel),
         )
     ]
     failed: dict[str, str] = {}
@@ -265,7 +269,7 @@ def compare_systems(
             System(
                 "passthrough",
                 Target("recommend", floor["gateway"].address, user_ids=tuple(users), k=args.k),
-                lambda: {name: [service.process.pid] for name, service in floor.items()},
+                functools.partial(_stack_processes, floor),
             )
         )
         for name in args.peers:

@@ -222,15 +222,15 @@ class StageClient:
         self.target = target
         self._stub = self.stub_class(channel)
         self.replicas = StageReplicas(target, self.stub_class, credentials=credentials)
-        self._metrics = metrics or Metrics("gateway", enabled=False)
+        metrics = metrics or Metrics("gateway", enabled=False)
+        self._batch_size, self._call_duration = metrics.batch_size.labels(self.stage), metrics.client_call_duration
 
     def _batch(self, method: str, request: Any, timeout: float) -> Any:
         """One batched call, with its size, duration and status recorded."""
-        self._metrics.batch_size.labels(self.stage).observe(len(request.queries))
-        duration = self._metrics.client_call_duration
+        self._batch_size.observe(len(request.queries))
 
         def record(status: str, seconds: float) -> None:
-            duration.labels(f"{self.service}/{method}", self.target, status).observe(seconds)
+            self._call_duration.labels(f"{self.service}/{method}", self.target, status).observe(seconds)
 
         with client_span(f"{self.service}/{method}", self.target) as metadata:
             return _call(self.stage, getattr(self._stub, method), request, timeout, record, metadata)

@@ -34,6 +34,7 @@ def outcome(found: Recommendation) -> str:
 class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, gateway: Gateway, metrics: Metrics) -> None:
         self.gateway, self.metrics = gateway, metrics
+        self._stage_duration = {stage: metrics.stage_duration.labels(stage) for stage in ("retrieval", "ranking")}
         self.service, self.releases = "gateway", gateway.router.releases
 
     def Recommend(
@@ -54,9 +55,9 @@ class GatewayServicer(ReleaseStatusRPCs, gateway_pb2_grpc.GatewayServiceServicer
             raise
         self.metrics.requests.labels(found.release_id, outcome(found)).inc()
         self.metrics.request_duration.labels(found.release_id).observe(found.total_ms / 1000)
-        self.metrics.stage_duration.labels("retrieval").observe(found.retrieval_ms / 1000)
+        self._stage_duration["retrieval"].observe(found.retrieval_ms / 1000)
         if found.ranking_release_id or found.ranking_ms:
-            self.metrics.stage_duration.labels("ranking").observe(found.ranking_ms / 1000)
+            self._stage_duration["ranking"].observe(found.ranking_ms / 1000)
         return gateway_pb2.RecommendResponse(
             release_id=found.release_id,
             items=[

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.loadgen import Call, Target
+from bench.peers import funnel_answers
 from bench.systems import System, by_command, measure
 from funnel.cli.stack import free_port, stop_process
 
@@ -376,42 +377,6 @@ def serve(artifact_root: Path, port: int, temp_dir: Path, cpus: Collection[int] 
 # --- smoke ---------------------------------------------------------------------------------------------------
 
 
-def expected_top_k(artifact_root: Path, user_ids: Sequence[str], k: int) -> dict[str, list[int]]:
-    """Funnel's answer for each user, from the release classes in this process (what the gateway's _serve does)."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from funnel.tf import set_threads
-
-    import numpy as np
-
-    from funnel.limits import DEFAULT_CANDIDATES
-    from funnel.release.ranking import RankingRelease, RankQuery
-    from funnel.release.retrieval import Query, RetrievalRelease
-    from funnel.release.scoring import blend
-    from funnel.release.store import ArtifactStore
-    from gateway.core import GatewayRelease
-
-    set_threads(1)
-    store = ArtifactStore(artifact_root)
-    stable = store.get_channel("stable")
-    assert stable is not None
-    path, manifest = store.verify(stable)
-    retrieval, ranking, gateway = (
-        RetrievalRelease(path, manifest),
-        RankingRelease(path, manifest),
-        GatewayRelease(path, manifest),
-    )
-    out = {}
-    for user in user_ids:
-        found = retrieval.retrieve_batch([Query(user, max(DEFAULT_CANDIDATES, k), exclude_seen=True)])[0]
-        scores = found.scores
-        if len(found.item_ids) and not found.cold_start:
-            ranked = ranking.score_batch([RankQuery(user, found.item_ids)])[0]
-            scores = blend(ranked.scores, found.scores, gateway.retrieval_weight)
-        order = np.argsort(-np.asarray(scores), kind="stable")[:k]
-        out[user] = [int(found.item_ids[i]) for i in order]
-    return out
-
-
 def smoke(
     artifact_root: Path,
     log_dir: Path,
@@ -436,7 +401,7 @@ def smoke(
     users = known[::step][:200]  # spread over the release's users
     compared = [*users[:3], "__rayserve_smoke_unknown_user__"]  # the unknown user gets the popular items
     t0 = time.monotonic()
-    expected = expected_top_k(artifact_root, compared, k)
+    expected = {user: ids.tolist() for user, (ids, _, _) in funnel_answers(artifact_root, compared, k).items()}
     print(f"in-process expectation for {len(compared)} users: {time.monotonic() - t0:.1f}s", flush=True)
 
     failures = []

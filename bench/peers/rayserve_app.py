@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -47,21 +48,31 @@ def _tf_replica() -> None:
     set_threads(TF_THREADS)
 
 
-@serve.deployment(
+# The two model deployments: one replica each, TensorFlow's environment in the replica.
+model_deployment = serve.deployment(
     num_replicas=1,
     max_ongoing_requests=MAX_ONGOING_REQUESTS,
     ray_actor_options={"num_cpus": REPLICA_CPUS, "runtime_env": {"env_vars": TF_ENV}},
 )
+
+
+def _ready_release(module: str, name: str, artifact_root: str, release_id: str) -> Any:
+    """The release half ``module.name`` loaded, verified and warmed in this replica (TensorFlow set up first)."""
+    _tf_replica()
+    release = getattr(importlib.import_module(module), name)(*_load(artifact_root, release_id))
+    release.warmup()
+    return release
+
+
+@model_deployment
 class Retrieval:
     """The query tower and ScaNN index of a release (funnel.release.retrieval.RetrievalRelease)."""
 
     def __init__(self, artifact_root: str, release_id: str) -> None:
-        _tf_replica()
-        from funnel.release.retrieval import Query, RetrievalRelease
+        self.release = _ready_release("funnel.release.retrieval", "RetrievalRelease", artifact_root, release_id)
+        from funnel.release.retrieval import Query
 
         self._query = Query
-        self.release = RetrievalRelease(*_load(artifact_root, release_id))
-        self.release.warmup()
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def retrieve(self, requests: list[tuple[str, int]]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
@@ -70,21 +81,15 @@ class Retrieval:
         return [(c.item_ids, c.scores, c.cold_start) for c in found]
 
 
-@serve.deployment(
-    num_replicas=1,
-    max_ongoing_requests=MAX_ONGOING_REQUESTS,
-    ray_actor_options={"num_cpus": REPLICA_CPUS, "runtime_env": {"env_vars": TF_ENV}},
-)
+@model_deployment
 class Ranking:
     """The ranker of a release (funnel.release.ranking.RankingRelease)."""
 
     def __init__(self, artifact_root: str, release_id: str) -> None:
-        _tf_replica()
-        from funnel.release.ranking import RankingRelease, RankQuery
+        self.release = _ready_release("funnel.release.ranking", "RankingRelease", artifact_root, release_id)
+        from funnel.release.ranking import RankQuery
 
         self._query = RankQuery
-        self.release = RankingRelease(*_load(artifact_root, release_id))
-        self.release.warmup()
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_TIMEOUT_S)
     async def rank(self, requests: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from bench.loadgen import Call, Target
+from bench.peers import funnel_answers
 from bench.systems import System, by_command, measure, process_tree
 from funnel.cli.stack import free_port
 
@@ -273,32 +274,6 @@ def _tail(path: Path, lines: int = 40) -> str:
         return f"(unreadable: {exc})"
 
 
-def _reference(release: Path, users: Sequence[str], k: int) -> dict[str, tuple[np.ndarray, np.ndarray, bool]]:
-    """What Funnel's gateway answers for each user, computed directly with the release classes (loads TF)."""
-    from funnel.tf import set_threads
-
-    from funnel.release.ranking import RankingRelease, RankQuery
-    from funnel.release.retrieval import Query, RetrievalRelease
-    from funnel.release.scoring import blend
-    from funnel.release.store import ArtifactStore
-    from gateway.core import GatewayRelease
-
-    set_threads(1)
-    path, manifest = ArtifactStore(release.parent.parent).verify(release.name)
-    retrieval, ranking = RetrievalRelease(path, manifest), RankingRelease(path, manifest)
-    weight = GatewayRelease(path, manifest).retrieval_weight
-    out = {}
-    for user in users:
-        found = retrieval.retrieve_batch([Query(user, 100, exclude_seen=True)])[0]
-        scores = found.scores
-        if len(found.item_ids) and not found.cold_start:
-            ranked = ranking.score_batch([RankQuery(user, found.item_ids)])[0]
-            scores = blend(ranked.scores, found.scores, weight)
-        order = np.argsort(-np.asarray(scores), kind="stable")[:k]
-        out[user] = (found.item_ids[order], np.asarray(scores)[order], found.cold_start)
-    return out
-
-
 def smoke(artifact_root: Path, log_dir: Path, k: int = 10, concurrency: int = 16, duration: float = 5.0) -> int:
     """Start the peer, check its answers against the release classes, drive it briefly, stop it."""
     from funnel.release.files import read_catalog, read_seen
@@ -320,7 +295,7 @@ def smoke(artifact_root: Path, log_dir: Path, k: int = 10, concurrency: int = 16
                 failures.append(f"user {user}: expected {k} items, got {len(ids)}")
             if not set(ids.tolist()) <= catalog:
                 failures.append(f"user {user}: expected catalog ids, got {sorted(set(ids.tolist()) - catalog)}")
-        reference = _reference(release, checked, k)
+        reference = funnel_answers(artifact_root, checked, k)
         for user, (ids, scores, cold) in reference.items():
             got_ids, got_scores, got_cold = answers[user]
             same = np.array_equal(ids, got_ids) and cold == got_cold
